@@ -1,0 +1,35 @@
+# make test   : create .venv with the pinned dependencies, run the test suite
+# make bench  : same set-up, then the benchmark (the main job); FULL=1 for all of it
+#
+# On a machine with its own torch (a GPU box, no package registry):
+#   make test PYTHON=python3 VENV=       (no venv, no installs)
+PYTHON ?= python3
+VENV ?= .venv
+FULL ?= 0
+
+ifeq ($(strip $(VENV)),)
+PY := $(PYTHON)
+SETUP :=
+else
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+endif
+
+# Two workers (pytest-xdist, pinned in the venv); none with a foreign python.
+PYTEST_ARGS ?= $(if $(strip $(VENV)),-n 2,)
+
+.PHONY: test bench clean
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+test: $(SETUP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(SETUP)
+	$(PY) -m bench.run $(if $(filter 1,$(FULL)),--full,)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

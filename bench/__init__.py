@@ -1,0 +1,1 @@
+"""Benchmarks of laaf_kernels (run with `make bench`)."""

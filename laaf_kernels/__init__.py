@@ -1,0 +1,19 @@
+"""laaf_kernels: fused kernels for locally adaptive activation functions (LAAF).
+
+    y = act(n * a * (x W^T + b))
+
+See README.md for the math, the modules and the backends.
+"""
+from . import reference
+from .activations import ACTIVATIONS
+from .functional import laaf_activation, laaf_linear, slope_recovery
+from .nn import LAAF, MODES, LAAFLinear, LAAFMLP, convert
+from .ops.dispatch import available_backends, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS", "MODES", "laaf_linear", "laaf_activation", "slope_recovery",
+    "LAAF", "LAAFLinear", "LAAFMLP", "convert", "reference",
+    "available_backends", "use_backend",
+]

@@ -1,0 +1,178 @@
+"""The one table of activations: value, first and second derivative.
+
+Every backend draws its activation math from ``TABLE`` below:
+
+* the pure-PyTorch reference calls ``Activation.torch_fn`` (the PyTorch
+  built-in, differentiable to any order) for the value, and
+  :func:`evaluate` renders the derivative formulas as torch ops;
+* fused backends render the same formula strings into their own language
+  (Triton, C++), so no backend keeps its own copy of the math.
+
+A formula is a Python expression string in the variable ``h`` (the
+pre-activation ``h = s * z``) and in the names bound by ``let`` (shared
+sub-expressions, evaluated in order). It may use only this vocabulary, which
+each backend provides:
+
+    tanh sigmoid exp expm1 log1p abs erf sin cos      elementwise functions
+    where(cond, a, b) maximum(a, b) minimum(a, b)      selection
+    + - * /  > >= < <=  float literals                 arithmetic
+    SQRT1_2 = 1/sqrt(2), INV_SQRT_2PI = 1/sqrt(2 pi)   constants
+
+A formula that is a bare constant (``"0.0"``) is broadcast to the shape of
+``h`` by the renderer. Branches of ``where`` that could overflow in the
+unselected half are clamped (``exp(minimum(h, 0.0))``) so that no inf or NaN
+leaks into a gradient taken through the rendered formula.
+
+Kinks follow PyTorch's conventions: relu'(0) = 0, leaky_relu'(0) = 0.01.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Activation", "TABLE", "ACTIVATIONS", "get", "evaluate", "PRIMITIVES"]
+
+#: The names a formula may call, beside arithmetic and comparisons.
+PRIMITIVES = (
+    "tanh", "sigmoid", "exp", "expm1", "log1p", "abs", "erf", "sin", "cos",
+    "where", "maximum", "minimum",
+)
+CONSTANTS = {"SQRT1_2": 1.0 / math.sqrt(2.0), "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One row of the table.
+
+    ``value``, ``d1`` and ``d2`` are act(h), act'(h) and act''(h) as formula
+    strings; ``let`` holds shared sub-expressions; ``torch_fn`` is the PyTorch
+    built-in with the same value, which the reference backend calls.
+    """
+
+    name: str
+    torch_fn: Callable[[torch.Tensor], torch.Tensor]
+    value: str
+    d1: str
+    d2: str
+    let: Tuple[Tuple[str, str], ...] = field(default=())
+
+    def formula(self, which: str) -> str:
+        """The formula string for ``which`` in {"value", "d1", "d2"}."""
+        if which not in ("value", "d1", "d2"):
+            raise ValueError(f"which must be 'value', 'd1' or 'd2', got {which!r}")
+        return getattr(self, which)
+
+
+def _leaky_relu(h: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(h, 0.01)
+
+
+TABLE: Dict[str, Activation] = {a.name: a for a in (
+    Activation(
+        "tanh", torch.tanh,
+        let=(("t", "tanh(h)"),),
+        value="t", d1="1.0 - t * t", d2="-2.0 * t * (1.0 - t * t)"),
+    Activation(
+        "sigmoid", torch.sigmoid,
+        let=(("s", "sigmoid(h)"),),
+        value="s", d1="s * (1.0 - s)", d2="s * (1.0 - s) * (1.0 - 2.0 * s)"),
+    Activation(
+        "relu", torch.relu,
+        value="maximum(h, 0.0)", d1="where(h > 0.0, 1.0, 0.0)", d2="0.0"),
+    Activation(
+        "leaky_relu", _leaky_relu,
+        value="where(h > 0.0, h, 0.01 * h)", d1="where(h > 0.0, 1.0, 0.01)", d2="0.0"),
+    Activation(
+        "elu", F.elu,
+        let=(("e", "exp(minimum(h, 0.0))"),),
+        value="where(h > 0.0, h, expm1(minimum(h, 0.0)))",
+        d1="where(h > 0.0, 1.0, e)", d2="where(h > 0.0, 0.0, e)"),
+    Activation(
+        "softplus", F.softplus,
+        let=(("s", "sigmoid(h)"),),
+        value="maximum(h, 0.0) + log1p(exp(-abs(h)))", d1="s", d2="s * (1.0 - s)"),
+    Activation(
+        "silu", F.silu,
+        let=(("s", "sigmoid(h)"),),
+        value="h * s", d1="s * (1.0 + h * (1.0 - s))",
+        d2="s * (1.0 - s) * (2.0 + h * (1.0 - 2.0 * s))"),
+    Activation(
+        "gelu", F.gelu,
+        let=(("cdf", "0.5 * (1.0 + erf(h * SQRT1_2))"),
+             ("pdf", "INV_SQRT_2PI * exp(-0.5 * h * h)")),
+        value="h * cdf", d1="cdf + h * pdf", d2="pdf * (2.0 - h * h)"),
+    Activation(
+        "sin", torch.sin,
+        value="sin(h)", d1="cos(h)", d2="-sin(h)"),
+    Activation(
+        "identity", lambda h: h,
+        value="h", d1="1.0", d2="0.0"),
+)}
+
+#: The supported activation names, core first.
+ACTIVATIONS: Tuple[str, ...] = tuple(TABLE)
+
+
+def get(name: str) -> Activation:
+    """The table row for ``name``; a ``ValueError`` lists the valid names."""
+    try:
+        return TABLE[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"activation must be one of {', '.join(ACTIVATIONS)}; got {name!r}") from None
+
+
+# ---------------------------------------------------------------------------
+# Rendering the formulas as torch ops
+# ---------------------------------------------------------------------------
+
+def _torch_namespace(like: torch.Tensor) -> dict:
+    """The formula vocabulary in torch, with Python constants taking ``like``'s dtype."""
+
+    def as_tensor(v):
+        return torch.full_like(like, v) if isinstance(v, (int, float)) else v
+
+    def where(cond, a, b):
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            a = as_tensor(a)
+        return torch.where(cond, a, b)
+
+    def maximum(a, b):
+        return torch.maximum(as_tensor(a), as_tensor(b))
+
+    def minimum(a, b):
+        return torch.minimum(as_tensor(a), as_tensor(b))
+
+    return {
+        "__builtins__": {}, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+        "exp": torch.exp, "expm1": torch.expm1, "log1p": torch.log1p,
+        "abs": torch.abs, "erf": torch.special.erf, "sin": torch.sin, "cos": torch.cos,
+        "where": where, "maximum": maximum, "minimum": minimum, **CONSTANTS,
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(source: str):
+    return compile(source, f"<activation formula {source!r}>", "eval")
+
+
+def evaluate(name: str, which: str, h: torch.Tensor) -> torch.Tensor:
+    """Evaluate act(h), act'(h) or act''(h) (``which`` = value/d1/d2) from the table.
+
+    The result is differentiable by autograd wherever the formula is, and has
+    the shape, dtype and device of ``h``.
+    """
+    act = get(name)
+    namespace = _torch_namespace(h)
+    scope = {"h": h}
+    for var, source in act.let:
+        scope[var] = eval(_compiled(source), namespace, scope)
+    out = eval(_compiled(act.formula(which)), namespace, scope)
+    if isinstance(out, (int, float)):
+        out = torch.full_like(h, out)
+    return out

@@ -1,0 +1,55 @@
+"""The public functional API: validate once, then dispatch to a backend.
+
+    z = x W^T + b        s = scale * slope        h = s * z        y = act(h)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .checks import check_activation, check_activation_args, check_linear_args, check_scale
+from .ops.dispatch import select_backend
+from .reference import slope_recovery
+
+__all__ = ["laaf_linear", "laaf_activation", "slope_recovery"]
+
+
+def laaf_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                slope: Optional[torch.Tensor] = None, *, activation: str = "tanh",
+                scale: float = 1.0, backend: Optional[str] = None) -> torch.Tensor:
+    """``act(scale * slope * (x @ weight.T + bias))``, fused where a backend allows.
+
+    Args:
+        x: (..., K) input, any number of leading dims.
+        weight: (N, K). bias: (N,) or None.
+        slope: None for the standard activation (h = z, ``scale`` unused); a 0-d
+            tensor for one slope (GAAF, L-LAAF); an (N,) tensor for N-LAAF.
+        activation: a name in ``laaf_kernels.ACTIVATIONS``.
+        scale: the fixed factor n > 0 (the paper uses n >= 1).
+        backend: "reference", "triton", "cpp", "cuda", "auto" or None
+            (see :func:`laaf_kernels.use_backend`).
+
+    Returns:
+        (..., N) tensor ``y``.
+    """
+    check_linear_args(x, weight, bias, slope)
+    check_activation(activation)
+    scale = check_scale(scale)
+    impl = select_backend(backend, x.device)
+    return impl.linear(x, weight, bias, slope, activation, scale)
+
+
+def laaf_activation(z: torch.Tensor, slope: Optional[torch.Tensor] = None, *,
+                    activation: str = "tanh", scale: float = 1.0, dim: int = -1,
+                    backend: Optional[str] = None) -> torch.Tensor:
+    """``act(scale * slope * z)``: the adaptive activation alone, after any layer.
+
+    A (C,) ``slope`` is broadcast along ``dim`` (``dim=1`` for NCHW convolution
+    outputs); a 0-d slope applies everywhere; None is the standard activation.
+    """
+    dim = check_activation_args(z, slope, dim)
+    check_activation(activation)
+    scale = check_scale(scale)
+    impl = select_backend(backend, z.device)
+    return impl.activation(z, slope, activation, scale, dim)

@@ -1,0 +1,1 @@
+"""Fused kernels (Triton), one module per op. Imported lazily by the backends."""

@@ -1,0 +1,136 @@
+"""Backend registry and selection: the seam where fused backends plug in.
+
+A backend is a pair of *unchecked* implementations (arguments are validated
+once, in :mod:`laaf_kernels.functional`, before dispatch) plus a function that
+says whether it can run on a given device, and if not, why.
+
+Which backend runs, first match wins:
+
+1. the per-call ``backend=`` argument;
+2. the innermost :func:`use_backend` context;
+3. the ``LAAF_BACKEND`` environment variable;
+4. ``"auto"``: the best available backend for the tensors' device
+   (``AUTO_ORDER``), ending with ``"reference"``, which runs everywhere.
+
+Asking for a backend by name that cannot run raises a ``RuntimeError`` that says
+why; ``"auto"`` quietly moves on to the next one.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+
+from .. import reference
+
+__all__ = ["Backend", "register_backend", "available_backends", "select_backend",
+           "use_backend", "KNOWN_BACKENDS", "ENV_VAR"]
+
+ENV_VAR = "LAAF_BACKEND"
+KNOWN_BACKENDS = ("reference", "triton", "cpp", "cuda")
+
+#: For "auto": the order in which backends are tried, per device type.
+AUTO_ORDER: Dict[str, tuple] = {
+    "cuda": ("triton", "cuda", "reference"),
+    "cpu": ("cpp", "reference"),
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend: unchecked ``linear``/``activation`` implementations and availability.
+
+    ``linear(x, weight, bias, slope, activation, scale)`` and
+    ``activation(z, slope, activation, scale, dim)`` receive validated
+    arguments. ``unavailable(device)`` returns ``None`` when the backend can run
+    on ``device`` (``None``: on some device of this machine), else the reason.
+    """
+
+    name: str
+    linear: Callable
+    activation: Callable
+    unavailable: Callable[[Optional[torch.device]], Optional[str]]
+
+
+_REGISTRY: Dict[str, Backend] = {}
+_context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("laaf_backend", default=None)
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend; its name must be one of ``KNOWN_BACKENDS``."""
+    if backend.name not in KNOWN_BACKENDS:
+        raise ValueError(f"backend name must be one of {KNOWN_BACKENDS}, got {backend.name!r}")
+    _REGISTRY[backend.name] = backend
+
+
+def _why_unavailable(name: str, device: Optional[torch.device]) -> Optional[str]:
+    backend = _REGISTRY.get(name)
+    if backend is None:
+        return f"the {name!r} backend is not part of this build of laaf_kernels"
+    return backend.unavailable(device)
+
+
+def available_backends() -> List[str]:
+    """The backends that can run on this machine (on at least one of its devices)."""
+    return [name for name in KNOWN_BACKENDS if _why_unavailable(name, None) is None]
+
+
+def _check_name(name, source: str) -> str:
+    if name == "auto" or name in KNOWN_BACKENDS:
+        return name
+    raise ValueError(
+        f"{source} must be 'auto' or one of {', '.join(KNOWN_BACKENDS)}; got {name!r}")
+
+
+def _requested(backend: Optional[str]):
+    """The backend name in force, and where it came from."""
+    if backend is not None:
+        return backend, "backend="
+    if _context.get() is not None:
+        return _context.get(), "use_backend()"
+    if os.environ.get(ENV_VAR):
+        return os.environ[ENV_VAR], f"the {ENV_VAR} environment variable"
+    return "auto", "auto"
+
+
+def select_backend(backend: Optional[str], device: torch.device) -> Backend:
+    """The backend that runs a call on ``device`` (see the module docstring)."""
+    name, source = _requested(backend)
+    name = _check_name(name, source)
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(device.type, ("reference",)):
+            if _why_unavailable(candidate, device) is None:
+                return _REGISTRY[candidate]
+        return _REGISTRY["reference"]
+    reason = _why_unavailable(name, device)
+    if reason is not None:
+        raise RuntimeError(
+            f"backend {name!r} (from {source}) cannot run on {device}: {reason}. "
+            f"Available here: {', '.join(available_backends())}")
+    return _REGISTRY[name]
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the calls inside the ``with`` block on backend ``name`` (or ``"auto"``).
+
+    A per-call ``backend=`` still wins. Contexts nest, and are local to the
+    thread or asyncio task.
+    """
+    token = _context.set(_check_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+register_backend(Backend(
+    name="reference",
+    linear=reference.linear_impl,
+    activation=reference.activation_impl,
+    unavailable=lambda device: None,
+))

@@ -1,0 +1,98 @@
+"""The pure-PyTorch reference: the same functional API in plain torch ops.
+
+It runs on any device and dtype PyTorch supports and is differentiable to any
+order, since it is built only from differentiable PyTorch ops. Every fused
+backend is tested against it.
+
+    z = x W^T + b        s = scale * slope        h = s * z        y = act(h)
+
+With ``slope=None`` the activation is the standard one: h = z.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .activations import get as get_activation
+from .checks import check_activation_args, check_linear_args, check_scale
+
+__all__ = ["laaf_linear", "laaf_activation", "slope_recovery"]
+
+
+# ---------------------------------------------------------------------------
+# Unchecked kernels of the reference backend (arguments already validated)
+# ---------------------------------------------------------------------------
+
+def linear_impl(x, weight, bias, slope, activation: str, scale: float) -> torch.Tensor:
+    """y = act(scale * slope * (x W^T + b)); the slope broadcasts along the last dim."""
+    z = F.linear(x, weight, bias)
+    h = z if slope is None else z * (scale * slope)
+    return get_activation(activation).torch_fn(h)
+
+
+def activation_impl(z, slope, activation: str, scale: float, dim: int) -> torch.Tensor:
+    """y = act(scale * slope * z), a (C,) slope broadcast along ``dim``."""
+    if slope is None:
+        h = z
+    else:
+        s = scale * slope
+        if s.dim() == 1:
+            view = [1] * z.dim()
+            view[dim] = s.shape[0]
+            s = s.reshape(view)
+        h = z * s
+    return get_activation(activation).torch_fn(h)
+
+
+# ---------------------------------------------------------------------------
+# The public reference API
+# ---------------------------------------------------------------------------
+
+def laaf_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                slope: Optional[torch.Tensor] = None, *, activation: str = "tanh",
+                scale: float = 1.0) -> torch.Tensor:
+    """``act(scale * slope * (x @ weight.T + bias))`` in plain PyTorch.
+
+    x: (..., K); weight: (N, K); bias: (N,) or None; slope: None (standard
+    activation, ``scale`` unused), () (global / layer-wise) or (N,) (neuron-wise).
+    """
+    check_linear_args(x, weight, bias, slope)
+    return linear_impl(x, weight, bias, slope, activation, _checked(activation, scale))
+
+
+def laaf_activation(z: torch.Tensor, slope: Optional[torch.Tensor] = None, *,
+                    activation: str = "tanh", scale: float = 1.0, dim: int = -1) -> torch.Tensor:
+    """``act(scale * slope * z)``, a (C,) slope broadcast along ``dim``, in plain PyTorch."""
+    dim = check_activation_args(z, slope, dim)
+    return activation_impl(z, slope, activation, _checked(activation, scale), dim)
+
+
+def slope_recovery(slopes: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The slope recovery term ``S = 1 / mean_k exp(mean(a^k))`` (LAAF paper, eq. 3).
+
+    ``slopes`` holds one tensor per hidden layer that carries a slope: 0-d for
+    GAAF / L-LAAF, (N,) for N-LAAF. It is computed on the raw ``a``, not on
+    ``n * a``, and divides by the number of layers L (the paper), not by 1 (the
+    authors' TF script). The result is a differentiable 0-d tensor.
+    """
+    if isinstance(slopes, torch.Tensor):
+        raise TypeError("slopes must be an iterable of slope tensors (one per layer), "
+                        "not a single tensor; wrap it in a list")
+    slopes = list(slopes)
+    if not slopes:
+        raise ValueError("slopes must hold at least one slope tensor, got none")
+    terms = []
+    for k, a in enumerate(slopes):
+        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+            raise TypeError(f"slopes[{k}] must be a floating-point tensor, got {a!r:.60}")
+        if a.numel() == 0:
+            raise ValueError(f"slopes[{k}] is empty; every slope tensor needs at least one element")
+        terms.append(torch.exp(a.mean()))
+    return 1.0 / torch.stack(terms).mean()
+
+
+def _checked(activation: str, scale) -> float:
+    get_activation(activation)
+    return check_scale(scale)

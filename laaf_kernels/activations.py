@@ -23,7 +23,9 @@ A formula that is a bare constant (``"0.0"``) is broadcast to the shape of
 unselected half are clamped (``exp(minimum(h, 0.0))``) so that no inf or NaN
 leaks into a gradient taken through the rendered formula.
 
-Kinks follow PyTorch's conventions: relu'(0) = 0, leaky_relu'(0) = 0.01.
+Kinks and thresholds follow PyTorch's conventions: relu'(0) = 0,
+leaky_relu'(0) = 0.01, and softplus is h itself above h = 20 (F.softplus's
+threshold), where log1p(e^h) - h < 2.1e-9.
 """
 from __future__ import annotations
 
@@ -92,10 +94,11 @@ TABLE: Dict[str, Activation] = {a.name: a for a in (
         let=(("e", "exp(minimum(h, 0.0))"),),
         value="where(h > 0.0, h, expm1(minimum(h, 0.0)))",
         d1="where(h > 0.0, 1.0, e)", d2="where(h > 0.0, 0.0, e)"),
-    Activation(
+    Activation(  # like F.softplus (threshold 20): exactly h above h = 20
         "softplus", F.softplus,
         let=(("s", "sigmoid(h)"),),
-        value="maximum(h, 0.0) + log1p(exp(-abs(h)))", d1="s", d2="s * (1.0 - s)"),
+        value="where(h > 20.0, h, log1p(exp(minimum(h, 20.0))))",
+        d1="where(h > 20.0, 1.0, s)", d2="where(h > 20.0, 0.0, s * (1.0 - s))"),
     Activation(
         "silu", F.silu,
         let=(("s", "sigmoid(h)"),),

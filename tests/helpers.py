@@ -42,10 +42,11 @@ def make_slope(kind: str, features: int, scale: float, gen, dtype=torch.float64,
     return a.to(device)
 
 
-def linear_inputs(case: str, kind: str, seed: int, scale: float = 3.0,
+def linear_inputs(case, kind: str, seed: int, scale: float = 3.0,
                   dtype=torch.float64, device="cpu", requires_grad=True):
-    """(x, weight, bias, slope) for a LINEAR_SHAPES case and slope kind."""
-    lead, k, n, noncontig = LINEAR_SHAPES[case]
+    """(x, weight, bias, slope) for a slope kind and a shape: a LINEAR_SHAPES
+    name, or a (leading shape, K, N, non-contiguous x) tuple."""
+    lead, k, n, noncontig = LINEAR_SHAPES[case] if isinstance(case, str) else case
     gen = generator(seed)
     x = randn((*lead, k), gen, dtype, device, noncontig)
     weight = randn((n, k), gen, dtype, device) / k ** 0.5
@@ -55,3 +56,38 @@ def linear_inputs(case: str, kind: str, seed: int, scale: float = 3.0,
     for t in tensors:
         t.requires_grad_(requires_grad)
     return x, weight, bias, slope
+
+
+# ---------------------------------------------------------------------------
+# Comparing a fused backend with the reference
+# ---------------------------------------------------------------------------
+
+def _eps(dtype):
+    return torch.finfo(dtype).eps
+
+
+def assert_close_to_truth(name, got, truth, baseline, length):
+    """``got`` (a backend, working dtype) against ``truth`` (the reference in float64).
+
+    Allowed absolute error, elementwise:
+      4 x the worst error of ``baseline`` (the reference run in the working
+      dtype, i.e. eager PyTorch's own rounding), plus
+      4 * eps * sqrt(length) * max|truth|: the rounding noise of a sum of
+      ``length`` terms (K for y, N for dx, M for dW/db, M or M*N for da) in
+      another order. In float64 the second term alone applies (~1e-13 relative).
+    A real bug is an O(1) relative error and fails either way.
+    """
+    assert got.shape == truth.shape, (name, got.shape, truth.shape)
+    assert got.dtype == baseline.dtype, (name, got.dtype, baseline.dtype)
+    got64, base64 = got.double(), baseline.double()
+    scale = truth.abs().max().item() if truth.numel() else 0.0
+    floor = 4 * _eps(got.dtype) * max(1, length) ** 0.5 * scale
+    allowed = 4 * (base64 - truth).abs().max().item() + floor + 1e-30
+    err = (got64 - truth).abs().max().item() if truth.numel() else 0.0
+    assert err <= allowed, f"{name}: max error {err:.3e} > allowed {allowed:.3e} (scale {scale:.3e})"
+
+
+def upcast(tensors):
+    """float64 copies (leaf tensors, same requires_grad) of a tuple of optional tensors."""
+    return tuple(None if t is None else t.detach().double().requires_grad_(t.requires_grad)
+                 for t in tensors)

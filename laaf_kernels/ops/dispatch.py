@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
@@ -134,3 +135,41 @@ register_backend(Backend(
     activation=reference.activation_impl,
     unavailable=lambda device: None,
 ))
+
+
+# ---------------------------------------------------------------------------
+# "triton": imported here, once, when triton is installed (so that compiled
+# graphs never trace an import); a failed import is kept as the reason.
+# ---------------------------------------------------------------------------
+
+def _triton_device_problem(device: Optional[torch.device]) -> Optional[str]:
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device is None:
+        if torch.cuda.is_available() or interpreting:
+            return None
+        return "no CUDA device, and TRITON_INTERPRET is not 1"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        return None if interpreting else (
+            "Triton runs CPU tensors only in its interpreter: set TRITON_INTERPRET=1 "
+            "before triton is first imported")
+    return f"Triton does not run {device.type} tensors"
+
+
+def _register_triton() -> None:
+    if importlib.util.find_spec("triton") is None:
+        problem = "triton is not installed (pip install triton)"
+        register_backend(Backend("triton", None, None, lambda device: problem))
+        return
+    try:
+        from . import triton_backend
+    except Exception as error:  # a broken or incompatible triton must not break the library
+        problem = f"importing the Triton kernels failed: {type(error).__name__}: {error}"
+        register_backend(Backend("triton", None, None, lambda device: problem))
+        return
+    register_backend(Backend("triton", triton_backend.linear, triton_backend.activation,
+                             _triton_device_problem))
+
+
+_register_triton()

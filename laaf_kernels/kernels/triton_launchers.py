@@ -1,0 +1,199 @@
+"""Host side of the Triton kernels: allocate outputs, pick the grid, launch on
+the tensors' device, and add the per-program partial sums in a fixed order.
+
+These functions take validated, already-flattened arguments; the custom ops in
+``laaf_kernels/ops/triton_backend.py`` call them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+
+from .triton_activation import MIN_BLOCK, act_bwd_kernel, act_fwd_kernel
+from .triton_activations import ACT_IDS
+from .triton_linear import linear_bwd_narrow_kernel, linear_fwd_kernel
+from .triton_utils import (device_guard, dot_precision, next_pow2_at_least_16,
+                           persistent_programs, slope_kind)
+
+#: Layers with N and K up to this width take the fused persistent backward,
+#: which recomputes z; wider layers store z in the forward.
+NARROW_MAX = 128
+
+
+def is_narrow(n_out: int, k_in: int) -> bool:
+    return n_out <= NARROW_MAX and k_in <= NARROW_MAX
+
+
+def stores_z(n_out: int, k_in: int, training: bool) -> bool:
+    """Whether a training forward writes z: only for wide layers."""
+    return training and not is_narrow(n_out, k_in)
+
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _reduce_ds(partials: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """ds from per-program partials (programs, channels): (C,) or, for a 0-d s, the total."""
+    ds = partials.sum(0)
+    return (ds if s.dim() == 1 else ds.sum()).to(s.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Linear layer
+# ---------------------------------------------------------------------------
+
+def linear_forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                   s: Optional[torch.Tensor], activation: str,
+                   training: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """y = act(s * (x W^T + b)) for 2-D x (M, K), and z (M, N) when the
+    backward will need it (``stores_z``), else an empty tensor."""
+    M, K = x.shape
+    N = w.shape[0]
+    store_z = stores_z(N, K, training)
+    y = x.new_empty((M, N))
+    z = x.new_empty((M, N) if store_z else (0,))
+    if M == 0 or N == 0:
+        return y, z
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    with device_guard(x):
+        linear_fwd_kernel[grid](
+            x, w, y if b is None else b, y if s is None else s, y, z if store_z else y,
+            M, N, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            HAS_BIAS=b is not None, SLOPE=slope_kind(s), ACT=ACT_IDS[activation],
+            STORE_Z=store_z, ACC_FP64=x.dtype == torch.float64,
+            DOT_PRECISION=dot_precision(x.dtype))
+    return y, z
+
+
+def linear_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                    b: Optional[torch.Tensor], z: torch.Tensor,
+                    s: Optional[torch.Tensor], activation: str,
+                    need_dx: bool, need_dw: bool, need_db: bool, need_ds: bool):
+    """(dx, dW, db, ds), None where not needed. Narrow layers take the fused
+    persistent kernel; wide ones the activation-backward kernel plus cuBLAS."""
+    need_ds = need_ds and s is not None
+    M, K = x.shape
+    N = w.shape[0]
+    if M == 0 or N == 0:
+        return _zero_grads(x, w, s, need_dx, need_dw, need_db, need_ds)
+    if is_narrow(N, K):
+        return _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db, need_ds)
+    return _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds)
+
+
+def _zero_grads(x, w, s, need_dx, need_dw, need_db, need_ds):
+    return (torch.zeros_like(x) if need_dx else None,
+            torch.zeros_like(w) if need_dw else None,
+            w.new_zeros(w.shape[0]) if need_db else None,
+            torch.zeros_like(s) if need_ds else None)
+
+
+def _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db, need_ds):
+    M, K = x.shape
+    N = w.shape[0]
+    programs = min(persistent_programs(x.device.index if x.is_cuda else -1),
+                   triton.cdiv(M, MIN_BLOCK))
+    acc = _acc_dtype(x)
+    dx = x.new_empty((M, K)) if need_dx else None
+    dw_part = torch.empty((programs, N, K), dtype=acc, device=x.device) if need_dw else None
+    db_part = torch.empty((programs, N), dtype=acc, device=x.device) if need_db else None
+    ds_part = torch.empty((programs, N), dtype=acc, device=x.device) if need_ds else None
+    dummy = g
+    with device_guard(x):
+        linear_bwd_narrow_kernel[(programs,)](
+            g, x, w, dummy if b is None else b, dummy if s is None else s,
+            dummy if dx is None else dx, dummy if dw_part is None else dw_part,
+            dummy if db_part is None else db_part, dummy if ds_part is None else ds_part,
+            M, N, K, g.stride(0), g.stride(1), x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            HAS_BIAS=b is not None, SLOPE=slope_kind(s), ACT=ACT_IDS[activation],
+            NEED_DX=need_dx, NEED_DW=need_dw, NEED_DB=need_db, NEED_DS=need_ds,
+            ACC_FP64=acc == torch.float64, DOT_PRECISION=dot_precision(x.dtype),
+            BLOCK_N=next_pow2_at_least_16(N), BLOCK_K=next_pow2_at_least_16(K))
+    return (dx,
+            dw_part.sum(0).to(w.dtype) if need_dw else None,
+            db_part.sum(0).to(w.dtype) if need_db else None,
+            _reduce_ds(ds_part, s) if need_ds else None)
+
+
+def _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds):
+    gz, db_part, ds_part = _act_backward_2d(
+        g, z, s, activation, slope_on_rows=False, channels=w.shape[0],
+        need_dz=need_dx or need_dw, need_db=need_db, need_ds=need_ds)
+    return (torch.mm(gz, w) if need_dx else None,
+            torch.mm(gz.t(), x) if need_dw else None,
+            db_part.sum(0).to(w.dtype) if need_db else None,
+            _reduce_ds(ds_part, s) if need_ds else None)
+
+
+# ---------------------------------------------------------------------------
+# Standalone activation
+# ---------------------------------------------------------------------------
+
+def _as_grid(t: torch.Tensor, s: Optional[torch.Tensor], dim: int):
+    """View ``t`` as the (R, C) grid of the kernels; returns (t2d, slope_on_rows, channels)."""
+    if t.dim() == 0:
+        return t.reshape(1, 1), False, 1
+    channels = t.shape[dim]
+    if s is None or s.dim() == 0 or dim == t.dim() - 1:
+        return t.reshape(-1, t.shape[-1]), False, channels
+    inner = 1
+    for size in t.shape[dim + 1:]:
+        inner *= size
+    return t.reshape(-1, inner), True, channels
+
+
+def activation_forward(z: torch.Tensor, s: Optional[torch.Tensor], activation: str,
+                       dim: int) -> torch.Tensor:
+    """y = act(s * z), a (C,) s broadcast along ``dim``."""
+    y = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    if z.numel() == 0:
+        return y
+    z2, on_rows, channels = _as_grid(z, s, dim)
+    R, C = z2.shape
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    with device_guard(z):
+        act_fwd_kernel[grid](
+            z2, y if s is None else s, y, R, C, channels, z2.stride(0), z2.stride(1),
+            SLOPE=slope_kind(s), SLOPE_ON_ROWS=on_rows, ACT=ACT_IDS[activation],
+            ACC_FP64=z.dtype == torch.float64)
+    return y
+
+
+def activation_backward(g: torch.Tensor, z: torch.Tensor, s: Optional[torch.Tensor],
+                        activation: str, dim: int, need_dz: bool, need_ds: bool):
+    """(dz, ds), None where not needed: dz = g act'(h) s, ds = sum of g act'(h) z."""
+    need_ds = need_ds and s is not None
+    if z.numel() == 0:
+        return (torch.zeros_like(z) if need_dz else None,
+                torch.zeros_like(s) if need_ds else None)
+    z2, on_rows, channels = _as_grid(z, s, dim)
+    g2 = g.reshape(z2.shape)
+    dz, _, ds_part = _act_backward_2d(g2, z2, s, activation, on_rows, channels,
+                                      need_dz=need_dz, need_db=False, need_ds=need_ds)
+    if need_ds and on_rows:  # partials (blocks, outer * C): fold rows onto channels
+        ds_part = ds_part.reshape(-1, channels)
+    return (dz.reshape(z.shape) if need_dz else None,
+            _reduce_ds(ds_part, s) if need_ds else None)
+
+
+def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need_db, need_ds):
+    """Launch ``act_bwd_kernel`` on an (R, C) grid; returns (gz, db partials, ds partials)."""
+    R, C = z.shape
+    acc = _acc_dtype(z)
+    dz = z.new_empty((R, C)) if need_dz else None
+    db_part = z.new_zeros((triton.cdiv(R, MIN_BLOCK), C), dtype=acc) if need_db else None
+    ds_shape = (triton.cdiv(C, MIN_BLOCK), R) if slope_on_rows else (triton.cdiv(R, MIN_BLOCK), C)
+    ds_part = z.new_zeros(ds_shape, dtype=acc) if need_ds else None
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    dummy = z
+    with device_guard(z):
+        act_bwd_kernel[grid](
+            g, z, dummy if s is None else s, dummy if dz is None else dz,
+            dummy if db_part is None else db_part, dummy if ds_part is None else ds_part,
+            R, C, channels, g.stride(0), g.stride(1), z.stride(0), z.stride(1),
+            SLOPE=slope_kind(s), SLOPE_ON_ROWS=slope_on_rows, ACT=ACT_IDS[activation],
+            NEED_DZ=need_dz, NEED_DB=need_db, NEED_DS=need_ds, ACC_FP64=acc == torch.float64)
+    return dz, db_part, ds_part

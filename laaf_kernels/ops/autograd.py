@@ -1,0 +1,165 @@
+"""The one autograd path that every fused backend shares.
+
+A fused backend provides four ``torch.library`` custom ops::
+
+    linear_fwd(x2d, W, b?, s?, activation, training)           -> (y, z)
+    linear_bwd(g, x2d, W, b?, z, s?, activation, need_dx, need_dw, need_db, need_ds)
+                                                                -> (dx, dW, db, ds)
+    act_fwd(z, s?, activation, dim)                             -> y
+    act_bwd(g, z, s?, activation, dim, need_dz, need_ds)        -> (dz, ds)
+
+where ``z`` is whatever the backend's backward needs (it may be empty: a
+backend may recompute z from x, W and b), and ``s = scale * slope`` is formed here with a differentiable torch multiply,
+so autograd turns ``ds`` into ``da = n * ds`` by itself. This module registers
+their autograd formulas and builds the backend's ``linear``/``activation``
+entry points (flattening, autocast, inference vs training).
+
+Backward (``shared/notes/math.md``)::
+
+    gh = g act'(h)   gz = gh s   dx = gz W   dW = gz^T x   db = sum gz   ds = sum gh z
+
+When the backward itself is being differentiated (``create_graph=True``, as
+a PINN does for u_x, u_xx), the fused backward op is not used: the gradients
+are formed from differentiable torch ops and the table's act' formula, so
+derivatives of any order stay correct.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..activations import evaluate
+
+__all__ = ["register_linear_autograd", "register_activation_autograd", "make_linear",
+           "make_activation", "differentiable_linear_grads", "differentiable_activation_grads"]
+
+
+# ---------------------------------------------------------------------------
+# Differentiable backward (used under create_graph=True)
+# ---------------------------------------------------------------------------
+
+def _sum_like_slope(t: torch.Tensor, s: torch.Tensor, keep_dim: int) -> torch.Tensor:
+    """Reduce ``t`` to the shape of ``s``: all of it for a 0-d s, else all dims but ``keep_dim``."""
+    if s.dim() == 0:
+        return t.sum()
+    return t.sum([d for d in range(t.dim()) if d != keep_dim])
+
+
+def _broadcast_slope(s: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
+    if s.dim() == 0:
+        return s
+    shape = [1] * ndim
+    shape[dim] = s.shape[0]
+    return s.reshape(shape)
+
+
+def differentiable_activation_grads(g, z, s, activation, dim, need):
+    """(dz, ds) of y = act(s z) from differentiable torch ops."""
+    s_b = None if s is None else _broadcast_slope(s, z.dim(), dim)
+    h = z if s is None else z * s_b
+    gh = g * evaluate(activation, "d1", h)
+    dz = (gh if s is None else gh * s_b) if need[0] else None
+    ds = _sum_like_slope(gh * z, s, dim) if (need[1] and s is not None) else None
+    return dz, ds
+
+
+def differentiable_linear_grads(g, x, weight, bias, s, activation, need):
+    """(dx, dW, db, ds) of y = act(s (x W^T + b)) from differentiable torch ops;
+    z is recomputed with F.linear so that the graph reaches x, W and b."""
+    z = F.linear(x, weight, bias)
+    gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]))
+    return (gz @ weight if need[0] else None,
+            gz.t() @ x if need[1] else None,
+            gz.sum(0) if need[2] else None,
+            ds)
+
+
+# ---------------------------------------------------------------------------
+# Autograd registration for a backend's ops
+# ---------------------------------------------------------------------------
+
+def register_linear_autograd(fwd_op, bwd_op) -> None:
+    """Autograd of ``fwd_op`` (y, z) via ``bwd_op``; z is a saved, non-differentiable output."""
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, s, activation, _training = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.activation = activation
+        ctx.save_for_backward(x, weight, bias, output[1], s)
+
+    def backward(ctx, gy, _gz):
+        x, weight, bias, z, s = ctx.saved_tensors
+        need = ctx.needs_input_grad[:4]
+        if gy is None:
+            return None, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
+            grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need)
+        else:
+            grads = bwd_op(gy, x, weight, bias, z, s, ctx.activation, *need)
+            grads = [t if n else None for t, n in zip(grads, need)]
+        return (*grads, None, None)
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+
+
+def register_activation_autograd(fwd_op, bwd_op) -> None:
+    """Autograd of ``fwd_op`` y = act(s z) via ``bwd_op``."""
+
+    def setup_context(ctx, inputs, output):
+        z, s, activation, dim = inputs
+        ctx.activation, ctx.dim = activation, dim
+        ctx.save_for_backward(z, s)
+
+    def backward(ctx, gy):
+        z, s = ctx.saved_tensors
+        need = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():
+            grads = differentiable_activation_grads(gy, z, s, ctx.activation, ctx.dim, need)
+        else:
+            grads = bwd_op(gy, z, s, ctx.activation, ctx.dim, *need)
+            grads = [t if n else None for t, n in zip(grads, need)]
+        return (*grads, None, None)
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+
+
+# ---------------------------------------------------------------------------
+# The backend entry points (what dispatch calls, arguments already checked)
+# ---------------------------------------------------------------------------
+
+def _autocast(device_type: str, *tensors):
+    """Under autocast, cast x, W, b as ``nn.Linear`` is cast (the slope stays fp32)."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def make_linear(fwd_op):
+    """The backend's ``linear(x, weight, bias, slope, activation, scale)``."""
+
+    def linear(x, weight, bias, slope, activation: str, scale: float) -> torch.Tensor:
+        x, weight, bias = _autocast(x.device.type, x, weight, bias)
+        s = None if slope is None else scale * slope
+        x2 = x.reshape(-1, x.shape[-1])
+        y, _ = fwd_op(x2, weight, bias, s, activation, _needs_grad(x, weight, bias, s))
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    return linear
+
+
+def make_activation(fwd_op):
+    """The backend's ``activation(z, slope, activation, scale, dim)``."""
+
+    def activation_fn(z, slope, activation: str, scale: float, dim: int) -> torch.Tensor:
+        s: Optional[torch.Tensor] = None if slope is None else scale * slope
+        return fwd_op(z, s, activation, dim)
+
+    return activation_fn

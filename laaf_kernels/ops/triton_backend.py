@@ -1,0 +1,99 @@
+"""The "triton" backend: the Triton kernels registered as ``torch.library`` custom
+ops (``torch.ops.laaf.triton_*``), with fake implementations so that
+``torch.compile(fullgraph=True)`` traces through them, and the shared autograd
+formulas of :mod:`laaf_kernels.ops.autograd`.
+
+It runs CUDA tensors compiled, and CPU tensors in Triton's interpreter
+(``TRITON_INTERPRET=1``, set before triton is imported).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..kernels import triton_launchers as launch
+from .autograd import (make_activation, make_linear, register_activation_autograd,
+                       register_linear_autograd)
+
+__all__ = ["linear", "activation"]
+
+
+def _empty_unless(need: bool, like: Tensor, shape) -> Tensor:
+    return like.new_empty(shape if need else (0,))
+
+
+# ---------------------------------------------------------------------------
+# Linear
+# ---------------------------------------------------------------------------
+
+@torch.library.custom_op("laaf::triton_linear_fwd", mutates_args=())
+def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], s: Optional[Tensor],
+               activation: str, training: bool) -> Tuple[Tensor, Tensor]:
+    """y = act(s (x W^T + b)) for 2-D x; also z = x W^T + b when training a wide
+    layer (narrow layers recompute z in the backward), else an empty tensor."""
+    return launch.linear_forward(x, weight, bias, s, activation, training)
+
+
+@linear_fwd.register_fake
+def _(x, weight, bias, s, activation, training):
+    shape = (x.shape[0], weight.shape[0])
+    store_z = launch.stores_z(weight.shape[0], weight.shape[1], training)
+    return x.new_empty(shape), _empty_unless(store_z, x, shape)
+
+
+@torch.library.custom_op("laaf::triton_linear_bwd", mutates_args=())
+def linear_bwd(g: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Tensor,
+               s: Optional[Tensor], activation: str, need_dx: bool, need_dw: bool,
+               need_db: bool, need_ds: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dW, db, ds); an output not asked for is an empty tensor."""
+    grads = launch.linear_backward(g, x, weight, bias, z, s, activation,
+                                   need_dx, need_dw, need_db, need_ds)
+    return tuple(x.new_empty((0,)) if t is None else t for t in grads)
+
+
+@linear_bwd.register_fake
+def _(g, x, weight, bias, z, s, activation, need_dx, need_dw, need_db, need_ds):
+    need_ds = need_ds and s is not None
+    return (_empty_unless(need_dx, x, x.shape), _empty_unless(need_dw, x, weight.shape),
+            _empty_unless(need_db, x, weight.shape[:1]),
+            s.new_empty(s.shape) if need_ds else x.new_empty((0,)))
+
+
+# ---------------------------------------------------------------------------
+# Standalone activation
+# ---------------------------------------------------------------------------
+
+@torch.library.custom_op("laaf::triton_act_fwd", mutates_args=())
+def act_fwd(z: Tensor, s: Optional[Tensor], activation: str, dim: int) -> Tensor:
+    """y = act(s z), a (C,) s broadcast along ``dim``."""
+    return launch.activation_forward(z, s, activation, dim)
+
+
+@act_fwd.register_fake
+def _(z, s, activation, dim):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("laaf::triton_act_bwd", mutates_args=())
+def act_bwd(g: Tensor, z: Tensor, s: Optional[Tensor], activation: str, dim: int,
+            need_dz: bool, need_ds: bool) -> Tuple[Tensor, Tensor]:
+    """(dz, ds); an output not asked for is an empty tensor."""
+    dz, ds = launch.activation_backward(g, z, s, activation, dim, need_dz, need_ds)
+    return (z.new_empty((0,)) if dz is None else dz, z.new_empty((0,)) if ds is None else ds)
+
+
+@act_bwd.register_fake
+def _(g, z, s, activation, dim, need_dz, need_ds):
+    need_ds = need_ds and s is not None
+    return (torch.empty_like(z, memory_format=torch.contiguous_format) if need_dz
+            else z.new_empty((0,)),
+            s.new_empty(s.shape) if need_ds else z.new_empty((0,)))
+
+
+register_linear_autograd(linear_fwd, linear_bwd)
+register_activation_autograd(act_fwd, act_bwd)
+
+linear = make_linear(linear_fwd)
+activation = make_activation(act_fwd)

@@ -1,0 +1,83 @@
+"""The Triton standalone activation kernels against the reference: a (C,) slope
+along any dim (NCHW dim=1, first, last, middle of 3-D), 0-d slopes, no slope,
+non-contiguous z, 0-d and empty z, fp64/fp32/bf16, and determinism."""
+import pytest
+import torch
+
+import laaf_kernels
+from helpers import SLOPE_KINDS, generator, make_slope, randn
+from laaf_kernels.activations import ACTIVATIONS
+from triton_cases import DEVICES, compare_activation, pytestmark_triton
+
+pytestmark = pytestmark_triton
+SCALE = 3.0
+
+CASES = {  # name -> (shape of z, dim, non-contiguous)
+    "nchw_dim1": ((2, 3, 5, 7), 1, False),
+    "last_dim": ((19, 7), -1, False),
+    "first_dim": ((5, 3, 4), 0, False),
+    "middle_noncontig": ((5, 3, 4), 1, True),
+    "single_channel": ((4, 1, 3), 1, False),
+    "1d": ((13,), 0, False),
+}
+
+
+def _inputs(case, kind, seed, dtype, device):
+    shape, dim, noncontig = CASES[case]
+    gen = generator(seed)
+    z = randn(shape, gen, noncontig=noncontig).to(device=device, dtype=dtype).requires_grad_()
+    a = make_slope(kind, shape[dim], SCALE, gen)
+    a = None if a is None else a.to(device=device, dtype=dtype).requires_grad_()
+    return z, a, dim
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", SLOPE_KINDS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_nchw_fp64(device, activation, kind):
+    z, a, dim = _inputs("nchw_dim1", kind, seed=21, dtype=torch.float64, device=device)
+    compare_activation(z, a, activation, SCALE, dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", SLOPE_KINDS)
+@pytest.mark.parametrize("case", CASES)
+def test_dims_and_layouts_fp64(device, case, kind):
+    z, a, dim = _inputs(case, kind, seed=22, dtype=torch.float64, device=device)
+    compare_activation(z, a, "gelu", SCALE, dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["nchw_dim1", "last_dim"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_low_precision(device, dtype, case, activation):
+    z, a, dim = _inputs(case, "vector", seed=23, dtype=dtype, device=device)
+    compare_activation(z, a, activation, SCALE, dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_0d_and_empty_z(device):
+    z = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
+    a = torch.tensor(0.4, dtype=torch.float64, device=device, requires_grad=True)
+    compare_activation(z, a, "tanh", SCALE, -1)
+    empty = torch.randn(0, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    slope = torch.rand(3, dtype=torch.float64, device=device, requires_grad=True)
+    y = laaf_kernels.laaf_activation(empty, slope, scale=SCALE, dim=1, backend="triton")
+    assert y.shape == empty.shape
+    dz, da = torch.autograd.grad(y.sum(), (empty, slope), materialize_grads=True)
+    assert dz.shape == empty.shape and torch.count_nonzero(da) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["nchw_dim1", "last_dim"])
+def test_backward_is_deterministic(device, case):
+    z, a, dim = _inputs(case, "vector", seed=24, dtype=torch.float32, device=device)
+    g = torch.randn(z.shape, device=device)
+
+    def grads():
+        y = laaf_kernels.laaf_activation(z, a, scale=SCALE, dim=dim, backend="triton")
+        return torch.autograd.grad(y, (z, a), g)
+
+    for p, q in zip(grads(), grads()):
+        assert torch.equal(p, q)

@@ -1,0 +1,72 @@
+"""Shared set-up of the Triton backend tests: where they run, and how a call of
+the backend is compared with the reference."""
+import os
+
+import pytest
+import torch
+
+import laaf_kernels
+from helpers import assert_close_to_truth, upcast
+from laaf_kernels import reference
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_READY = "triton" in laaf_kernels.available_backends()
+
+#: CPU tensors run in the interpreter (CI), CUDA tensors compiled (GPU box).
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(
+        not (TRITON_READY and INTERPRETING),
+        reason="Triton on CPU tensors needs its interpreter (TRITON_INTERPRET=1); "
+               "off here because the kernels run compiled on a GPU")),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not (TRITON_READY and torch.cuda.is_available() and not INTERPRETING),
+        reason="no CUDA device: the compiled Triton kernels are not run here")]),
+]
+
+pytestmark_triton = pytest.mark.skipif(not TRITON_READY, reason="the triton backend is unavailable")
+
+
+def compare_linear(x, w, b, a, activation, scale, dtype_tol_name=""):
+    """Run the triton backend and the reference (in x's dtype and in float64) on
+    the same inputs, the same upstream gradient, and compare y and each gradient."""
+    y = laaf_kernels.laaf_linear(x, w, b, a, activation=activation, scale=scale, backend="triton")
+    base = reference.laaf_linear(x, w, b, a, activation=activation, scale=scale)
+    x64, w64, b64, a64 = upcast((x, w, b, a))
+    truth = reference.laaf_linear(x64, w64, b64, a64, activation=activation, scale=scale)
+    m_rows, k_in, n_out = x.numel() // max(1, x.shape[-1]), x.shape[-1], w.shape[0]
+    assert_close_to_truth("y", y, truth, base, k_in)
+
+    gen = torch.Generator().manual_seed(99)
+    g = torch.randn(truth.shape, generator=gen, dtype=torch.float64).to(x.device)
+    names = ("dx", "dW", "db", "da")
+    lengths = (n_out, m_rows, m_rows, m_rows * (n_out if (a is not None and a.dim() == 0) else 1))
+    inputs = [(n, t, t64, L) for n, t, t64, L in zip(names, (x, w, b, a), (x64, w64, b64, a64), lengths)
+              if t is not None and t.requires_grad]
+    if not inputs:
+        return
+    grads = torch.autograd.grad(y, [t for _, t, _, _ in inputs], g.to(y.dtype))
+    base_grads = torch.autograd.grad(base, [t for _, t, _, _ in inputs], g.to(base.dtype))
+    true_grads = torch.autograd.grad(truth, [t for _, _, t, _ in inputs], g)
+    for (name, _, _, length), got, bg, tg in zip(inputs, grads, base_grads, true_grads):
+        assert_close_to_truth(f"{name} ({activation}{dtype_tol_name})", got, tg, bg, length)
+
+
+def compare_activation(z, a, activation, scale, dim):
+    """As ``compare_linear``, for laaf_activation."""
+    y = laaf_kernels.laaf_activation(z, a, activation=activation, scale=scale, dim=dim,
+                                     backend="triton")
+    base = reference.laaf_activation(z, a, activation=activation, scale=scale, dim=dim)
+    z64, a64 = upcast((z, a))
+    truth = reference.laaf_activation(z64, a64, activation=activation, scale=scale, dim=dim)
+    assert_close_to_truth("y", y, truth, base, 1)
+    gen = torch.Generator().manual_seed(98)
+    g = torch.randn(truth.shape, generator=gen, dtype=torch.float64).to(z.device)
+    pairs = [(n, t, t64) for n, t, t64 in (("dz", z, z64), ("da", a, a64))
+             if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(y, [t for _, t, _ in pairs], g.to(y.dtype))
+    base_grads = torch.autograd.grad(base, [t for _, t, _ in pairs], g.to(base.dtype))
+    true_grads = torch.autograd.grad(truth, [t for _, _, t in pairs], g)
+    reduced = z.numel() // (a.numel() if a is not None else 1)
+    for (name, _, _), got, bg, tg in zip(pairs, grads, base_grads, true_grads):
+        assert_close_to_truth(f"{name} ({activation})", got, tg, bg,
+                              reduced if name == "da" else 1)

@@ -28,8 +28,11 @@ $(VENV)/.installed: requirements-dev.txt
 test: $(SETUP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# CPU timing: fixed glibc malloc thresholds, so that large tensors are reused from
+# the heap instead of mmap'd afresh (page faults) depending on allocator history.
 bench: $(SETUP)
-	$(PY) -m bench.run $(if $(filter 1,$(FULL)),--full,)
+	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 \
+	  $(PY) -m bench.run $(if $(filter 1,$(FULL)),--full,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -109,8 +109,10 @@ def zeros_like(x):
 @triton.jit
 def dot(a, b, acc, DOT_PRECISION: tl.constexpr):
     """acc + a @ b with tensor cores on a GPU; exact upcast operands in the interpreter."""
+    # out_dtype: Triton 3.6 needs it spelled out for an fp64 accumulator.
     if USE_LIBDEVICE:
-        out = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        out = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc.dtype)
     else:
-        out = tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc, input_precision=DOT_PRECISION)
+        out = tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc, input_precision=DOT_PRECISION,
+                     out_dtype=acc.dtype)
     return out

@@ -1,0 +1,93 @@
+"""What gets measured: ops, passes, shapes and the suites that combine them."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import List
+
+OPS = ("linear", "activation")
+PASSES = ("infer", "train_fwd", "bwd", "fwd_bwd")
+SLOPES = ("none", "scalar", "vector")
+
+#: Named shape sets: (M, K, N); for the activation op C = N and K is unused.
+SHAPE_SETS = {
+    "pinn": [(m, w, w) for m in (2 ** 14, 2 ** 17, 2 ** 20) for w in (20, 50, 128)],
+    "dl": [(8192, w, w) for w in (1024, 4096)],
+    "quick": [(2 ** 14, 50, 50), (100_000, 50, 50)],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked configuration (a row of the results, before the provider)."""
+
+    op: str
+    pass_: str
+    M: int
+    K: int
+    N: int
+    dtype: str
+    activation: str
+    slope: str
+    headline: bool = False  #: a target of the issues: compile providers run here too
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["pass"] = d.pop("pass_")
+        return d
+
+    @property
+    def label(self) -> str:
+        shape = f"{self.M}x{self.K}x{self.N}" if self.op == "linear" else f"{self.M}x{self.N}"
+        return f"{self.op} {self.pass_} {shape} {self.dtype} {self.activation} {self.slope}"
+
+
+def parse_shape(text: str):
+    """'MxKxN' -> (M, K, N), or a named set."""
+    if text in SHAPE_SETS:
+        return SHAPE_SETS[text]
+    try:
+        m, k, n = (int(v) for v in text.lower().split("x"))
+        if min(m, k, n) < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"shape must be 'MxKxN' with positive ints or one of "
+                         f"{', '.join(SHAPE_SETS)}; got {text!r}") from None
+    return [(m, k, n)]
+
+
+HEADLINES = {  # the shapes the issues set targets on, per device
+    "cuda": [((2 ** 20, 50, 50), "float32"), ((8192, 4096, 4096), "bfloat16")],
+    "cpu": [((100_000, 50, 50), "float32")],
+}
+
+
+def _is_headline(device, shape, dtype, act, slope) -> bool:
+    return act == "tanh" and slope == "vector" and (shape, dtype) in HEADLINES[device]
+
+
+def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None) -> List[Case]:
+    """The cases of the quick or full suite on ``device``, filtered by ops/passes/shapes.
+
+    full: PINN shapes x tanh/relu/sigmoid x slope kinds in fp32 (on CPU the
+    smaller half), plus the deep-learning shapes in bf16 and fp32 (tanh,
+    neuron-wise; relu without slope). quick: PINN-sized shapes, tanh,
+    neuron-wise, fp32. Headline cases (``HEADLINES``) also time torch.compile.
+    """
+    cases = []
+    if shapes is not None:
+        grid = [(s, "float32", "tanh", "vector") for s in shapes]
+    elif not full:
+        grid = [(s, "float32", "tanh", "vector") for s in SHAPE_SETS["quick"]]
+    else:
+        pinn = SHAPE_SETS["pinn"] if device == "cuda" else SHAPE_SETS["pinn"][:6]
+        grid = [(s, "float32", "tanh", slope) for s in pinn for slope in SLOPES]
+        grid += [(s, "float32", act, "vector") for s in pinn for act in ("relu", "sigmoid")]
+        dl = SHAPE_SETS["dl"] if device == "cuda" else SHAPE_SETS["dl"][:1]
+        for s in dl:
+            grid += [(s, dt, "tanh", "vector") for dt in ("bfloat16", "float32")]
+            grid += [(s, "bfloat16", "relu", "none")]
+    for op, pass_, (shape, dtype, act, slope) in itertools.product(ops, passes, grid):
+        headline = shapes is not None or _is_headline(device, shape, dtype, act, slope)
+        cases.append(Case(op, pass_, *shape, dtype, act, slope, headline))
+    return cases

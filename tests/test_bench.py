@@ -1,0 +1,50 @@
+"""The benchmark harness runs (one tiny case, CPU) and rejects bad options clearly."""
+import json
+
+import pytest
+
+from bench import cases, roofline, run
+
+
+def test_one_tiny_case_writes_rows_with_metadata(tmp_path, capsys):
+    rc = run.main(["--device", "cpu", "--ops", "linear", "--passes", "train_fwd,fwd_bwd",
+                   "--shapes", "64x8x8", "--providers", "backend:reference,eager,mm",
+                   "--no-models", "--out", str(tmp_path)])
+    assert rc == 0
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert {"device", "torch", "triton", "git_commit", "date", "ceilings"} <= set(data["meta"])
+    rows = data["rows"]
+    assert {r["provider"] for r in rows} == {"backend:reference", "eager", "mm"}
+    assert all(r["error"] is None and r["median_ms"] > 0 for r in rows)
+    train = [r for r in rows if r["pass"] == "train_fwd" and r["provider"] != "mm"]
+    assert all(r["saved_bytes"] > 0 for r in train)
+    assert "median ms" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ops", "conv"], "unknown op 'conv'; valid: linear, activation"),
+    (["--passes", "sideways"], "unknown pass 'sideways'; valid: infer"),
+    (["--providers", "numpy"], "unknown provider 'numpy'; valid: backend:reference"),
+    (["--shapes", "12x4"], "shape must be 'MxKxN'"),
+    (["--device", "tpu"], "--device must be cpu or cuda"),
+])
+def test_bad_options_list_the_valid_ones(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run.parse_args(["--device", "cpu", *argv] if "--device" not in argv else argv)
+    assert message in str(exc.value)
+
+
+def test_roofline_models():
+    case = cases.Case("linear", "fwd_bwd", 1000, 50, 50, "float32", "tanh", "vector")
+    assert roofline.model_flops(case) == 3 * 2 * 1000 * 50 * 50
+    # x, y, z, g, dx once each (x twice: forward and dW), plus W, b twice
+    assert roofline.model_bytes(case) == 4 * (2 * 50_000 + 3 * 50_000 + 2 * (2500 + 50))
+
+
+def test_full_gpu_suite_has_the_headline_cases():
+    full = cases.suite("cuda", full=True)
+    heads = {(c.M, c.K, c.N, c.dtype) for c in full if c.headline}
+    assert heads == {(2 ** 20, 50, 50, "float32"), (8192, 4096, 4096, "bfloat16")}
+    assert {c.pass_ for c in full} == set(cases.PASSES)

@@ -29,11 +29,15 @@ def metadata(device: str, ceilings: dict) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else
         f"{cpu_name()} ({torch.get_num_threads()} threads)",
@@ -41,6 +45,7 @@ def metadata(device: str, ceilings: dict) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
         "laaf_kernels": laaf_kernels.__version__, "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
         "python": platform.python_version(), "ceilings": ceilings,
     }
 

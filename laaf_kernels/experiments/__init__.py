@@ -1,0 +1,1 @@
+"""Runnable experiments: python -m laaf_kernels.experiments --help."""

@@ -25,12 +25,12 @@ else
 fi
 
 log "GPU tests"
-timeout 200 $PY -m pytest -q -x -rs tests/test_triton_linear.py tests/test_triton_activation.py \
+timeout 170 $PY -m pytest -q -x -rs tests/test_triton_linear.py tests/test_triton_activation.py \
   tests/test_triton_integration.py tests/test_codegen.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
 tests_rc=${PIPESTATUS[0]}
 
 log "benchmark (full suite)"
-timeout 330 $PY -m bench.run --full --device cuda --deadline-s 240 --out "$OUT"
+timeout 360 $PY -m bench.run --full --device cuda --deadline-s 200 --out "$OUT"
 bench_rc=$?
 
 log "done: tests rc=$tests_rc, bench rc=$bench_rc"

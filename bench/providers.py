@@ -3,7 +3,7 @@
 * ``backend:<name>``   laaf_kernels with that backend
 * ``eager``            ``act(scale * a * F.linear(x, W, b))`` in eager PyTorch
 * ``compile``          torch.compile of that eager function (default mode)
-* ``compile-max``      torch.compile(mode="max-autotune"), GPU only
+* ``compile-max``      torch.compile(mode="max-autotune"), GPU, linear infer and fwd_bwd
 * ``addmm_act``        torch._addmm_activation (cuBLASLt's relu epilogue): relu, no slope
 * ``mm``               bare torch.mm(x, W^T): the GEMM floor, no bias, no activation
 """
@@ -86,6 +86,9 @@ def make_fn(provider: str, case: Case) -> Optional[Callable]:
     if provider == "eager":
         return _eager_fn(case)
     if provider in ("compile", "compile-max"):
+        if provider == "compile-max" and not (case.op == "linear" and
+                                              case.pass_ in ("infer", "fwd_bwd")):
+            return None  # max-autotune takes minutes per shape: only where the targets are
         torch._dynamo.reset()
         mode = "max-autotune" if provider == "compile-max" else None
         return torch.compile(_eager_fn(case), mode=mode, dynamic=False)

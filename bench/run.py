@@ -193,6 +193,8 @@ def main(argv=None) -> int:
           f"{args.device} | providers: {', '.join(args.providers)}", flush=True)
     ceil = ceilings(args.device, quick)
     print("ceilings: " + ", ".join(f"{k} {v:.3g}" for k, v in ceil.items()), flush=True)
+    meta = metadata(args.device, ceil)
+    path = results_path(pathlib.Path(args.out), meta)
     print_header()
     rows = []
     for case in C.suite(args.device, args.full, args.ops, args.passes, args.shapes):
@@ -208,6 +210,7 @@ def main(argv=None) -> int:
         print_table(case_rows)
         sys.stdout.flush()
         rows += case_rows
+        write_json(path, meta, rows, [])  # after every case: a cut-short run keeps its rows
     models = []
     if not args.no_models:
         backends = [p.split(":", 1)[1] for p in args.providers if p.startswith("backend:")]
@@ -215,8 +218,6 @@ def main(argv=None) -> int:
         for name, (median, p20, p80) in time_interleaved(steps, args.device, quick).items():
             models.append({"model": name, "median_ms": median, "p20_ms": p20, "p80_ms": p80})
         print_models(models)
-    meta = metadata(args.device, ceil)
-    path = results_path(pathlib.Path(args.out), meta)
     write_json(path, meta, rows, models)
     print(f"\nwrote {path}")
     try:

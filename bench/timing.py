@@ -41,7 +41,7 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], device: str,
                      quick: bool) -> Dict[str, Quantiles]:
     """Quantiles per provider; on CPU the providers take turns over several rounds."""
     if device == "cuda":
-        return {name: time_gpu(fn, rep_ms=50 if quick else 100) for name, fn in fns.items()}
+        return {name: time_gpu(fn, rep_ms=40) for name, fn in fns.items()}
     rounds = 5
     per_round = 0.15 if quick else 0.4
     times = {name: [] for name in fns}

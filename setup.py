@@ -1,13 +1,25 @@
 """Build script.
 
-The pure-Python package needs nothing compiled. The C++/CUDA extension in
-``csrc/`` is opt-in ahead of time with ``LAAF_BUILD_EXT=1 pip install .``;
-otherwise it is built on first use (see ``laaf_kernels/ops``).
+The pure-Python package needs nothing compiled. The C++ extension in ``csrc/``
+is built on first use (``laaf_kernels/ops/extension.py``), or ahead of time with
+
+    LAAF_BUILD_EXT=1 pip install --no-build-isolation .
+
+(``--no-build-isolation``: the build compiles against the installed torch.)
 """
 import glob
+import importlib.util
 import os
 
 from setuptools import setup
+
+
+def _cpu_flags():
+    """The same CPU flags as the JIT build (read from laaf_kernels/ops/extension.py)."""
+    spec = importlib.util.spec_from_file_location("laaf_extension", "laaf_kernels/ops/extension.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._cpu_flags()
 
 
 def extension_modules():
@@ -21,7 +33,8 @@ def extension_modules():
     cuda = cpp_extension.CUDA_HOME is not None and glob.glob("csrc/*.cu")
     kind = cpp_extension.CUDAExtension if cuda else cpp_extension.CppExtension
     sources += sorted(glob.glob("csrc/*.cu")) if cuda else []
-    ext = kind("laaf_kernels._C", sources, extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
+    ext = kind("laaf_kernels._C", sources, include_dirs=[os.path.abspath("csrc")],
+               extra_compile_args={"cxx": ["-O3", *_cpu_flags()], "nvcc": ["-O3"]})
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 

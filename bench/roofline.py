@@ -33,14 +33,18 @@ def model_flops(case: Case) -> int:
     return {"infer": gemm, "train_fwd": gemm, "bwd": 2 * gemm, "fwd_bwd": 3 * gemm}[case.pass_]
 
 
-def ceilings(device: str, quick: bool) -> dict:
-    """Copy bandwidth (GB/s, read + write) and GEMM throughput (TFLOP/s, fp32 and bf16)."""
+def _copy_gbps(device: str, quick: bool) -> float:
+    """Read + write bandwidth of one large device-to-device copy."""
     n_bytes = (1 << 30) if device == "cuda" else (1 << 28)
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
     t_copy, _, _ = measure(lambda: dst.copy_(src), device, quick)
-    out = {"copy_gbps": 2 * n_bytes / (t_copy * 1e-3) / 1e9}
-    del src, dst
+    return 2 * n_bytes / (t_copy * 1e-3) / 1e9
+
+
+def ceilings(device: str, quick: bool) -> dict:
+    """Copy bandwidth (GB/s, read + write) and GEMM throughput (TFLOP/s, fp32 and bf16)."""
+    out = {"copy_gbps": _copy_gbps(device, quick)}
     size = 8192 if device == "cuda" else 1024
     for dtype in ("float32", "bfloat16"):
         a = torch.randn(size, size, device=device).to(getattr(torch, dtype))

@@ -99,16 +99,16 @@ TABLE: Dict[str, Activation] = {a.name: a for a in (
         let=(("s", "sigmoid(h)"),),
         value="where(h > 20.0, h, log1p(exp(minimum(h, 20.0))))",
         d1="where(h > 20.0, 1.0, s)", d2="where(h > 20.0, 0.0, s * (1.0 - s))"),
-    Activation(
+    Activation(  # value in PyTorch's order, h / (1 + e^-h): the same bits as F.silu
         "silu", F.silu,
         let=(("s", "sigmoid(h)"),),
-        value="h * s", d1="s * (1.0 + h * (1.0 - s))",
+        value="h / (1.0 + exp(-h))", d1="s * (1.0 + h * (1.0 - s))",
         d2="s * (1.0 - s) * (2.0 + h * (1.0 - 2.0 * s))"),
-    Activation(
+    Activation(  # value in PyTorch's order, (h / 2) (1 + erf): the same bits as F.gelu
         "gelu", F.gelu,
         let=(("cdf", "0.5 * (1.0 + erf(h * SQRT1_2))"),
              ("pdf", "INV_SQRT_2PI * exp(-0.5 * h * h)")),
-        value="h * cdf", d1="cdf + h * pdf", d2="pdf * (2.0 - h * h)"),
+        value="h * 0.5 * (1.0 + erf(h * SQRT1_2))", d1="cdf + h * pdf", d2="pdf * (2.0 - h * h)"),
     Activation(
         "sin", torch.sin,
         value="sin(h)", d1="cos(h)", d2="-sin(h)"),

@@ -33,14 +33,24 @@ def test_modules_initialise_n_times_a_to_one(mode):
     assert torch.all(7.0 * act.slope == 1)
 
 
+def _ulps(dtype=torch.float32):
+    """rtol/atol of a few ulps: a fused backend's tanh/erf differ from PyTorch's own
+    CPU kernels (MKL's vector math) in the last bit or two."""
+    return dict(rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+
+
 @pytest.mark.parametrize("mode", ["fixed", *ADAPTIVE])
 def test_fresh_modules_equal_the_standard_activation(mode):
     torch.manual_seed(0)
     x = torch.randn(11, 3)
     layer = L.LAAFLinear(3, 5, "gelu", mode=mode, scale=10.0)
-    assert torch.equal(layer(x), nn.functional.gelu(nn.functional.linear(x, layer.weight, layer.bias)))
-    act = L.LAAF("sigmoid", mode=mode, num_features=3)
-    assert torch.equal(act(x), torch.sigmoid(x))
+    act = L.LAAF("tanh", mode=mode, num_features=3)
+    want_layer = nn.functional.gelu(nn.functional.linear(x, layer.weight, layer.bias))
+    with L.use_backend("reference"):  # bit for bit: n * a = 1 exactly, the same ops
+        assert torch.equal(layer(x), want_layer)
+        assert torch.equal(act(x), torch.tanh(x))
+    torch.testing.assert_close(layer(x), want_layer, **_ulps())  # whatever "auto" picks
+    torch.testing.assert_close(act(x), torch.tanh(x), **_ulps())
 
 
 def test_parameter_counts_match_the_paper():
@@ -129,7 +139,9 @@ def test_convert_gives_identical_outputs(mode):
     rng = torch.get_rng_state()
     assert L.convert(model, mode=mode, scale=10.0) is model
     assert torch.equal(torch.get_rng_state(), rng), "convert() must not consume random numbers"
-    assert torch.equal(model(x), before)
+    with L.use_backend("reference"):
+        assert torch.equal(model(x), before)
+    torch.testing.assert_close(model(x), before, **_ulps())
     converted = [m for m in model.modules() if isinstance(m, L.LAAFLinear)]
     assert len(converted) == 8
     assert [m.activation for m in converted[:2]] == ["tanh", "relu"]
@@ -175,7 +187,7 @@ def _roundtrip(module_factory, perturb=True):
 
 
 @pytest.mark.parametrize("mode", ["fixed", *ADAPTIVE])
-def test_state_dict_roundtrip(mode):
+def test_state_dict_roundtrip(mode):  # same backend on both sides: bit for bit
     x = torch.randn(7, 3)
     src, dst = _roundtrip(lambda: L.LAAFMLP([3, 5, 4, 2], mode=mode))
     assert torch.equal(src(x), dst(x))
@@ -241,7 +253,8 @@ def test_laaflinear_is_an_nn_linear_and_matches_it():
     layer = L.LAAFLinear(4, 3, "identity", mode="fixed")
     assert isinstance(layer, nn.Linear)
     x = torch.randn(5, 4)
-    assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    with L.use_backend("reference"):
+        assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
 
 
 def test_module_constructor_errors():

@@ -9,7 +9,7 @@ import torch
 
 import laaf_kernels
 from laaf_kernels.pinn import NU, burgers_exact
-from triton_cases import DEVICES, pytestmark_triton
+from fused_cases import TARGETS
 
 # ---------------------------------------------------------------------------
 # burgers_exact
@@ -84,32 +84,32 @@ def _burgers_loss(net, xt):
     return residual, residual.square().mean()
 
 
-@pytestmark_triton
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("mode", ["fixed", "global", "layer", "neuron"])
-def test_burgers_residual_and_parameter_gradients_match_reference(device, mode):
+def test_burgers_residual_and_parameter_gradients_match_reference(target, mode):
+    backend, device = target
     net = _network(mode, seed=3, device=device)
     xt = torch.rand(23, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     xt = (xt * torch.tensor([2.0, 1.0], dtype=torch.float64) - torch.tensor([1.0, 0.0],
           dtype=torch.float64)).to(device).requires_grad_()
     params = list(net.parameters())
     results = {}
-    for backend in ("reference", "triton"):
-        with laaf_kernels.use_backend(backend):
+    for name in ("reference", backend):
+        with laaf_kernels.use_backend(name):
             residual, loss = _burgers_loss(net, xt)
-            results[backend] = (residual.detach(), torch.autograd.grad(loss, params))
+            results[name] = (residual.detach(), torch.autograd.grad(loss, params))
     ref_res, ref_grads = results["reference"]
-    res, grads = results["triton"]
+    res, grads = results[backend]
     torch.testing.assert_close(res, ref_res, rtol=1e-10, atol=1e-12)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
 
 
-@pytestmark_triton
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
-def test_third_derivative_of_tanh_layer(device, kind):
+def test_third_derivative_of_tanh_layer(target, kind):
     """d3y/dx3 through laaf_linear (create_graph three times), against the reference."""
+    backend, device = target
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(13, 3, dtype=torch.float64, generator=gen).to(device).requires_grad_()
     w = torch.randn(4, 3, dtype=torch.float64, generator=gen).to(device)
@@ -124,4 +124,4 @@ def test_third_derivative_of_tanh_layer(device, kind):
         d2 = torch.autograd.grad(d1[:, 0].sum(), x, create_graph=True)[0]
         return torch.autograd.grad(d2[:, 0].sum(), x)[0]
 
-    torch.testing.assert_close(third("triton"), third("reference"), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(third(backend), third("reference"), rtol=1e-10, atol=1e-12)

@@ -31,11 +31,9 @@ def act_value(h, ACT: tl.constexpr):
     elif ACT == 5:  # softplus
         out = where(h > 20.0, h, log1p(exp(minimum(h, 20.0))))
     elif ACT == 6:  # silu
-        s = sigmoid(h)
-        out = h * s
+        out = h / (1.0 + exp(-h))
     elif ACT == 7:  # gelu
-        cdf = 0.5 * (1.0 + erf(h * SQRT1_2))
-        out = h * cdf
+        out = h * 0.5 * (1.0 + erf(h * SQRT1_2))
     elif ACT == 8:  # sin
         out = sin(h)
     elif ACT == 9:  # identity

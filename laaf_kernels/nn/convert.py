@@ -41,8 +41,10 @@ def convert(model: nn.Module, mode: str = "neuron", scale: float = 10.0) -> nn.M
     The Linear's slot gets the ``LAAFLinear`` (reusing its weight and bias
     parameters) and the activation's slot an ``nn.Identity``, so indices and
     state_dict keys of the existing parameters stay as they were. Slopes start
-    at ``n * a = 1``: the outputs right after conversion equal the original
-    model's. With mode="global" every converted layer shares one slope. The
+    at ``n * a = 1`` exactly, so right after conversion the model computes the
+    original function: bit for bit on the reference backend; on a fused backend
+    to within the last bit or two of its tanh/erf (PyTorch's CPU kernels use
+    MKL's vector math for these). With mode="global" every converted layer shares one slope. The
     model is changed in place and returned; if nothing matched, it is returned
     unchanged with a warning.
     """

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from ..activations import evaluate
 
-__all__ = ["register_linear_autograd", "register_activation_autograd", "make_linear",
-           "make_activation", "differentiable_linear_grads", "differentiable_activation_grads"]
+__all__ = ["register_backend_ops", "make_linear", "make_activation",
+           "differentiable_linear_grads", "differentiable_activation_grads"]
 
 
 # ---------------------------------------------------------------------------
@@ -80,8 +80,8 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need):
 # Autograd registration for a backend's ops
 # ---------------------------------------------------------------------------
 
-def register_linear_autograd(fwd_op, bwd_op) -> None:
-    """Autograd of ``fwd_op`` (y, z) via ``bwd_op``; z is a saved, non-differentiable output."""
+def _register_linear_autograd(fwd_name: str, bwd_op) -> None:
+    """Autograd of ``fwd_name`` (y, z) via ``bwd_op``; z is a saved, non-differentiable output."""
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, s, activation, _training = inputs
@@ -102,11 +102,11 @@ def register_linear_autograd(fwd_op, bwd_op) -> None:
             grads = [t if n else None for t, n in zip(grads, need)]
         return (*grads, None, None)
 
-    fwd_op.register_autograd(backward, setup_context=setup_context)
+    torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
 
 
-def register_activation_autograd(fwd_op, bwd_op) -> None:
-    """Autograd of ``fwd_op`` y = act(s z) via ``bwd_op``."""
+def _register_activation_autograd(fwd_name: str, bwd_op) -> None:
+    """Autograd of ``fwd_name`` y = act(s z) via ``bwd_op``."""
 
     def setup_context(ctx, inputs, output):
         z, s, activation, dim = inputs
@@ -123,7 +123,51 @@ def register_activation_autograd(fwd_op, bwd_op) -> None:
             grads = [t if n else None for t, n in zip(grads, need)]
         return (*grads, None, None)
 
-    fwd_op.register_autograd(backward, setup_context=setup_context)
+    torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
+
+
+# ---------------------------------------------------------------------------
+# Fake (meta) implementations: shapes only, for torch.compile and opcheck
+# ---------------------------------------------------------------------------
+
+def _empty_unless(need: bool, like: torch.Tensor, shape) -> torch.Tensor:
+    return like.new_empty(shape if need else (0,))
+
+
+def _register_fakes(prefix: str, stores_z) -> None:
+    """Fakes of laaf::<prefix>_{linear,act}_{fwd,bwd}; ``stores_z(N, K, training)``
+    says whether the forward returns z (else an empty tensor)."""
+
+    @torch.library.register_fake(f"laaf::{prefix}_linear_fwd")
+    def _(x, weight, bias, s, activation, training):
+        shape = (x.shape[0], weight.shape[0])
+        return x.new_empty(shape), _empty_unless(stores_z(*weight.shape, training), x, shape)
+
+    @torch.library.register_fake(f"laaf::{prefix}_linear_bwd")
+    def _(g, x, weight, bias, z, s, activation, need_dx, need_dw, need_db, need_ds):
+        need_ds = need_ds and s is not None
+        return (_empty_unless(need_dx, x, x.shape), _empty_unless(need_dw, x, weight.shape),
+                _empty_unless(need_db, x, weight.shape[:1]),
+                s.new_empty(s.shape) if need_ds else x.new_empty((0,)))
+
+    @torch.library.register_fake(f"laaf::{prefix}_act_fwd")
+    def _(z, s, activation, dim):
+        return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(f"laaf::{prefix}_act_bwd")
+    def _(g, z, s, activation, dim, need_dz, need_ds):
+        need_ds = need_ds and s is not None
+        return (torch.empty_like(z, memory_format=torch.contiguous_format) if need_dz
+                else z.new_empty((0,)),
+                s.new_empty(s.shape) if need_ds else z.new_empty((0,)))
+
+
+def register_backend_ops(prefix: str, stores_z) -> None:
+    """Fakes and autograd for a backend's four ops, torch.ops.laaf.<prefix>_*."""
+    _register_fakes(prefix, stores_z)
+    ops = torch.ops.laaf
+    _register_linear_autograd(f"laaf::{prefix}_linear_fwd", getattr(ops, f"{prefix}_linear_bwd"))
+    _register_activation_autograd(f"laaf::{prefix}_act_fwd", getattr(ops, f"{prefix}_act_bwd"))
 
 
 # ---------------------------------------------------------------------------
@@ -142,11 +186,14 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def make_linear(fwd_op):
-    """The backend's ``linear(x, weight, bias, slope, activation, scale)``."""
+def make_linear(fwd_op, dtypes=None, fallback=None):
+    """The backend's ``linear(x, weight, bias, slope, activation, scale)``; inputs
+    of a dtype outside ``dtypes`` (after autocast) go to ``fallback``."""
 
     def linear(x, weight, bias, slope, activation: str, scale: float) -> torch.Tensor:
         x, weight, bias = _autocast(x.device.type, x, weight, bias)
+        if dtypes is not None and x.dtype not in dtypes:  # e.g. bf16 under autocast
+            return fallback(x, weight, bias, slope, activation, scale).to(x.dtype)
         s = None if slope is None else scale * slope
         x2 = x.reshape(-1, x.shape[-1])
         y, _ = fwd_op(x2, weight, bias, s, activation, _needs_grad(x, weight, bias, s))
@@ -155,10 +202,12 @@ def make_linear(fwd_op):
     return linear
 
 
-def make_activation(fwd_op):
-    """The backend's ``activation(z, slope, activation, scale, dim)``."""
+def make_activation(fwd_op, dtypes=None, fallback=None):
+    """The backend's ``activation(z, slope, activation, scale, dim)``; as make_linear."""
 
     def activation_fn(z, slope, activation: str, scale: float, dim: int) -> torch.Tensor:
+        if dtypes is not None and z.dtype not in dtypes:
+            return fallback(z, slope, activation, scale, dim)
         s: Optional[torch.Tensor] = None if slope is None else scale * slope
         return fwd_op(z, s, activation, dim)
 

@@ -173,3 +173,26 @@ def _register_triton() -> None:
 
 
 _register_triton()
+
+
+# ---------------------------------------------------------------------------
+# "cpp": the C++ extension, built on first use (laaf_kernels.ops.extension)
+# ---------------------------------------------------------------------------
+
+def _cpp_problem(device: Optional[torch.device]) -> Optional[str]:
+    if device is not None and device.type != "cpu":
+        return f"the C++ kernels run CPU tensors, not {device.type}"
+    from . import extension
+    return extension.problem()
+
+
+def _cpp_entry(name: str):
+    """Call cpp_backend.<name>; the module registers its ops' fakes and autograd on
+    import, which needs the extension loaded, hence the late import."""
+    def call(*args):
+        from . import cpp_backend
+        return getattr(cpp_backend, name)(*args)
+    return call
+
+
+register_backend(Backend("cpp", _cpp_entry("linear"), _cpp_entry("activation"), _cpp_problem))

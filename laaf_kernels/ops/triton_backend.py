@@ -14,14 +14,9 @@ import torch
 from torch import Tensor
 
 from ..kernels import triton_launchers as launch
-from .autograd import (make_activation, make_linear, register_activation_autograd,
-                       register_linear_autograd)
+from .autograd import make_activation, make_linear, register_backend_ops
 
 __all__ = ["linear", "activation"]
-
-
-def _empty_unless(need: bool, like: Tensor, shape) -> Tensor:
-    return like.new_empty(shape if need else (0,))
 
 
 # ---------------------------------------------------------------------------
@@ -36,13 +31,6 @@ def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], s: Optional[Te
     return launch.linear_forward(x, weight, bias, s, activation, training)
 
 
-@linear_fwd.register_fake
-def _(x, weight, bias, s, activation, training):
-    shape = (x.shape[0], weight.shape[0])
-    store_z = launch.stores_z(weight.shape[0], weight.shape[1], training)
-    return x.new_empty(shape), _empty_unless(store_z, x, shape)
-
-
 @torch.library.custom_op("laaf::triton_linear_bwd", mutates_args=())
 def linear_bwd(g: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Tensor,
                s: Optional[Tensor], activation: str, need_dx: bool, need_dw: bool,
@@ -51,14 +39,6 @@ def linear_bwd(g: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], z: 
     grads = launch.linear_backward(g, x, weight, bias, z, s, activation,
                                    need_dx, need_dw, need_db, need_ds)
     return tuple(x.new_empty((0,)) if t is None else t for t in grads)
-
-
-@linear_bwd.register_fake
-def _(g, x, weight, bias, z, s, activation, need_dx, need_dw, need_db, need_ds):
-    need_ds = need_ds and s is not None
-    return (_empty_unless(need_dx, x, x.shape), _empty_unless(need_dw, x, weight.shape),
-            _empty_unless(need_db, x, weight.shape[:1]),
-            s.new_empty(s.shape) if need_ds else x.new_empty((0,)))
 
 
 # ---------------------------------------------------------------------------
@@ -71,11 +51,6 @@ def act_fwd(z: Tensor, s: Optional[Tensor], activation: str, dim: int) -> Tensor
     return launch.activation_forward(z, s, activation, dim)
 
 
-@act_fwd.register_fake
-def _(z, s, activation, dim):
-    return torch.empty_like(z, memory_format=torch.contiguous_format)
-
-
 @torch.library.custom_op("laaf::triton_act_bwd", mutates_args=())
 def act_bwd(g: Tensor, z: Tensor, s: Optional[Tensor], activation: str, dim: int,
             need_dz: bool, need_ds: bool) -> Tuple[Tensor, Tensor]:
@@ -84,16 +59,7 @@ def act_bwd(g: Tensor, z: Tensor, s: Optional[Tensor], activation: str, dim: int
     return (z.new_empty((0,)) if dz is None else dz, z.new_empty((0,)) if ds is None else ds)
 
 
-@act_bwd.register_fake
-def _(g, z, s, activation, dim, need_dz, need_ds):
-    need_ds = need_ds and s is not None
-    return (torch.empty_like(z, memory_format=torch.contiguous_format) if need_dz
-            else z.new_empty((0,)),
-            s.new_empty(s.shape) if need_ds else z.new_empty((0,)))
-
-
-register_linear_autograd(linear_fwd, linear_bwd)
-register_activation_autograd(act_fwd, act_bwd)
+register_backend_ops("triton", launch.stores_z)
 
 linear = make_linear(linear_fwd)
 activation = make_activation(act_fwd)

@@ -1,4 +1,4 @@
-"""The Triton standalone activation kernels against the reference: a (C,) slope
+"""The fused standalone activation kernels (every fused backend) against the reference: a (C,) slope
 along any dim (NCHW dim=1, first, last, middle of 3-D), 0-d slopes, no slope,
 non-contiguous z, 0-d and empty z, fp64/fp32/bf16, and determinism."""
 import pytest
@@ -7,9 +7,8 @@ import torch
 import laaf_kernels
 from helpers import SLOPE_KINDS, generator, make_slope, randn
 from laaf_kernels.activations import ACTIVATIONS
-from triton_cases import DEVICES, compare_activation, pytestmark_triton
+from fused_cases import TARGETS, compare_activation
 
-pytestmark = pytestmark_triton
 SCALE = 3.0
 
 CASES = {  # name -> (shape of z, dim, non-contiguous)
@@ -31,52 +30,57 @@ def _inputs(case, kind, seed, dtype, device):
     return z, a, dim
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("kind", SLOPE_KINDS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_every_activation_nchw_fp64(device, activation, kind):
+def test_every_activation_nchw_fp64(target, activation, kind):
+    backend, device = target
     z, a, dim = _inputs("nchw_dim1", kind, seed=21, dtype=torch.float64, device=device)
-    compare_activation(z, a, activation, SCALE, dim)
+    compare_activation(backend, z, a, activation, SCALE, dim)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("kind", SLOPE_KINDS)
 @pytest.mark.parametrize("case", CASES)
-def test_dims_and_layouts_fp64(device, case, kind):
+def test_dims_and_layouts_fp64(target, case, kind):
+    backend, device = target
     z, a, dim = _inputs(case, kind, seed=22, dtype=torch.float64, device=device)
-    compare_activation(z, a, "gelu", SCALE, dim)
+    compare_activation(backend, z, a, "gelu", SCALE, dim)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", ["nchw_dim1", "last_dim"])
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
-def test_low_precision(device, dtype, case, activation):
+def test_low_precision(target, dtype, case, activation):
+    backend, device = target
     z, a, dim = _inputs(case, "vector", seed=23, dtype=dtype, device=device)
-    compare_activation(z, a, activation, SCALE, dim)
+    compare_activation(backend, z, a, activation, SCALE, dim)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_0d_and_empty_z(device):
+@pytest.mark.parametrize("target", TARGETS)
+def test_0d_and_empty_z(target):
+    backend, device = target
     z = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
     a = torch.tensor(0.4, dtype=torch.float64, device=device, requires_grad=True)
-    compare_activation(z, a, "tanh", SCALE, -1)
+    compare_activation(backend, z, a, "tanh", SCALE, -1)
     empty = torch.randn(0, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
     slope = torch.rand(3, dtype=torch.float64, device=device, requires_grad=True)
-    y = laaf_kernels.laaf_activation(empty, slope, scale=SCALE, dim=1, backend="triton")
+    y = laaf_kernels.laaf_activation(empty, slope, scale=SCALE, dim=1, backend=backend)
     assert y.shape == empty.shape
     dz, da = torch.autograd.grad(y.sum(), (empty, slope), materialize_grads=True)
     assert dz.shape == empty.shape and torch.count_nonzero(da) == 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", ["nchw_dim1", "last_dim"])
-def test_backward_is_deterministic(device, case):
+def test_backward_is_deterministic(target, case):
+    backend, device = target
     z, a, dim = _inputs(case, "vector", seed=24, dtype=torch.float32, device=device)
     g = torch.randn(z.shape, device=device)
 
     def grads():
-        y = laaf_kernels.laaf_activation(z, a, scale=SCALE, dim=dim, backend="triton")
+        y = laaf_kernels.laaf_activation(z, a, scale=SCALE, dim=dim, backend=backend)
         return torch.autograd.grad(y, (z, a), g)
 
     for p, q in zip(grads(), grads()):

@@ -1,4 +1,4 @@
-"""The Triton ops inside PyTorch: torch.library.opcheck, torch.compile(fullgraph=True)
+"""The fused ops inside PyTorch: torch.library.opcheck, torch.compile(fullgraph=True)
 with no graph breaks, autocast, gradcheck / gradgradcheck through the backend,
 the memory saved for backward, and launching on the tensors' own GPU."""
 import pytest
@@ -6,9 +6,8 @@ import torch
 
 import laaf_kernels
 from helpers import linear_inputs
-from triton_cases import DEVICES, INTERPRETING, pytestmark_triton
+from fused_cases import INTERPRETING, TARGETS, TRITON_TARGETS
 
-pytestmark = pytestmark_triton
 SCALE = 3.0
 
 
@@ -21,44 +20,48 @@ def _small(device, kind="vector", dtype=torch.float64, seed=31, shape=((6,), 4, 
 # torch.library
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
-def test_opcheck_linear_ops(device, kind):
+def test_opcheck_linear_ops(target, kind):
+    backend, device = target
     x, w, b, a = _small(device, kind, dtype=torch.float32)
     s = None if a is None else (SCALE * a).detach().requires_grad_()
-    torch.library.opcheck(torch.ops.laaf.triton_linear_fwd, (x, w, b, s, "tanh", True))
-    torch.library.opcheck(torch.ops.laaf.triton_linear_fwd,
+    ops = torch.ops.laaf
+    torch.library.opcheck(getattr(ops, f"{backend}_linear_fwd"), (x, w, b, s, "tanh", True))
+    torch.library.opcheck(getattr(ops, f"{backend}_linear_fwd"),
                           (x.detach(), w.detach(), b.detach(), None if s is None else s.detach(),
                            "relu", False))
     z = torch.nn.functional.linear(x, w, b).detach()
     g = torch.randn_like(z)
-    torch.library.opcheck(torch.ops.laaf.triton_linear_bwd,
+    torch.library.opcheck(getattr(ops, f"{backend}_linear_bwd"),
                           (g, x.detach(), w.detach(), b.detach(), z,
                            None if s is None else s.detach(), "gelu", True, True, True,
                            s is not None))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_activation_ops(device):
+@pytest.mark.parametrize("target", TARGETS)
+def test_opcheck_activation_ops(target):
+    backend, device = target
     z = torch.randn(2, 3, 4, device=device, requires_grad=True)
     s = torch.rand(3, device=device, requires_grad=True)
-    torch.library.opcheck(torch.ops.laaf.triton_act_fwd, (z, s, "silu", 1))
+    torch.library.opcheck(getattr(torch.ops.laaf, f"{backend}_act_fwd"), (z, s, "silu", 1))
     g = torch.randn(2, 3, 4, device=device)
-    torch.library.opcheck(torch.ops.laaf.triton_act_bwd,
+    torch.library.opcheck(getattr(torch.ops.laaf, f"{backend}_act_bwd"),
                           (g, z.detach(), s.detach(), "silu", 1, True, True))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_torch_compile_fullgraph_matches_eager(device):
-    """fullgraph=True fails on any graph break. In the interpreter the
-    'aot_eager' backend traces forward and backward (fake tensors included)
-    without compiling C++; on a GPU, inductor compiles around the kernels."""
+@pytest.mark.parametrize("target", TARGETS)
+def test_torch_compile_fullgraph_matches_eager(target):
+    """fullgraph=True fails on any graph break. On CPU the 'aot_eager' backend
+    traces forward and backward (fake tensors included) without compiling
+    C++ for the graph; on a GPU, inductor compiles around the kernels."""
+    backend, device = target
     x, w, b, a = _small(device, dtype=torch.float32)
     act = torch.rand(3, device=device, requires_grad=True)
 
     def step(x, w, b, a, act):
-        y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend="triton")
-        y = laaf_kernels.laaf_activation(y, act, activation="sigmoid", scale=2.0, backend="triton")
+        y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
+        y = laaf_kernels.laaf_activation(y, act, activation="sigmoid", scale=2.0, backend=backend)
         return y.square().sum()
 
     compiled = torch.compile(step, fullgraph=True,
@@ -77,14 +80,15 @@ def test_torch_compile_fullgraph_matches_eager(device):
 # Autocast
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_autocast_behaves_like_nn_linear(device):
+@pytest.mark.parametrize("target", TARGETS)
+def test_autocast_behaves_like_nn_linear(target):
     """Under autocast the op computes in the autocast dtype and returns it,
     as nn.Linear does; the slope stays fp32 and gradients come back in the
     parameters' dtype."""
+    backend, device = target
     x, w, b, a = _small(device, dtype=torch.float32, shape=((17,), 24, 20, False))
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
-        y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend="triton")
+        y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
         like = torch.nn.functional.linear(x, w, b)
         ref = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend="reference")
     assert y.dtype == like.dtype == torch.bfloat16
@@ -99,31 +103,33 @@ def test_autocast_behaves_like_nn_linear(device):
 # gradcheck / gradgradcheck in float64 through the backend
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "sin"])
-def test_gradcheck_and_gradgradcheck_linear(device, activation, kind):
+def test_gradcheck_and_gradgradcheck_linear(target, activation, kind):
+    backend, device = target
     x, w, b, a = _small(device, kind)
     inputs = [t for t in (x, w, b, a) if t is not None]
 
     def fn(*ts):
         slope = ts[3] if a is not None else None
         return laaf_kernels.laaf_linear(*ts[:3], slope, activation=activation, scale=SCALE,
-                                        backend="triton")
+                                        backend=backend)
 
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dim", [1, -1])
-def test_gradcheck_and_gradgradcheck_activation(device, dim):
+def test_gradcheck_and_gradgradcheck_activation(target, dim):
+    backend, device = target
     z = torch.randn(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
     a = (0.2 + torch.rand(z.shape[dim], dtype=torch.float64, device=device)).requires_grad_()
 
     def fn(z, a):
         return laaf_kernels.laaf_activation(z, a, activation="elu", scale=SCALE, dim=dim,
-                                            backend="triton")
+                                            backend=backend)
 
     assert torch.autograd.gradcheck(fn, (z, a))
     assert torch.autograd.gradgradcheck(fn, (z, a))
@@ -149,8 +155,9 @@ def _saved_bytes(fn, parameters):
     return sum(storages.values())
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_saves_at_most_two_thirds_of_eager(device):
+@pytest.mark.parametrize("target", TRITON_TARGETS)
+def test_saves_at_most_two_thirds_of_eager(target):
+    backend, device = target
     m, k, n = 512, 16, 16
     x = torch.randn(m, k, device=device, requires_grad=True)
     w = torch.randn(n, k, device=device, requires_grad=True)
@@ -158,7 +165,7 @@ def test_saves_at_most_two_thirds_of_eager(device):
     a = torch.full((n,), 0.1, device=device, requires_grad=True)
     params = (w, b, a)
     eager = _saved_bytes(lambda: torch.tanh(10.0 * a * torch.nn.functional.linear(x, w, b)), params)
-    fused = _saved_bytes(lambda: laaf_kernels.laaf_linear(x, w, b, a, scale=10.0, backend="triton"),
+    fused = _saved_bytes(lambda: laaf_kernels.laaf_linear(x, w, b, a, scale=10.0, backend=backend),
                          params)
     # eager keeps x, z = xW^T + b, s = n a and y = tanh(s z); the fused op keeps
     # x and s (a narrow layer: its backward recomputes z from x on chip).

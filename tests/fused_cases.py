@@ -1,5 +1,5 @@
-"""Shared set-up of the Triton backend tests: where they run, and how a call of
-the backend is compared with the reference."""
+"""Shared set-up of the fused-backend tests: which (backend, device) targets run
+here, and how a call of a backend is compared with the reference."""
 import os
 
 import pytest
@@ -12,24 +12,41 @@ from laaf_kernels import reference
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_READY = "triton" in laaf_kernels.available_backends()
 
-#: CPU tensors run in the interpreter (CI), CUDA tensors compiled (GPU box).
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(
+
+def _cpp_problem():
+    """Why the C++ extension is unusable here, or None. With LAAF_REQUIRE_CPP=1 (CI)
+    a failed build is an error, not a skip."""
+    from laaf_kernels.ops import extension
+
+    problem = extension.problem()
+    if problem and os.environ.get("LAAF_REQUIRE_CPP") == "1":
+        raise RuntimeError(f"LAAF_REQUIRE_CPP=1 but {problem}")
+    return problem
+
+
+CPP_PROBLEM = _cpp_problem()
+
+#: (backend, device): Triton on CPU tensors in its interpreter (CI) and on CUDA
+#: tensors compiled (GPU box); the C++ kernels on CPU tensors.
+TARGETS = [
+    pytest.param(("triton", "cpu"), id="triton-cpu", marks=pytest.mark.skipif(
         not (TRITON_READY and INTERPRETING),
         reason="Triton on CPU tensors needs its interpreter (TRITON_INTERPRET=1); "
                "off here because the kernels run compiled on a GPU")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    pytest.param(("triton", "cuda"), id="triton-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
         not (TRITON_READY and torch.cuda.is_available() and not INTERPRETING),
         reason="no CUDA device: the compiled Triton kernels are not run here")]),
+    pytest.param(("cpp", "cpu"), id="cpp-cpu", marks=pytest.mark.skipif(
+        CPP_PROBLEM is not None, reason=f"cpp backend: {CPP_PROBLEM}")),
 ]
+#: The Triton targets alone (tests of Triton-only behaviour).
+TRITON_TARGETS = TARGETS[:2]
 
-pytestmark_triton = pytest.mark.skipif(not TRITON_READY, reason="the triton backend is unavailable")
 
-
-def compare_linear(x, w, b, a, activation, scale, dtype_tol_name=""):
+def compare_linear(backend, x, w, b, a, activation, scale, dtype_tol_name=""):
     """Run the triton backend and the reference (in x's dtype and in float64) on
     the same inputs, the same upstream gradient, and compare y and each gradient."""
-    y = laaf_kernels.laaf_linear(x, w, b, a, activation=activation, scale=scale, backend="triton")
+    y = laaf_kernels.laaf_linear(x, w, b, a, activation=activation, scale=scale, backend=backend)
     base = reference.laaf_linear(x, w, b, a, activation=activation, scale=scale)
     x64, w64, b64, a64 = upcast((x, w, b, a))
     truth = reference.laaf_linear(x64, w64, b64, a64, activation=activation, scale=scale)
@@ -51,10 +68,10 @@ def compare_linear(x, w, b, a, activation, scale, dtype_tol_name=""):
         assert_close_to_truth(f"{name} ({activation}{dtype_tol_name})", got, tg, bg, length)
 
 
-def compare_activation(z, a, activation, scale, dim):
+def compare_activation(backend, z, a, activation, scale, dim):
     """As ``compare_linear``, for laaf_activation."""
     y = laaf_kernels.laaf_activation(z, a, activation=activation, scale=scale, dim=dim,
-                                     backend="triton")
+                                     backend=backend)
     base = reference.laaf_activation(z, a, activation=activation, scale=scale, dim=dim)
     z64, a64 = upcast((z, a))
     truth = reference.laaf_activation(z64, a64, activation=activation, scale=scale, dim=dim)

@@ -1,0 +1,334 @@
+// laaf_kernels: fused CPU kernels of the "cpp" backend (torch.ops.laaf.cpp_*).
+//
+// Forward of the linear layer:
+//     z = x W^T + b            one ATen GEMM (at::addmm: MKL / oneDNN)
+//     y = act(s * z)           ONE pass over z, vectorised (at::vec) and threaded
+// Backward, given g = dL/dy:
+//     gh = g act'(h), gz = gh s          one pass over (g, z) that also forms the
+//     db = sum_rows gz, ds = sum gh z    partial column sums of this row chunk
+//     dx = gz W, dW = gz^T x             ATen GEMMs
+//
+// Determinism: rows are cut into fixed chunks of kRowsPerChunk, whatever the
+// thread count; each chunk writes its own partial sums, and one thread adds
+// the partials in chunk order. The same inputs give the same bits with 1 or N
+// threads (ATen's GEMMs are thread-count-independent on these machines too;
+// tests/test_cpp.py checks the whole backward).
+//
+// The activation math (Act<ID>::value / d1) comes from laaf_activations.h,
+// generated from the one table in laaf_kernels/activations.py.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "laaf_activations.h"
+
+namespace laaf {
+namespace {
+
+using at::Tensor;
+using at::vec::Vectorized;
+
+constexpr int64_t kRowsPerChunk = 64;
+enum SlopeKind : int { kNone = 0, kScalar = 1, kVector = 2 };
+
+// A 2-D (rows, cols) contiguous view of the data, and where the slopes run:
+// one per column (linear layers, channels last) or one per row, the channel of
+// row r being r % channels (channels in the middle, e.g. NCHW with dim = 1).
+template <typename T>
+struct Grid {
+  int64_t rows, cols;
+  const T* s;        // s = n * a, or nullptr
+  int kind;          // SlopeKind
+  bool on_rows;
+  int64_t channels;  // for on_rows
+
+  Vectorized<T> slope(int64_t r, int64_t c, int64_t n) const {
+    using V = Vectorized<T>;
+    if (kind == kNone) return V(T(1));
+    if (kind == kScalar) return V(s[0]);
+    if (on_rows) return V(s[r % channels]);
+    return V::loadu(s + c, n);
+  }
+};
+
+int slope_kind(const c10::optional<Tensor>& s) {
+  if (!s.has_value()) return kNone;
+  return s->dim() == 0 ? kScalar : kVector;
+}
+
+int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
+}
+
+// ---------------------------------------------------------------------------
+// Forward epilogue: y = act(s * z), one vectorised pass (in place allowed)
+// ---------------------------------------------------------------------------
+
+template <typename T, int ACT>
+void forward_pass(const T* z, T* y, const Grid<T>& grid) {
+  using V = Vectorized<T>;
+  at::parallel_for(0, grid.rows, grain(grid.cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* zr = z + r * grid.cols;
+      T* yr = y + r * grid.cols;
+      for (int64_t c = 0; c < grid.cols; c += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
+        const V h = V::loadu(zr + c, n) * grid.slope(r, c, n);
+        Act<ACT>::value(h).store(yr + c, n);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Backward epilogue: gz and the per-chunk partial sums
+// ---------------------------------------------------------------------------
+
+// Sum of the lanes of v (its first n), in lane order.
+template <typename T>
+double lane_sum(const Vectorized<T>& v, int64_t n) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += lanes[i];
+  return total;
+}
+
+// Column slopes: chunk k of rows writes db_part[k, :] and ds_part[k, :].
+// Row slopes: row r writes ds_part[r] (the sum of gh * z over its columns).
+template <typename T, int ACT>
+void backward_pass(const T* g, const T* z, T* gz, double* db_part, double* ds_part,
+                   const Grid<T>& grid) {
+  using V = Vectorized<T>;
+  const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  at::parallel_for(0, chunks, grain(kRowsPerChunk * grid.cols), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t r_begin = k * kRowsPerChunk;
+      const int64_t r_end = std::min(grid.rows, r_begin + kRowsPerChunk);
+      for (int64_t c = 0; c < grid.cols; c += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
+        V db_acc(T(0)), ds_acc(T(0));
+        for (int64_t r = r_begin; r < r_end; ++r) {
+          const int64_t at = r * grid.cols + c;
+          const V s = grid.slope(r, c, n);
+          const V zv = V::loadu(z + at, n);
+          const V gh = V::loadu(g + at, n) * Act<ACT>::d1(zv * s);
+          const V gzv = gh * s;
+          if (gz != nullptr) gzv.store(gz + at, n);
+          if (grid.on_rows) {
+            if (ds_part != nullptr) ds_part[r] += lane_sum(gh * zv, n);
+          } else {
+            db_acc = db_acc + gzv;
+            ds_acc = ds_acc + gh * zv;
+          }
+        }
+        if (grid.on_rows) continue;
+        T db_lanes[V::size()], ds_lanes[V::size()];
+        db_acc.store(db_lanes);
+        ds_acc.store(ds_lanes);
+        for (int64_t i = 0; i < n; ++i) {
+          if (db_part != nullptr) db_part[k * grid.cols + c + i] = db_lanes[i];
+          if (ds_part != nullptr) ds_part[k * grid.cols + c + i] = ds_lanes[i];
+        }
+      }
+    }
+  });
+}
+
+// Fold per-chunk partials (parts, width) into width sums, in part order.
+Tensor sum_parts(const Tensor& parts, int64_t width) {
+  Tensor out = at::zeros({width}, parts.options());
+  const double* p = parts.data_ptr<double>();
+  double* o = out.data_ptr<double>();
+  for (int64_t k = 0; k < parts.numel() / std::max<int64_t>(1, width); ++k) {
+    for (int64_t j = 0; j < width; ++j) o[j] += p[k * width + j];
+  }
+  return out;
+}
+
+// ds as the slope's shape: (C,) per channel, or the total for a 0-d slope.
+Tensor finish_ds(const Tensor& per_channel, const Tensor& s) {
+  Tensor ds = s.dim() == 0 ? per_channel.sum() : per_channel;
+  return ds.to(s.scalar_type());
+}
+
+template <typename T>
+Grid<T> make_grid(int64_t rows, int64_t cols, const c10::optional<Tensor>& s, bool on_rows,
+                  int64_t channels) {
+  return Grid<T>{rows, cols, s.has_value() ? s->data_ptr<T>() : nullptr, slope_kind(s),
+                 on_rows, channels};
+}
+
+void check_dtype(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "laaf cpp backend: ", name, " must be float32 or float64, got ", t.scalar_type());
+}
+
+c10::optional<Tensor> contiguous(const c10::optional<Tensor>& t) {
+  if (!t.has_value()) return t;
+  return t->contiguous();
+}
+
+// ---------------------------------------------------------------------------
+// The ops
+// ---------------------------------------------------------------------------
+
+std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
+                                      const c10::optional<Tensor>& bias,
+                                      const c10::optional<Tensor>& s_in,
+                                      c10::string_view activation, bool training) {
+  check_dtype(x, "x");
+  const int act = activation_id(activation);
+  const auto s = contiguous(s_in);
+  Tensor z = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  // Inference: the epilogue runs in place, z's buffer becomes y.
+  Tensor y = training ? at::empty_like(z) : z;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_linear_fwd", [&] {
+    const auto grid = make_grid<scalar_t>(z.size(0), z.size(1), s, false, 0);
+    LAAF_ACT_SWITCH(act, [&] {
+      forward_pass<scalar_t, ACT>(z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
+    });
+  });
+  return {y, training ? z : at::empty({0}, x.options())};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
+    const Tensor& g_in, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
+    const Tensor& z, const c10::optional<Tensor>& s_in, c10::string_view activation,
+    bool need_dx, bool need_dw, bool need_db, bool need_ds) {
+  check_dtype(x, "x");
+  const int act = activation_id(activation);
+  const auto s = contiguous(s_in);
+  need_ds = need_ds && s.has_value();
+  const Tensor g = g_in.contiguous();
+  const int64_t rows = z.size(0), cols = z.size(1);
+  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  const auto dbl = x.options().dtype(at::kDouble);
+  Tensor gz = (need_dx || need_dw) ? at::empty_like(z) : Tensor();
+  Tensor db_part = need_db ? at::empty({chunks, cols}, dbl) : Tensor();
+  Tensor ds_part = need_ds ? at::empty({chunks, cols}, dbl) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_linear_bwd", [&] {
+    const auto grid = make_grid<scalar_t>(rows, cols, s, false, 0);
+    LAAF_ACT_SWITCH(act, [&] {
+      backward_pass<scalar_t, ACT>(
+          g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+          gz.defined() ? gz.data_ptr<scalar_t>() : nullptr,
+          need_db ? db_part.data_ptr<double>() : nullptr,
+          need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
+    });
+  });
+  const Tensor empty = at::empty({0}, x.options());
+  return {need_dx ? at::mm(gz, weight) : empty,
+          need_dw ? at::mm(gz.t(), x) : empty,
+          need_db ? sum_parts(db_part, cols).to(x.scalar_type()) : empty,
+          need_ds ? finish_ds(sum_parts(ds_part, cols), *s) : empty};
+}
+
+// z as the 2-D grid of the kernels: channels last (slope per column) or
+// (outer * C, inner) with the slope per row.
+struct ActLayout {
+  int64_t rows, cols, channels;
+  bool on_rows;
+};
+
+ActLayout act_layout(const Tensor& z, const c10::optional<Tensor>& s, int64_t dim) {
+  if (z.dim() == 0) return {1, 1, 1, false};
+  const int64_t channels = z.size(dim);
+  int64_t inner = 1;
+  for (int64_t d = dim + 1; d < z.dim(); ++d) inner *= z.size(d);
+  if (!s.has_value() || s->dim() == 0 || inner == 1) {
+    const int64_t last = z.size(z.dim() - 1);
+    return {last == 0 ? 0 : z.numel() / last, last, channels, false};
+  }
+  return {z.numel() / inner, inner, channels, true};
+}
+
+Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s_in, c10::string_view activation,
+               int64_t dim) {
+  check_dtype(z_in, "z");
+  const int act = activation_id(activation);
+  const auto s = contiguous(s_in);
+  const Tensor z = z_in.contiguous();
+  Tensor y = at::empty_like(z);
+  if (z.numel() == 0) return y;
+  const ActLayout L = act_layout(z, s, dim);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_act_fwd", [&] {
+    const auto grid = make_grid<scalar_t>(L.rows, L.cols, s, L.on_rows, L.channels);
+    LAAF_ACT_SWITCH(act, [&] {
+      forward_pass<scalar_t, ACT>(z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
+    });
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
+                                   const c10::optional<Tensor>& s_in, c10::string_view activation,
+                                   int64_t dim, bool need_dz, bool need_ds) {
+  check_dtype(z_in, "z");
+  const int act = activation_id(activation);
+  const auto s = contiguous(s_in);
+  need_ds = need_ds && s.has_value();
+  const Tensor z = z_in.contiguous();
+  const Tensor g = g_in.contiguous();
+  const Tensor empty = at::empty({0}, z.options());
+  if (z.numel() == 0) {
+    return {need_dz ? at::zeros_like(z) : empty, need_ds ? at::zeros_like(*s) : empty};
+  }
+  const ActLayout L = act_layout(z, s, dim);
+  const int64_t chunks = (L.rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  const auto dbl = z.options().dtype(at::kDouble);
+  Tensor dz = need_dz ? at::empty_like(z) : Tensor();
+  // Row slopes: one partial per row (zeroed: rows accumulate); column slopes: per chunk.
+  Tensor ds_part = !need_ds ? Tensor()
+                   : L.on_rows ? at::zeros({L.rows}, dbl) : at::empty({chunks, L.cols}, dbl);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_act_bwd", [&] {
+    const auto grid = make_grid<scalar_t>(L.rows, L.cols, s, L.on_rows, L.channels);
+    LAAF_ACT_SWITCH(act, [&] {
+      backward_pass<scalar_t, ACT>(g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+                                   need_dz ? dz.data_ptr<scalar_t>() : nullptr, nullptr,
+                                   need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
+    });
+  });
+  Tensor ds = empty;
+  if (need_ds) {
+    // Rows of the on_rows layout are (outer, C): fold them onto channels in order.
+    ds = L.on_rows ? finish_ds(sum_parts(ds_part, L.channels), *s)
+                   : finish_ds(sum_parts(ds_part, L.cols), *s);
+  }
+  return {need_dz ? dz : empty, ds};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(laaf, m) {
+  m.def("cpp_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "
+        "bool training) -> (Tensor, Tensor)");
+  m.def("cpp_linear_bwd(Tensor g, Tensor x, Tensor weight, Tensor? bias, Tensor z, Tensor? s, "
+        "str activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cpp_act_fwd(Tensor z, Tensor? s, str activation, int dim) -> Tensor");
+  m.def("cpp_act_bwd(Tensor g, Tensor z, Tensor? s, str activation, int dim, bool need_dz, "
+        "bool need_ds) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(laaf, CPU, m) {
+  m.impl("cpp_linear_fwd", &linear_fwd);
+  m.impl("cpp_linear_bwd", &linear_bwd);
+  m.impl("cpp_act_fwd", &act_fwd);
+  m.impl("cpp_act_bwd", &act_bwd);
+}
+
+}  // namespace laaf
+
+// An importable module for ahead-of-time builds (`import laaf_kernels._C`); the ops
+// register themselves through the TORCH_LIBRARY blocks above when the library loads.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "laaf_kernels C++ ops", -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -4,7 +4,7 @@
 //     z = x W^T + b            one ATen GEMM (at::addmm: MKL / oneDNN)
 //     y = act(s * z)           ONE pass over z, vectorised (at::vec) and threaded
 // Backward, given g = dL/dy:
-//     gh = g act'(h), gz = gh s          one pass over (g, z) that also forms the
+//     gh = g act'(h), gz = gh s          one pass over (g, z[, y]) that also forms the
 //     db = sum_rows gz, ds = sum gh z    partial column sums of this row chunk
 //     dx = gz W, dW = gz^T x             ATen GEMMs
 //
@@ -102,8 +102,18 @@ double lane_sum(const Vectorized<T>& v, int64_t n) {
 
 // Column slopes: chunk k of rows writes db_part[k, :] and ds_part[k, :].
 // Row slopes: row r writes ds_part[r] (the sum of gh * z over its columns).
+// act'(h) for lanes [at, at + n): from the saved y where the table allows (no
+// transcendental), else from h = s * z.
 template <typename T, int ACT>
-void backward_pass(const T* g, const T* z, T* gz, double* db_part, double* ds_part,
+Vectorized<T> act_d1(const T* y, const Vectorized<T>& h, int64_t at, int64_t n) {
+  if constexpr (Act<ACT>::kD1FromY) {
+    if (y != nullptr) return Act<ACT>::d1_y(Vectorized<T>::loadu(y + at, n));
+  }
+  return Act<ACT>::d1(h);
+}
+
+template <typename T, int ACT>
+void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, double* ds_part,
                    const Grid<T>& grid) {
   using V = Vectorized<T>;
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
@@ -118,7 +128,7 @@ void backward_pass(const T* g, const T* z, T* gz, double* db_part, double* ds_pa
           const int64_t at = r * grid.cols + c;
           const V s = grid.slope(r, c, n);
           const V zv = V::loadu(z + at, n);
-          const V gh = V::loadu(g + at, n) * Act<ACT>::d1(zv * s);
+          const V gh = V::loadu(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
           const V gzv = gh * s;
           if (gz != nullptr) gzv.store(gz + at, n);
           if (grid.on_rows) {
@@ -200,13 +210,14 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     const Tensor& g_in, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
-    const Tensor& z, const c10::optional<Tensor>& s_in, c10::string_view activation,
-    bool need_dx, bool need_dw, bool need_db, bool need_ds) {
+    const Tensor& z, const c10::optional<Tensor>& s_in, const c10::optional<Tensor>& y_in,
+    c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
   check_dtype(x, "x");
   const int act = activation_id(activation);
   const auto s = contiguous(s_in);
   need_ds = need_ds && s.has_value();
   const Tensor g = g_in.contiguous();
+  const auto y = contiguous(y_in);
   const int64_t rows = z.size(0), cols = z.size(1);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const auto dbl = x.options().dtype(at::kDouble);
@@ -218,7 +229,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     LAAF_ACT_SWITCH(act, [&] {
       backward_pass<scalar_t, ACT>(
           g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-          gz.defined() ? gz.data_ptr<scalar_t>() : nullptr,
+          y.has_value() ? y->data_ptr<scalar_t>() : nullptr, gz.defined() ? gz.data_ptr<scalar_t>() : nullptr,
           need_db ? db_part.data_ptr<double>() : nullptr,
           need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
     });
@@ -268,7 +279,8 @@ Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s_in, c10::strin
 }
 
 std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
-                                   const c10::optional<Tensor>& s_in, c10::string_view activation,
+                                   const c10::optional<Tensor>& s_in,
+                                   const c10::optional<Tensor>& y_in, c10::string_view activation,
                                    int64_t dim, bool need_dz, bool need_ds) {
   check_dtype(z_in, "z");
   const int act = activation_id(activation);
@@ -276,6 +288,7 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
   need_ds = need_ds && s.has_value();
   const Tensor z = z_in.contiguous();
   const Tensor g = g_in.contiguous();
+  const auto y = contiguous(y_in);
   const Tensor empty = at::empty({0}, z.options());
   if (z.numel() == 0) {
     return {need_dz ? at::zeros_like(z) : empty, need_ds ? at::zeros_like(*s) : empty};
@@ -291,6 +304,7 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
     const auto grid = make_grid<scalar_t>(L.rows, L.cols, s, L.on_rows, L.channels);
     LAAF_ACT_SWITCH(act, [&] {
       backward_pass<scalar_t, ACT>(g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+                                   y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
                                    need_dz ? dz.data_ptr<scalar_t>() : nullptr, nullptr,
                                    need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
     });
@@ -310,11 +324,11 @@ TORCH_LIBRARY_FRAGMENT(laaf, m) {
   m.def("cpp_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "
         "bool training) -> (Tensor, Tensor)");
   m.def("cpp_linear_bwd(Tensor g, Tensor x, Tensor weight, Tensor? bias, Tensor z, Tensor? s, "
-        "str activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) "
+        "Tensor? y, str activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("cpp_act_fwd(Tensor z, Tensor? s, str activation, int dim) -> Tensor");
-  m.def("cpp_act_bwd(Tensor g, Tensor z, Tensor? s, str activation, int dim, bool need_dz, "
-        "bool need_ds) -> (Tensor, Tensor)");
+  m.def("cpp_act_bwd(Tensor g, Tensor z, Tensor? s, Tensor? y, str activation, int dim, "
+        "bool need_dz, bool need_ds) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(laaf, CPU, m) {

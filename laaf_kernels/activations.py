@@ -18,6 +18,10 @@ each backend provides:
     + - * /  > >= < <=  float literals                 arithmetic
     SQRT1_2 = 1/sqrt(2), INV_SQRT_2PI = 1/sqrt(2 pi)   constants
 
+``d1_y`` is act' written in ``y = act(h)`` alone, where that is cheap and
+exact (tanh: 1 - y^2): a backend that saves y then needs no transcendental in
+its backward. It is None where act' is not such a function of y.
+
 A formula that is a bare constant (``"0.0"``) is broadcast to the shape of
 ``h`` by the renderer. Branches of ``where`` that could overflow in the
 unselected half are clamped (``exp(minimum(h, 0.0))``) so that no inf or NaN
@@ -32,7 +36,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,11 +66,14 @@ class Activation:
     d1: str
     d2: str
     let: Tuple[Tuple[str, str], ...] = field(default=())
+    d1_y: Optional[str] = None
 
     def formula(self, which: str) -> str:
-        """The formula string for ``which`` in {"value", "d1", "d2"}."""
-        if which not in ("value", "d1", "d2"):
-            raise ValueError(f"which must be 'value', 'd1' or 'd2', got {which!r}")
+        """The formula string for ``which`` in {"value", "d1", "d2", "d1_y"}."""
+        if which not in ("value", "d1", "d2", "d1_y"):
+            raise ValueError(f"which must be 'value', 'd1', 'd2' or 'd1_y', got {which!r}")
+        if which == "d1_y" and self.d1_y is None:
+            raise ValueError(f"{self.name}'s act' is not a function of y alone (no d1_y)")
         return getattr(self, which)
 
 
@@ -78,17 +85,20 @@ TABLE: Dict[str, Activation] = {a.name: a for a in (
     Activation(
         "tanh", torch.tanh,
         let=(("t", "tanh(h)"),),
-        value="t", d1="1.0 - t * t", d2="-2.0 * t * (1.0 - t * t)"),
+        value="t", d1="1.0 - t * t", d2="-2.0 * t * (1.0 - t * t)", d1_y="1.0 - y * y"),
     Activation(
         "sigmoid", torch.sigmoid,
         let=(("s", "sigmoid(h)"),),
-        value="s", d1="s * (1.0 - s)", d2="s * (1.0 - s) * (1.0 - 2.0 * s)"),
+        value="s", d1="s * (1.0 - s)", d2="s * (1.0 - s) * (1.0 - 2.0 * s)",
+        d1_y="y * (1.0 - y)"),
     Activation(
         "relu", torch.relu,
-        value="maximum(h, 0.0)", d1="where(h > 0.0, 1.0, 0.0)", d2="0.0"),
+        value="maximum(h, 0.0)", d1="where(h > 0.0, 1.0, 0.0)", d2="0.0",
+        d1_y="where(y > 0.0, 1.0, 0.0)"),
     Activation(
         "leaky_relu", _leaky_relu,
-        value="where(h > 0.0, h, 0.01 * h)", d1="where(h > 0.0, 1.0, 0.01)", d2="0.0"),
+        value="where(h > 0.0, h, 0.01 * h)", d1="where(h > 0.0, 1.0, 0.01)", d2="0.0",
+        d1_y="where(y > 0.0, 1.0, 0.01)"),
     Activation(
         "elu", F.elu,
         let=(("e", "exp(minimum(h, 0.0))"),),
@@ -114,7 +124,7 @@ TABLE: Dict[str, Activation] = {a.name: a for a in (
         value="sin(h)", d1="cos(h)", d2="-sin(h)"),
     Activation(
         "identity", lambda h: h,
-        value="h", d1="1.0", d2="0.0"),
+        value="h", d1="1.0", d2="0.0", d1_y="1.0"),
 )}
 
 #: The supported activation names, core first.
@@ -165,15 +175,16 @@ def _compiled(source: str):
 
 
 def evaluate(name: str, which: str, h: torch.Tensor) -> torch.Tensor:
-    """Evaluate act(h), act'(h) or act''(h) (``which`` = value/d1/d2) from the table.
+    """Evaluate act(h), act'(h) or act''(h) (``which`` = value/d1/d2) from the
+    table; with ``which="d1_y"``, ``h`` is y = act(h) and the result act'(h).
 
     The result is differentiable by autograd wherever the formula is, and has
     the shape, dtype and device of ``h``.
     """
     act = get(name)
     namespace = _torch_namespace(h)
-    scope = {"h": h}
-    for var, source in act.let:
+    scope = {"y": h} if which == "d1_y" else {"h": h}
+    for var, source in (() if which == "d1_y" else act.let):
         scope[var] = eval(_compiled(source), namespace, scope)
     out = eval(_compiled(act.formula(which)), namespace, scope)
     if isinstance(out, (int, float)):

@@ -133,6 +133,23 @@ def test_no_nan_in_gradients_of_formulas_at_extremes(name):
         assert not torch.isnan(g).any(), (name, g)
 
 
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS if TABLE[n].d1_y is not None])
+def test_d1_from_y_matches_d1(name):
+    """act' written in y = act(h) (what a backend that saves y uses) equals act'(h),
+    the kinks at h = 0 included."""
+    h = torch.tensor(np.concatenate([_grid(), [0.0]]), dtype=torch.float64)
+    y = get(name).torch_fn(h)
+    torch.testing.assert_close(evaluate(name, "d1_y", y), evaluate(name, "d1", h),
+                               rtol=1e-12, atol=1e-13)
+
+
+def test_d1_y_only_where_defined():
+    assert {n for n in ACTIVATIONS if TABLE[n].d1_y} == {
+        "tanh", "sigmoid", "relu", "leaky_relu", "identity"}
+    with pytest.raises(ValueError, match="not a function of y"):
+        TABLE["gelu"].formula("d1_y")
+
+
 def test_formulas_use_only_the_vocabulary():
     """Every name a formula calls is a documented primitive, a constant or a let-binding."""
     import ast
@@ -143,6 +160,10 @@ def test_formulas_use_only_the_vocabulary():
         for source in [s for _, s in act.let] + [act.value, act.d1, act.d2]:
             used = {n.id for n in ast.walk(ast.parse(source, mode="eval")) if isinstance(n, ast.Name)}
             assert used <= names, (act.name, source, used - names)
+        if act.d1_y:  # in y alone
+            used = {n.id for n in ast.walk(ast.parse(act.d1_y, mode="eval"))
+                    if isinstance(n, ast.Name)}
+            assert used <= set(PRIMITIVES) | {"y"}, (act.name, act.d1_y)
 
 
 def test_unknown_activation_lists_valid_names():

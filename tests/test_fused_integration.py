@@ -35,7 +35,7 @@ def test_opcheck_linear_ops(target, kind):
     g = torch.randn_like(z)
     torch.library.opcheck(getattr(ops, f"{backend}_linear_bwd"),
                           (g, x.detach(), w.detach(), b.detach(), z,
-                           None if s is None else s.detach(), "gelu", True, True, True,
+                           None if s is None else s.detach(), None, "gelu", True, True, True,
                            s is not None))
 
 
@@ -47,7 +47,7 @@ def test_opcheck_activation_ops(target):
     torch.library.opcheck(getattr(torch.ops.laaf, f"{backend}_act_fwd"), (z, s, "silu", 1))
     g = torch.randn(2, 3, 4, device=device)
     torch.library.opcheck(getattr(torch.ops.laaf, f"{backend}_act_bwd"),
-                          (g, z.detach(), s.detach(), "silu", 1, True, True))
+                          (g, z.detach(), s.detach(), None, "silu", 1, True, True))
 
 
 @pytest.mark.parametrize("target", TARGETS)

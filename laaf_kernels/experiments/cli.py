@@ -133,9 +133,13 @@ def main(argv=None) -> int:
         for r in results:
             writer.writerow([r["variant"], r["seed"], r["error"], r["final_loss"], r["seconds"]])
     summary = summarize(results, args.problem)
+    from ..ops.dispatch import select_backend
+
     meta = {"problem": args.problem, "iters": args.iters, "seeds": args.seeds,
-            "device": str(args.device), "backend": args.backend or "auto",
-            "torch": torch.__version__}
+            "device": str(args.device),
+            "backend": select_backend(args.backend, torch.device(args.device)).name,
+            "torch": torch.__version__,
+            "seconds_per_run": float(np.mean([r["seconds"] for r in results]))}
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=1))
     (args.out / "history.json").write_text(json.dumps(
         [{k: r[k] for k in ("variant", "seed", "history")} for r in results]))

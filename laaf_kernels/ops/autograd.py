@@ -3,13 +3,16 @@
 A fused backend provides four ``torch.library`` custom ops::
 
     linear_fwd(x2d, W, b?, s?, activation, training)           -> (y, z)
-    linear_bwd(g, x2d, W, b?, z, s?, activation, need_dx, need_dw, need_db, need_ds)
+    linear_bwd(g, x2d, W, b?, z, s?, y?, activation, need_dx, need_dw, need_db, need_ds)
                                                                 -> (dx, dW, db, ds)
     act_fwd(z, s?, activation, dim)                             -> y
-    act_bwd(g, z, s?, activation, dim, need_dz, need_ds)        -> (dz, ds)
+    act_bwd(g, z, s?, y?, activation, dim, need_dz, need_ds)    -> (dz, ds)
 
 where ``z`` is whatever the backend's backward needs (it may be empty: a
-backend may recompute z from x, W and b), and ``s = scale * slope`` is formed here with a differentiable torch multiply,
+backend may recompute z from x, W and b); ``y`` is the saved output, passed
+only to a backend registered with ``saves_y`` and only for activations whose
+act' is a function of y (the table's ``d1_y``: tanh, sigmoid, relu, ...), so
+that its backward needs no transcendental; and ``s = scale * slope`` is formed here with a differentiable torch multiply,
 so autograd turns ``ds`` into ``da = n * ds`` by itself. This module registers
 their autograd formulas and builds the backend's ``linear``/``activation``
 entry points (flattening, autocast, inference vs training).
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..activations import evaluate
+from ..activations import get as get_activation
 
 __all__ = ["register_backend_ops", "make_linear", "make_activation",
            "differentiable_linear_grads", "differentiable_activation_grads"]
@@ -80,7 +84,11 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need):
 # Autograd registration for a backend's ops
 # ---------------------------------------------------------------------------
 
-def _register_linear_autograd(fwd_name: str, bwd_op) -> None:
+def _saved_y(saves_y: bool, activation: str, y: torch.Tensor) -> Optional[torch.Tensor]:
+    return y if saves_y and get_activation(activation).d1_y is not None else None
+
+
+def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
     """Autograd of ``fwd_name`` (y, z) via ``bwd_op``; z is a saved, non-differentiable output."""
 
     def setup_context(ctx, inputs, output):
@@ -88,38 +96,39 @@ def _register_linear_autograd(fwd_name: str, bwd_op) -> None:
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.activation = activation
-        ctx.save_for_backward(x, weight, bias, output[1], s)
+        ctx.save_for_backward(x, weight, bias, output[1], s,
+                              _saved_y(saves_y, activation, output[0]))
 
     def backward(ctx, gy, _gz):
-        x, weight, bias, z, s = ctx.saved_tensors
+        x, weight, bias, z, s, y = ctx.saved_tensors
         need = ctx.needs_input_grad[:4]
         if gy is None:
             return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
             grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need)
         else:
-            grads = bwd_op(gy, x, weight, bias, z, s, ctx.activation, *need)
+            grads = bwd_op(gy, x, weight, bias, z, s, y, ctx.activation, *need)
             grads = [t if n else None for t, n in zip(grads, need)]
         return (*grads, None, None)
 
     torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
 
 
-def _register_activation_autograd(fwd_name: str, bwd_op) -> None:
+def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
     """Autograd of ``fwd_name`` y = act(s z) via ``bwd_op``."""
 
     def setup_context(ctx, inputs, output):
         z, s, activation, dim = inputs
         ctx.activation, ctx.dim = activation, dim
-        ctx.save_for_backward(z, s)
+        ctx.save_for_backward(z, s, _saved_y(saves_y, activation, output))
 
     def backward(ctx, gy):
-        z, s = ctx.saved_tensors
+        z, s, y = ctx.saved_tensors
         need = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():
             grads = differentiable_activation_grads(gy, z, s, ctx.activation, ctx.dim, need)
         else:
-            grads = bwd_op(gy, z, s, ctx.activation, ctx.dim, *need)
+            grads = bwd_op(gy, z, s, y, ctx.activation, ctx.dim, *need)
             grads = [t if n else None for t, n in zip(grads, need)]
         return (*grads, None, None)
 
@@ -144,7 +153,7 @@ def _register_fakes(prefix: str, stores_z) -> None:
         return x.new_empty(shape), _empty_unless(stores_z(*weight.shape, training), x, shape)
 
     @torch.library.register_fake(f"laaf::{prefix}_linear_bwd")
-    def _(g, x, weight, bias, z, s, activation, need_dx, need_dw, need_db, need_ds):
+    def _(g, x, weight, bias, z, s, y, activation, need_dx, need_dw, need_db, need_ds):
         need_ds = need_ds and s is not None
         return (_empty_unless(need_dx, x, x.shape), _empty_unless(need_dw, x, weight.shape),
                 _empty_unless(need_db, x, weight.shape[:1]),
@@ -155,19 +164,21 @@ def _register_fakes(prefix: str, stores_z) -> None:
         return torch.empty_like(z, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(f"laaf::{prefix}_act_bwd")
-    def _(g, z, s, activation, dim, need_dz, need_ds):
+    def _(g, z, s, y, activation, dim, need_dz, need_ds):
         need_ds = need_ds and s is not None
         return (torch.empty_like(z, memory_format=torch.contiguous_format) if need_dz
                 else z.new_empty((0,)),
                 s.new_empty(s.shape) if need_ds else z.new_empty((0,)))
 
 
-def register_backend_ops(prefix: str, stores_z) -> None:
+def register_backend_ops(prefix: str, stores_z, saves_y: bool = False) -> None:
     """Fakes and autograd for a backend's four ops, torch.ops.laaf.<prefix>_*."""
     _register_fakes(prefix, stores_z)
     ops = torch.ops.laaf
-    _register_linear_autograd(f"laaf::{prefix}_linear_fwd", getattr(ops, f"{prefix}_linear_bwd"))
-    _register_activation_autograd(f"laaf::{prefix}_act_fwd", getattr(ops, f"{prefix}_act_bwd"))
+    _register_linear_autograd(f"laaf::{prefix}_linear_fwd", getattr(ops, f"{prefix}_linear_bwd"),
+                              saves_y)
+    _register_activation_autograd(f"laaf::{prefix}_act_fwd", getattr(ops, f"{prefix}_act_bwd"),
+                                  saves_y)
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,9 @@ def stores_z(n_out: int, k_in: int, training: bool) -> bool:
     return training
 
 
-register_backend_ops("cpp", stores_z)
+# Saving y (where act' is a function of y) spares the backward a second tanh /
+# sigmoid per element, which on a CPU costs more than the memory passes.
+register_backend_ops("cpp", stores_z, saves_y=True)
 
 linear = make_linear(torch.ops.laaf.cpp_linear_fwd, DTYPES, reference.linear_impl)
 activation = make_activation(torch.ops.laaf.cpp_act_fwd, DTYPES, reference.activation_impl)

@@ -33,9 +33,10 @@ def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], s: Optional[Te
 
 @torch.library.custom_op("laaf::triton_linear_bwd", mutates_args=())
 def linear_bwd(g: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Tensor,
-               s: Optional[Tensor], activation: str, need_dx: bool, need_dw: bool,
-               need_db: bool, need_ds: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dW, db, ds); an output not asked for is an empty tensor."""
+               s: Optional[Tensor], y: Optional[Tensor], activation: str, need_dx: bool,
+               need_dw: bool, need_db: bool, need_ds: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dW, db, ds); an output not asked for is an empty tensor. (y is not
+    saved for this backend: it is always None.)"""
     grads = launch.linear_backward(g, x, weight, bias, z, s, activation,
                                    need_dx, need_dw, need_db, need_ds)
     return tuple(x.new_empty((0,)) if t is None else t for t in grads)
@@ -52,8 +53,8 @@ def act_fwd(z: Tensor, s: Optional[Tensor], activation: str, dim: int) -> Tensor
 
 
 @torch.library.custom_op("laaf::triton_act_bwd", mutates_args=())
-def act_bwd(g: Tensor, z: Tensor, s: Optional[Tensor], activation: str, dim: int,
-            need_dz: bool, need_ds: bool) -> Tuple[Tensor, Tensor]:
+def act_bwd(g: Tensor, z: Tensor, s: Optional[Tensor], y: Optional[Tensor], activation: str,
+            dim: int, need_dz: bool, need_ds: bool) -> Tuple[Tensor, Tensor]:
     """(dz, ds); an output not asked for is an empty tensor."""
     dz, ds = launch.activation_backward(g, z, s, activation, dim, need_dz, need_ds)
     return (z.new_empty((0,)) if dz is None else dz, z.new_empty((0,)) if ds is None else ds)

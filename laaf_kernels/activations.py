@@ -33,6 +33,7 @@ threshold), where log1p(e^h) - h < 2.1e-9.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import math
 from dataclasses import dataclass, field
@@ -75,6 +76,20 @@ class Activation:
         if which == "d1_y" and self.d1_y is None:
             raise ValueError(f"{self.name}'s act' is not a function of y alone (no d1_y)")
         return getattr(self, which)
+
+    def lets_for(self, source: str) -> Tuple[Tuple[str, str], ...]:
+        """The let-bindings ``source`` uses, directly or through other bindings, in order."""
+        needed = _names(source)
+        keep = []
+        for var, expr in reversed(self.let):
+            if var in needed:
+                keep.append((var, expr))
+                needed |= _names(expr)
+        return tuple(keep[::-1])
+
+
+def _names(source: str) -> set:
+    return {n.id for n in ast.walk(ast.parse(source, mode="eval")) if isinstance(n, ast.Name)}
 
 
 def _leaky_relu(h: torch.Tensor) -> torch.Tensor:
@@ -144,34 +159,68 @@ def get(name: str) -> Activation:
 # Rendering the formulas as torch ops
 # ---------------------------------------------------------------------------
 
-def _torch_namespace(like: torch.Tensor) -> dict:
-    """The formula vocabulary in torch, with Python constants taking ``like``'s dtype."""
+def _const_like(ref: torch.Tensor, v):
+    return torch.full_like(ref, v) if isinstance(v, (int, float)) else v
 
-    def as_tensor(v):
-        return torch.full_like(like, v) if isinstance(v, (int, float)) else v
 
-    def where(cond, a, b):
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            a = as_tensor(a)
-        return torch.where(cond, a, b)
+def _where(ref, cond, a, b):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        a = _const_like(ref, a)
+    return torch.where(cond, a, b)
 
-    def maximum(a, b):
-        return torch.maximum(as_tensor(a), as_tensor(b))
 
-    def minimum(a, b):
-        return torch.minimum(as_tensor(a), as_tensor(b))
+def _maximum(ref, a, b):
+    return torch.maximum(_const_like(ref, a), _const_like(ref, b))
 
-    return {
-        "__builtins__": {}, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-        "exp": torch.exp, "expm1": torch.expm1, "log1p": torch.log1p,
-        "abs": torch.abs, "erf": torch.special.erf, "sin": torch.sin, "cos": torch.cos,
-        "where": where, "maximum": maximum, "minimum": minimum, **CONSTANTS,
-    }
+
+def _minimum(ref, a, b):
+    return torch.minimum(_const_like(ref, a), _const_like(ref, b))
+
+
+#: The formula vocabulary in torch. where/maximum/minimum take the formula's
+#: variable as a first, hidden argument, so that Python constants get its dtype.
+_TORCH_NAMESPACE = {
+    "tanh": torch.tanh, "sigmoid": torch.sigmoid, "exp": torch.exp, "expm1": torch.expm1,
+    "log1p": torch.log1p, "abs": torch.abs, "erf": torch.special.erf, "sin": torch.sin,
+    "cos": torch.cos, "where": _where, "maximum": _maximum, "minimum": _minimum,
+    "full_like": torch.full_like, **CONSTANTS,
+}
+
+
+class _PassVariable(ast.NodeTransformer):
+    """where(c, a, b) -> where(h, c, a, b) (the same for maximum and minimum)."""
+
+    def __init__(self, var: str):
+        self.var = var
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id in ("where", "maximum", "minimum"):
+            node.args.insert(0, ast.Name(self.var, ast.Load()))
+        return node
+
+
+def _torch_source(source: str, var: str) -> str:
+    tree = ast.parse(source, mode="eval")
+    if isinstance(tree.body, ast.Constant):
+        return f"full_like({var}, {source})"
+    return ast.unparse(_PassVariable(var).visit(tree))
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(source: str):
-    return compile(source, f"<activation formula {source!r}>", "eval")
+def _torch_function(name: str, which: str):
+    """act / act' / act'' (or act' from y) of the table as a Python function of
+    torch tensors, compiled once."""
+    act = get(name)
+    var = "y" if which == "d1_y" else "h"
+    formula = act.formula(which)
+    lets = () if which == "d1_y" else act.lets_for(formula)
+    lines = [f"def {name}_{which}({var}):"]
+    lines += [f"    {v} = {_torch_source(e, var)}" for v, e in lets]
+    lines.append(f"    return {_torch_source(formula, var)}")
+    scope = dict(_TORCH_NAMESPACE)
+    exec(compile("\n".join(lines), f"<laaf activation {name}.{which}>", "exec"), scope)
+    return scope[f"{name}_{which}"]
 
 
 def evaluate(name: str, which: str, h: torch.Tensor) -> torch.Tensor:
@@ -181,12 +230,4 @@ def evaluate(name: str, which: str, h: torch.Tensor) -> torch.Tensor:
     The result is differentiable by autograd wherever the formula is, and has
     the shape, dtype and device of ``h``.
     """
-    act = get(name)
-    namespace = _torch_namespace(h)
-    scope = {"y": h} if which == "d1_y" else {"h": h}
-    for var, source in (() if which == "d1_y" else act.let):
-        scope[var] = eval(_compiled(source), namespace, scope)
-    out = eval(_compiled(act.formula(which)), namespace, scope)
-    if isinstance(out, (int, float)):
-        out = torch.full_like(h, out)
-    return out
+    return _torch_function(name, which)(h)

@@ -24,21 +24,6 @@ CPP_FILE = HERE.parent.parent / "csrc" / "laaf_activations.h"
 ACT_IDS = {name: i for i, name in enumerate(ACTIVATIONS)}
 
 
-def _names(source: str) -> set:
-    return {n.id for n in ast.walk(ast.parse(source, mode="eval")) if isinstance(n, ast.Name)}
-
-
-def _needed_lets(act, source: str):
-    """The let-bindings ``source`` uses, directly or through other bindings, in order."""
-    needed = _names(source)
-    keep = []
-    for var, expr in reversed(act.let):
-        if var in needed:
-            keep.append((var, expr))
-            needed |= _names(expr)
-    return keep[::-1]
-
-
 def _is_constant(source: str) -> bool:
     return isinstance(ast.parse(source, mode="eval").body, ast.Constant)
 
@@ -81,7 +66,7 @@ def _triton_function(which: str) -> str:
     for i, name in enumerate(ACTIVATIONS):
         act = TABLE[name]
         lines.append(f"    {'if' if i == 0 else 'elif'} ACT == {ACT_IDS[name]}:  # {name}")
-        for var, source in _needed_lets(act, act.formula(which)):
+        for var, source in act.lets_for(act.formula(which)):
             lines.append(f"        {var} = {source}")
         lines.append(f"        out = {_triton_expr(act.formula(which))}")
     lines += ["    else:", "        tl.static_assert(False, 'unknown activation id')",
@@ -149,7 +134,7 @@ def _cpp(node) -> str:
 def _cpp_function(act, which: str) -> str:
     source = act.d1_y if which == "d1_y" else act.formula(which)
     body = [f"    const V {var} = {_cpp(ast.parse(expr, mode='eval').body)};"
-            for var, expr in _needed_lets(act, source)]
+            for var, expr in act.lets_for(source)]
     body.append(f"    return {_cpp(ast.parse(source, mode='eval').body)};")
     arg = "y" if which == "d1_y" else "h"
     return (f"  template <typename V>\n  static inline V {which}(const V& {arg}) {{\n"

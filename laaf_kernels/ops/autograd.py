@@ -59,21 +59,33 @@ def _broadcast_slope(s: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
     return s.reshape(shape)
 
 
-def differentiable_activation_grads(g, z, s, activation, dim, need):
+def _act_prime(activation, h_fn, y):
+    """act'(h): from the saved output y where the table allows (y is the op's
+    differentiable output, so higher derivatives flow through it), else from h."""
+    if y is not None and get_activation(activation).d1_y is not None:
+        return evaluate(activation, "d1_y", y)
+    return evaluate(activation, "d1", h_fn())
+
+
+def differentiable_activation_grads(g, z, s, activation, dim, need, y=None):
     """(dz, ds) of y = act(s z) from differentiable torch ops."""
     s_b = None if s is None else _broadcast_slope(s, z.dim(), dim)
-    h = z if s is None else z * s_b
-    gh = g * evaluate(activation, "d1", h)
+    gh = g * _act_prime(activation, lambda: z if s is None else z * s_b, y)
     dz = (gh if s is None else gh * s_b) if need[0] else None
     ds = _sum_like_slope(gh * z, s, dim) if (need[1] and s is not None) else None
     return dz, ds
 
 
-def differentiable_linear_grads(g, x, weight, bias, s, activation, need):
-    """(dx, dW, db, ds) of y = act(s (x W^T + b)) from differentiable torch ops;
-    z is recomputed with F.linear so that the graph reaches x, W and b."""
-    z = F.linear(x, weight, bias)
-    gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]))
+def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None):
+    """(dx, dW, db, ds) of y = act(s (x W^T + b)) from differentiable torch ops.
+    z is recomputed with F.linear (so that the graph reaches x, W and b) unless
+    neither act' (given y) nor ds needs it, as for a PINN's u_x."""
+    if need[3] or y is None or get_activation(activation).d1_y is None:
+        z = F.linear(x, weight, bias)
+        gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]))
+    else:
+        gh = g * evaluate(activation, "d1_y", y)
+        gz, ds = (gh if s is None else gh * s), None
     return (gz @ weight if need[0] else None,
             gz.t() @ x if need[1] else None,
             gz.sum(0) if need[2] else None,
@@ -83,6 +95,33 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need):
 # ---------------------------------------------------------------------------
 # Autograd registration for a backend's ops
 # ---------------------------------------------------------------------------
+
+def _gradient_nodes(tensors):
+    """The autograd node each input's gradient flows into (None if it needs none)."""
+    nodes = []
+    for t in tensors:
+        try:
+            needs = t is not None and t.requires_grad
+            nodes.append(torch.autograd.graph.get_gradient_edge(t).node if needs else None)
+        except Exception:  # e.g. while torch.compile traces: assume it is needed
+            nodes.append(None)
+    return nodes
+
+
+def _needed(static_need, nodes):
+    """ctx.needs_input_grad narrowed to the inputs this backward pass will use:
+    autograd.grad(u, x) runs only what leads to x, and the engine knows which
+    nodes those are (native ops skip the rest the same way)."""
+    need = []
+    for flag, node in zip(static_need, nodes):
+        if flag and node is not None:
+            try:
+                flag = torch._C._will_engine_execute_node(node)
+            except Exception:  # private API gone, or not inside a backward: keep it
+                pass
+        need.append(flag)
+    return tuple(need)
+
 
 def _saved_y(saves_y: bool, activation: str, y: torch.Tensor) -> Optional[torch.Tensor]:
     return y if saves_y and get_activation(activation).d1_y is not None else None
@@ -96,16 +135,17 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.activation = activation
+        ctx.nodes = _gradient_nodes((x, weight, bias, s))
         ctx.save_for_backward(x, weight, bias, output[1], s,
                               _saved_y(saves_y, activation, output[0]))
 
     def backward(ctx, gy, _gz):
         x, weight, bias, z, s, y = ctx.saved_tensors
-        need = ctx.needs_input_grad[:4]
-        if gy is None:
+        need = _needed(ctx.needs_input_grad[:4], ctx.nodes)
+        if gy is None or not any(need):
             return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
-            grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need)
+            grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need, y)
         else:
             grads = bwd_op(gy, x, weight, bias, z, s, y, ctx.activation, *need)
             grads = [t if n else None for t, n in zip(grads, need)]
@@ -120,13 +160,16 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
     def setup_context(ctx, inputs, output):
         z, s, activation, dim = inputs
         ctx.activation, ctx.dim = activation, dim
+        ctx.nodes = _gradient_nodes((z, s))
         ctx.save_for_backward(z, s, _saved_y(saves_y, activation, output))
 
     def backward(ctx, gy):
         z, s, y = ctx.saved_tensors
-        need = ctx.needs_input_grad[:2]
+        need = _needed(ctx.needs_input_grad[:2], ctx.nodes)
+        if not any(need):
+            return None, None, None, None
         if torch.is_grad_enabled():
-            grads = differentiable_activation_grads(gy, z, s, ctx.activation, ctx.dim, need)
+            grads = differentiable_activation_grads(gy, z, s, ctx.activation, ctx.dim, need, y)
         else:
             grads = bwd_op(gy, z, s, y, ctx.activation, ctx.dim, *need)
             grads = [t if n else None for t, n in zip(grads, need)]

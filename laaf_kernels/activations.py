@@ -21,6 +21,8 @@ each backend provides:
 ``d1_y`` is act' written in ``y = act(h)`` alone, where that is cheap and
 exact (tanh: 1 - y^2): a backend that saves y then needs no transcendental in
 its backward. It is None where act' is not such a function of y.
+``torch_grad_y(g, y)`` is PyTorch's own fused op for g * d1_y(y) where one
+exists (aten.tanh_backward, ...): one kernel, with its own double backward.
 
 A formula that is a bare constant (``"0.0"``) is broadcast to the shape of
 ``h`` by the renderer. Branches of ``where`` that could overflow in the
@@ -42,7 +44,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Activation", "TABLE", "ACTIVATIONS", "get", "evaluate", "PRIMITIVES"]
+__all__ = ["Activation", "TABLE", "ACTIVATIONS", "get", "evaluate", "grad_from_y", "PRIMITIVES"]
 
 #: The names a formula may call, beside arithmetic and comparisons.
 PRIMITIVES = (
@@ -68,6 +70,7 @@ class Activation:
     d2: str
     let: Tuple[Tuple[str, str], ...] = field(default=())
     d1_y: Optional[str] = None
+    torch_grad_y: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
     def formula(self, which: str) -> str:
         """The formula string for ``which`` in {"value", "d1", "d2", "d1_y"}."""
@@ -100,16 +103,18 @@ TABLE: Dict[str, Activation] = {a.name: a for a in (
     Activation(
         "tanh", torch.tanh,
         let=(("t", "tanh(h)"),),
-        value="t", d1="1.0 - t * t", d2="-2.0 * t * (1.0 - t * t)", d1_y="1.0 - y * y"),
+        value="t", d1="1.0 - t * t", d2="-2.0 * t * (1.0 - t * t)", d1_y="1.0 - y * y",
+        torch_grad_y=torch.ops.aten.tanh_backward),
     Activation(
         "sigmoid", torch.sigmoid,
         let=(("s", "sigmoid(h)"),),
         value="s", d1="s * (1.0 - s)", d2="s * (1.0 - s) * (1.0 - 2.0 * s)",
-        d1_y="y * (1.0 - y)"),
+        d1_y="y * (1.0 - y)", torch_grad_y=torch.ops.aten.sigmoid_backward),
     Activation(
         "relu", torch.relu,
         value="maximum(h, 0.0)", d1="where(h > 0.0, 1.0, 0.0)", d2="0.0",
-        d1_y="where(y > 0.0, 1.0, 0.0)"),
+        d1_y="where(y > 0.0, 1.0, 0.0)",
+        torch_grad_y=lambda g, y: torch.ops.aten.threshold_backward(g, y, 0)),
     Activation(
         "leaky_relu", _leaky_relu,
         value="where(h > 0.0, h, 0.01 * h)", d1="where(h > 0.0, 1.0, 0.01)", d2="0.0",
@@ -221,6 +226,15 @@ def _torch_function(name: str, which: str):
     scope = dict(_TORCH_NAMESPACE)
     exec(compile("\n".join(lines), f"<laaf activation {name}.{which}>", "exec"), scope)
     return scope[f"{name}_{which}"]
+
+
+def grad_from_y(name: str, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """gh = g * act'(h) from the output y = act(h) (needs the table's d1_y):
+    PyTorch's fused op where the table names one, else the d1_y formula."""
+    act = get(name)
+    if act.torch_grad_y is not None:
+        return act.torch_grad_y(g, y)
+    return g * evaluate(name, "d1_y", y)
 
 
 def evaluate(name: str, which: str, h: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,22 @@ def test_d1_from_y_matches_d1(name):
                                rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS if TABLE[n].d1_y is not None])
+def test_grad_from_y_matches_formula_and_its_derivative(name):
+    """PyTorch's fused g * act'(h) op (where the table names one) equals g * d1_y(y),
+    and so does its derivative in y (what a double backward takes)."""
+    from laaf_kernels.activations import grad_from_y
+
+    y = get(name).torch_fn(torch.tensor(_grid(), dtype=torch.float64)).requires_grad_()
+    g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fused, formula = grad_from_y(name, g, y), g * evaluate(name, "d1_y", y)
+    torch.testing.assert_close(fused, formula, rtol=1e-12, atol=1e-13)
+    if formula.requires_grad:
+        (d_fused,) = torch.autograd.grad(fused.sum(), y)
+        (d_formula,) = torch.autograd.grad(formula.sum(), y)
+        torch.testing.assert_close(d_fused, d_formula, rtol=1e-12, atol=1e-13)
+
+
 def test_d1_y_only_where_defined():
     assert {n for n in ACTIVATIONS if TABLE[n].d1_y} == {
         "tanh", "sigmoid", "relu", "leaky_relu", "identity"}

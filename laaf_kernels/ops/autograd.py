@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..activations import evaluate
+from ..activations import evaluate, grad_from_y
 from ..activations import get as get_activation
 
 __all__ = ["register_backend_ops", "make_linear", "make_activation",
@@ -59,18 +59,18 @@ def _broadcast_slope(s: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
     return s.reshape(shape)
 
 
-def _act_prime(activation, h_fn, y):
-    """act'(h): from the saved output y where the table allows (y is the op's
-    differentiable output, so higher derivatives flow through it), else from h."""
+def _gh(g, activation, h_fn, y):
+    """gh = g act'(h): from the saved output y where the table allows (y is the
+    op's differentiable output, so higher derivatives flow through it), else from h."""
     if y is not None and get_activation(activation).d1_y is not None:
-        return evaluate(activation, "d1_y", y)
-    return evaluate(activation, "d1", h_fn())
+        return grad_from_y(activation, g, y)
+    return g * evaluate(activation, "d1", h_fn())
 
 
 def differentiable_activation_grads(g, z, s, activation, dim, need, y=None):
     """(dz, ds) of y = act(s z) from differentiable torch ops."""
     s_b = None if s is None else _broadcast_slope(s, z.dim(), dim)
-    gh = g * _act_prime(activation, lambda: z if s is None else z * s_b, y)
+    gh = _gh(g, activation, lambda: z if s is None else z * s_b, y)
     dz = (gh if s is None else gh * s_b) if need[0] else None
     ds = _sum_like_slope(gh * z, s, dim) if (need[1] and s is not None) else None
     return dz, ds
@@ -84,7 +84,7 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None)
         z = F.linear(x, weight, bias)
         gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]))
     else:
-        gh = g * evaluate(activation, "d1_y", y)
+        gh = grad_from_y(activation, g, y)
         gz, ds = (gh if s is None else gh * s), None
     return (gz @ weight if need[0] else None,
             gz.t() @ x if need[1] else None,

@@ -37,7 +37,7 @@ def metadata(device: str, ceilings: dict) -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
     return {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else
         f"{cpu_name()} ({torch.get_num_threads()} threads)",

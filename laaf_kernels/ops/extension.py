@@ -16,6 +16,7 @@ warning is issued, "auto" uses the reference backend, and asking for
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pathlib
 import shutil
@@ -62,6 +63,10 @@ def _jit_build(verbose: bool) -> None:
     _ensure_ninja_on_path()
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "laaf_cpu_ext.so").exists():
+        logging.getLogger("laaf_kernels").warning(
+            "laaf_kernels: building the C++ extension on first use (about a minute) in %s",
+            directory)
     with FileLock(str(directory / "build.lock")):
         cpp_extension.load(
             name="laaf_cpu_ext", sources=[str(CSRC / s) for s in SOURCES],
@@ -70,7 +75,8 @@ def _jit_build(verbose: bool) -> None:
 
 
 def load(verbose: bool = False) -> Optional[str]:
-    """Load the extension once (AOT module, else JIT build); returns the problem or None."""
+    """Load the extension once (AOT module, else JIT build) and register its ops'
+    fakes and autograd (laaf_kernels.ops.cpp_backend); returns the problem or None."""
     if _state["tried"]:  # fast path, no lock (also what torch.compile traces)
         return _state["problem"]
     with _lock:
@@ -90,6 +96,8 @@ def load(verbose: bool = False) -> Optional[str]:
                                      f"({type(error).__name__}: {first[0][:200]})")
                 warnings.warn(f"laaf_kernels: {_state['problem']}; the 'cpp' backend is "
                               "unavailable and 'auto' uses the reference backend", stacklevel=3)
+        if _state["problem"] is None:  # whoever calls torch.ops.laaf.cpp_* gets autograd
+            importlib.import_module("laaf_kernels.ops.cpp_backend")
         return _state["problem"]
 
 

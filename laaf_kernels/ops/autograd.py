@@ -12,8 +12,9 @@ where ``z`` is whatever the backend's backward needs (it may be empty: a
 backend may recompute z from x, W and b); ``y`` is the saved output, passed
 only to a backend registered with ``saves_y`` and only for activations whose
 act' is a function of y (the table's ``d1_y``: tanh, sigmoid, relu, ...), so
-that its backward needs no transcendental; and ``s = scale * slope`` is formed here with a differentiable torch multiply,
-so autograd turns ``ds`` into ``da = n * ds`` by itself. This module registers
+that its backward needs no transcendental; and ``s = scale * slope`` is formed
+here with a differentiable torch multiply, so autograd turns ``ds`` into
+``da = n * ds`` by itself. This module registers
 their autograd formulas and builds the backend's ``linear``/``activation``
 entry points (flattening, autocast, inference vs training).
 
@@ -79,10 +80,11 @@ def differentiable_activation_grads(g, z, s, activation, dim, need, y=None):
 def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None):
     """(dx, dW, db, ds) of y = act(s (x W^T + b)) from differentiable torch ops.
     z is recomputed with F.linear (so that the graph reaches x, W and b) unless
-    neither act' (given y) nor ds needs it, as for a PINN's u_x."""
+    neither act' (given y) nor ds needs it, as for a PINN's u_x; act' comes
+    from y whenever the table allows, even when z is recomputed for ds."""
     if need[3] or y is None or get_activation(activation).d1_y is None:
         z = F.linear(x, weight, bias)
-        gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]))
+        gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]), y)
     else:
         gh = grad_from_y(activation, g, y)
         gz, ds = (gh if s is None else gh * s), None

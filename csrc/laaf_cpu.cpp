@@ -27,6 +27,7 @@
 #include <tuple>
 
 #include "laaf_activations.h"
+#include "laaf_layout.h"
 
 namespace laaf {
 namespace {
@@ -35,7 +36,6 @@ using at::Tensor;
 using at::vec::Vectorized;
 
 constexpr int64_t kRowsPerChunk = 64;
-enum SlopeKind : int { kNone = 0, kScalar = 1, kVector = 2 };
 
 // A 2-D (rows, cols) contiguous view of the data, and where the slopes run:
 // one per column (linear layers, channels last) or one per row, the channel of
@@ -57,10 +57,38 @@ struct Grid {
   }
 };
 
-int slope_kind(const c10::optional<Tensor>& s) {
-  if (!s.has_value()) return kNone;
-  return s->dim() == 0 ? kScalar : kVector;
-}
+// Loading and storing T as lanes of its compute type C: float and double as
+// themselves; bfloat16 and float16 widened to float (one rounding back to T at
+// the store, where eager PyTorch rounds after every op).
+template <typename T>
+struct Io {
+  using C = T;
+  static Vectorized<C> load(const T* p, int64_t n) { return Vectorized<C>::loadu(p, n); }
+  static void store(const Vectorized<C>& v, T* p, int64_t n) { v.store(p, n); }
+};
+
+template <typename T>
+struct WidenedIo {
+  using C = float;
+  static constexpr int64_t kLanes = Vectorized<float>::size();
+  static Vectorized<C> load(const T* p, int64_t n) {
+    float lanes[kLanes];
+    for (int64_t i = 0; i < n; ++i) lanes[i] = static_cast<float>(p[i]);
+    return Vectorized<C>::loadu(lanes, n);
+  }
+  static void store(const Vectorized<C>& v, T* p, int64_t n) {
+    float lanes[kLanes];
+    v.store(lanes, n);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(lanes[i]);
+  }
+};
+template <>
+struct Io<c10::BFloat16> : WidenedIo<c10::BFloat16> {};
+template <>
+struct Io<c10::Half> : WidenedIo<c10::Half> {};
+
+template <typename T>
+using Compute = typename Io<T>::C;
 
 int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
@@ -71,16 +99,16 @@ int64_t grain(int64_t work_per_item) {
 // ---------------------------------------------------------------------------
 
 template <typename T, int ACT>
-void forward_pass(const T* z, T* y, const Grid<T>& grid) {
-  using V = Vectorized<T>;
+void forward_pass(const T* z, T* y, const Grid<Compute<T>>& grid) {
+  using V = Vectorized<Compute<T>>;
   at::parallel_for(0, grid.rows, grain(grid.cols), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* zr = z + r * grid.cols;
       T* yr = y + r * grid.cols;
       for (int64_t c = 0; c < grid.cols; c += V::size()) {
         const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
-        const V h = V::loadu(zr + c, n) * grid.slope(r, c, n);
-        Act<ACT>::value(h).store(yr + c, n);
+        const V h = Io<T>::load(zr + c, n) * grid.slope(r, c, n);
+        Io<T>::store(Act<ACT>::value(h), yr + c, n);
       }
     }
   });
@@ -105,17 +133,19 @@ double lane_sum(const Vectorized<T>& v, int64_t n) {
 // act'(h) for lanes [at, at + n): from the saved y where the table allows (no
 // transcendental), else from h = s * z.
 template <typename T, int ACT>
-Vectorized<T> act_d1(const T* y, const Vectorized<T>& h, int64_t at, int64_t n) {
+Vectorized<Compute<T>> act_d1(const T* y, const Vectorized<Compute<T>>& h, int64_t at,
+                              int64_t n) {
   if constexpr (Act<ACT>::kD1FromY) {
-    if (y != nullptr) return Act<ACT>::d1_y(Vectorized<T>::loadu(y + at, n));
+    if (y != nullptr) return Act<ACT>::d1_y(Io<T>::load(y + at, n));
   }
   return Act<ACT>::d1(h);
 }
 
 template <typename T, int ACT>
 void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, double* ds_part,
-                   const Grid<T>& grid) {
-  using V = Vectorized<T>;
+                   const Grid<Compute<T>>& grid) {
+  using C = Compute<T>;
+  using V = Vectorized<C>;
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
   at::parallel_for(0, chunks, grain(kRowsPerChunk * grid.cols), [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
@@ -123,14 +153,14 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
       const int64_t r_end = std::min(grid.rows, r_begin + kRowsPerChunk);
       for (int64_t c = 0; c < grid.cols; c += V::size()) {
         const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
-        V db_acc(T(0)), ds_acc(T(0));
+        V db_acc(C(0)), ds_acc(C(0));
         for (int64_t r = r_begin; r < r_end; ++r) {
           const int64_t at = r * grid.cols + c;
           const V s = grid.slope(r, c, n);
-          const V zv = V::loadu(z + at, n);
-          const V gh = V::loadu(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
+          const V zv = Io<T>::load(z + at, n);
+          const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
           const V gzv = gh * s;
-          if (gz != nullptr) gzv.store(gz + at, n);
+          if (gz != nullptr) Io<T>::store(gzv, gz + at, n);
           if (grid.on_rows) {
             if (ds_part != nullptr) ds_part[r] += lane_sum(gh * zv, n);
           } else {
@@ -139,7 +169,7 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
           }
         }
         if (grid.on_rows) continue;
-        T db_lanes[V::size()], ds_lanes[V::size()];
+        C db_lanes[V::size()], ds_lanes[V::size()];
         db_acc.store(db_lanes);
         ds_acc.store(ds_lanes);
         for (int64_t i = 0; i < n; ++i) {
@@ -162,28 +192,31 @@ Tensor sum_parts(const Tensor& parts, int64_t width) {
   return out;
 }
 
-// ds as the slope's shape: (C,) per channel, or the total for a 0-d slope.
-Tensor finish_ds(const Tensor& per_channel, const Tensor& s) {
-  Tensor ds = s.dim() == 0 ? per_channel.sum() : per_channel;
-  return ds.to(s.scalar_type());
+// The grid of a T tensor; s_c is the slope already in T's compute type (see slope_in).
+template <typename T>
+Grid<Compute<T>> make_grid(int64_t rows, int64_t cols, const Tensor& s_c, int kind,
+                           bool on_rows, int64_t channels) {
+  return Grid<Compute<T>>{rows, cols, s_c.defined() ? s_c.data_ptr<Compute<T>>() : nullptr,
+                          kind, on_rows, channels};
 }
 
-template <typename T>
-Grid<T> make_grid(int64_t rows, int64_t cols, const c10::optional<Tensor>& s, bool on_rows,
-                  int64_t channels) {
-  return Grid<T>{rows, cols, s.has_value() ? s->data_ptr<T>() : nullptr, slope_kind(s),
-                 on_rows, channels};
+// s = n * a in the compute type of `dtype` (the slope stays fp32 under autocast).
+Tensor slope_in(const c10::optional<Tensor>& s, at::ScalarType dtype) {
+  if (!s.has_value()) return Tensor();
+  const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;
+  return s->to(widened ? at::kFloat : dtype).contiguous();
 }
 
 void check_dtype(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "laaf cpp backend: ", name, " must be float32 or float64, got ", t.scalar_type());
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              "laaf cpp backend: ", name, " must be float32, float64, bfloat16 or float16, got ",
+              dtype);
 }
 
-c10::optional<Tensor> contiguous(const c10::optional<Tensor>& t) {
-  if (!t.has_value()) return t;
-  return t->contiguous();
-}
+#define LAAF_DISPATCH_CPU_TYPES(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, name, __VA_ARGS__)
 
 // ---------------------------------------------------------------------------
 // The ops
@@ -191,16 +224,16 @@ c10::optional<Tensor> contiguous(const c10::optional<Tensor>& t) {
 
 std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
                                       const c10::optional<Tensor>& bias,
-                                      const c10::optional<Tensor>& s_in,
+                                      const c10::optional<Tensor>& s,
                                       c10::string_view activation, bool training) {
   check_dtype(x, "x");
   const int act = activation_id(activation);
-  const auto s = contiguous(s_in);
+  const Tensor s_c = slope_in(s, x.scalar_type());
   Tensor z = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
   // Inference: the epilogue runs in place, z's buffer becomes y.
   Tensor y = training ? at::empty_like(z) : z;
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_linear_fwd", [&] {
-    const auto grid = make_grid<scalar_t>(z.size(0), z.size(1), s, false, 0);
+  LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_linear_fwd", [&] {
+    const auto grid = make_grid<scalar_t>(z.size(0), z.size(1), s_c, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
       forward_pass<scalar_t, ACT>(z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
     });
@@ -210,11 +243,11 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     const Tensor& g_in, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
-    const Tensor& z, const c10::optional<Tensor>& s_in, const c10::optional<Tensor>& y_in,
+    const Tensor& z, const c10::optional<Tensor>& s, const c10::optional<Tensor>& y_in,
     c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
   check_dtype(x, "x");
   const int act = activation_id(activation);
-  const auto s = contiguous(s_in);
+  const Tensor s_c = slope_in(s, x.scalar_type());
   need_ds = need_ds && s.has_value();
   const Tensor g = g_in.contiguous();
   const auto y = contiguous(y_in);
@@ -224,12 +257,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   Tensor gz = (need_dx || need_dw) ? at::empty_like(z) : Tensor();
   Tensor db_part = need_db ? at::empty({chunks, cols}, dbl) : Tensor();
   Tensor ds_part = need_ds ? at::empty({chunks, cols}, dbl) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_linear_bwd", [&] {
-    const auto grid = make_grid<scalar_t>(rows, cols, s, false, 0);
+  LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_linear_bwd", [&] {
+    const auto grid = make_grid<scalar_t>(rows, cols, s_c, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
       backward_pass<scalar_t, ACT>(
           g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-          y.has_value() ? y->data_ptr<scalar_t>() : nullptr, gz.defined() ? gz.data_ptr<scalar_t>() : nullptr,
+          y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
+          gz.defined() ? gz.data_ptr<scalar_t>() : nullptr,
           need_db ? db_part.data_ptr<double>() : nullptr,
           need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
     });
@@ -241,36 +275,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
           need_ds ? finish_ds(sum_parts(ds_part, cols), *s) : empty};
 }
 
-// z as the 2-D grid of the kernels: channels last (slope per column) or
-// (outer * C, inner) with the slope per row.
-struct ActLayout {
-  int64_t rows, cols, channels;
-  bool on_rows;
-};
-
-ActLayout act_layout(const Tensor& z, const c10::optional<Tensor>& s, int64_t dim) {
-  if (z.dim() == 0) return {1, 1, 1, false};
-  const int64_t channels = z.size(dim);
-  int64_t inner = 1;
-  for (int64_t d = dim + 1; d < z.dim(); ++d) inner *= z.size(d);
-  if (!s.has_value() || s->dim() == 0 || inner == 1) {
-    const int64_t last = z.size(z.dim() - 1);
-    return {last == 0 ? 0 : z.numel() / last, last, channels, false};
-  }
-  return {z.numel() / inner, inner, channels, true};
-}
-
-Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s_in, c10::string_view activation,
+Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s, c10::string_view activation,
                int64_t dim) {
   check_dtype(z_in, "z");
   const int act = activation_id(activation);
-  const auto s = contiguous(s_in);
+  const Tensor s_c = slope_in(s, z_in.scalar_type());
   const Tensor z = z_in.contiguous();
   Tensor y = at::empty_like(z);
   if (z.numel() == 0) return y;
   const ActLayout L = act_layout(z, s, dim);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_act_fwd", [&] {
-    const auto grid = make_grid<scalar_t>(L.rows, L.cols, s, L.on_rows, L.channels);
+  LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_act_fwd", [&] {
+    const auto grid = make_grid<scalar_t>(L.rows, L.cols, s_c, slope_kind(s), L.on_rows,
+                                          L.channels);
     LAAF_ACT_SWITCH(act, [&] {
       forward_pass<scalar_t, ACT>(z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
     });
@@ -279,12 +295,12 @@ Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s_in, c10::strin
 }
 
 std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
-                                   const c10::optional<Tensor>& s_in,
+                                   const c10::optional<Tensor>& s,
                                    const c10::optional<Tensor>& y_in, c10::string_view activation,
                                    int64_t dim, bool need_dz, bool need_ds) {
   check_dtype(z_in, "z");
   const int act = activation_id(activation);
-  const auto s = contiguous(s_in);
+  const Tensor s_c = slope_in(s, z_in.scalar_type());
   need_ds = need_ds && s.has_value();
   const Tensor z = z_in.contiguous();
   const Tensor g = g_in.contiguous();
@@ -300,8 +316,9 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
   // Row slopes: one partial per row (zeroed: rows accumulate); column slopes: per chunk.
   Tensor ds_part = !need_ds ? Tensor()
                    : L.on_rows ? at::zeros({L.rows}, dbl) : at::empty({chunks, L.cols}, dbl);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "laaf_cpp_act_bwd", [&] {
-    const auto grid = make_grid<scalar_t>(L.rows, L.cols, s, L.on_rows, L.channels);
+  LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_act_bwd", [&] {
+    const auto grid = make_grid<scalar_t>(L.rows, L.cols, s_c, slope_kind(s), L.on_rows,
+                                          L.channels);
     LAAF_ACT_SWITCH(act, [&] {
       backward_pass<scalar_t, ACT>(g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
                                    y.has_value() ? y->data_ptr<scalar_t>() : nullptr,

@@ -26,8 +26,22 @@ def _cpp_problem():
 
 CPP_PROBLEM = _cpp_problem()
 
+
+def _cuda_problem():
+    """Why the CUDA kernels cannot run here, or None. With LAAF_REQUIRE_CUDA=1 (the
+    GPU script) a failed build on a machine with a GPU is an error, not a skip."""
+    from laaf_kernels.ops import extension
+
+    problem = extension.cuda_problem()
+    if problem and torch.cuda.is_available() and os.environ.get("LAAF_REQUIRE_CUDA") == "1":
+        raise RuntimeError(f"LAAF_REQUIRE_CUDA=1 but {problem}")
+    return problem
+
+
+CUDA_PROBLEM = _cuda_problem()
+
 #: (backend, device): Triton on CPU tensors in its interpreter (CI) and on CUDA
-#: tensors compiled (GPU box); the C++ kernels on CPU tensors.
+#: tensors compiled (GPU box); the C++ kernels on CPU tensors; the CUDA kernels.
 TARGETS = [
     pytest.param(("triton", "cpu"), id="triton-cpu", marks=pytest.mark.skipif(
         not (TRITON_READY and INTERPRETING),
@@ -38,6 +52,8 @@ TARGETS = [
         reason="no CUDA device: the compiled Triton kernels are not run here")]),
     pytest.param(("cpp", "cpu"), id="cpp-cpu", marks=pytest.mark.skipif(
         CPP_PROBLEM is not None, reason=f"cpp backend: {CPP_PROBLEM}")),
+    pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        CUDA_PROBLEM is not None, reason=f"cuda backend: {CUDA_PROBLEM}")]),
 ]
 #: The Triton targets alone (tests of Triton-only behaviour).
 TRITON_TARGETS = TARGETS[:2]

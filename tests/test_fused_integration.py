@@ -181,10 +181,11 @@ def test_saves_at_most_two_thirds_of_eager(target):
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRETING or torch.cuda.device_count() < 2,
                     reason="needs two CUDA devices")
-def test_launches_on_the_tensors_device():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_launches_on_the_tensors_device(backend):
     x, w, b, a = _small("cuda:1", dtype=torch.float32)
     with torch.cuda.device(0):
-        y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend="triton")
+        y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
     want = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend="reference")
     assert y.device == x.device
     torch.testing.assert_close(y, want)

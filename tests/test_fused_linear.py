@@ -26,6 +26,9 @@ TRITON_SHAPES = {
     "3d_noncontig": ((3, 5), 7, 6, True),
     "wide_n": ((9,), 6, 131, False),
     "wide_k": ((10,), 133, 5, False),
+    # several 64-row tiles of the narrow CUDA kernel, 1 and 4 column groups of 32
+    "tiles_k50_n29": ((203,), 50, 29, False),
+    "tiles_k37_n100": ((131,), 37, 100, True),
 }
 
 
@@ -59,7 +62,6 @@ def test_shapes_fp64(target, case, kind):
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "gelu", "sin"])
 def test_low_precision(target, dtype, activation, kind):
     backend, device = target
-    # (the cpp backend computes fp32/fp64 itself and passes bf16/fp16 to the reference)
     for case in ("m37_k13_n11", "wide_n"):
         x, w, b, a = _inputs(case, kind, seed=13, dtype=dtype, device=device)
         compare_linear(backend, x, w, b, a, activation, SCALE, f", {dtype}, {case}")

@@ -2,8 +2,9 @@
 with fake implementations and the shared autograd of :mod:`laaf_kernels.ops.autograd`.
 
 Import this module only once :func:`laaf_kernels.ops.extension.load` has succeeded.
-The kernels take float32 and float64; other dtypes (bf16 under autocast, say)
-run on the reference backend.
+The kernels take float32, float64, bfloat16 and float16; the two 16-bit types are
+widened to float32 lanes for the epilogues (one rounding at each store), and the
+GEMMs are ATen's in the input dtype, as ``nn.Linear``'s are.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .autograd import make_activation, make_linear, register_backend_ops
 
 __all__ = ["linear", "activation", "DTYPES"]
 
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def stores_z(n_out: int, k_in: int, training: bool) -> bool:

@@ -186,13 +186,39 @@ def _cpp_problem(device: Optional[torch.device]) -> Optional[str]:
     return extension.problem()
 
 
-def _cpp_entry(name: str):
-    """Call cpp_backend.<name>; the module registers its ops' fakes and autograd on
-    import, which needs the extension loaded, hence the late import."""
+def _cpp_module():
+    from . import cpp_backend
+    return cpp_backend
+
+
+def _extension_entry(module, name: str):
+    """Call module().<name>; the backend module registers its ops' fakes and autograd
+    on import, which needs the extension loaded, hence the late import (a plain
+    ``from . import``, which torch.compile traces)."""
     def call(*args):
-        from . import cpp_backend
-        return getattr(cpp_backend, name)(*args)
+        return getattr(module(), name)(*args)
     return call
 
 
-register_backend(Backend("cpp", _cpp_entry("linear"), _cpp_entry("activation"), _cpp_problem))
+register_backend(Backend("cpp", _extension_entry(_cpp_module, "linear"),
+                         _extension_entry(_cpp_module, "activation"), _cpp_problem))
+
+
+# ---------------------------------------------------------------------------
+# "cuda": the CUDA part of the extension, built on first use like "cpp"
+# ---------------------------------------------------------------------------
+
+def _cuda_problem(device: Optional[torch.device]) -> Optional[str]:
+    if device is not None and device.type != "cuda":
+        return f"the CUDA kernels run CUDA tensors, not {device.type}"
+    from . import extension
+    return extension.cuda_problem()
+
+
+def _cuda_module():
+    from . import cuda_backend
+    return cuda_backend
+
+
+register_backend(Backend("cuda", _extension_entry(_cuda_module, "linear"),
+                         _extension_entry(_cuda_module, "activation"), _cuda_problem))

@@ -1,17 +1,19 @@
-"""Building and loading the C++ extension (``csrc/``) that defines torch.ops.laaf.cpp_*.
+"""Building and loading the C++/CUDA extension (``csrc/``): torch.ops.laaf.cpp_* (CPU)
+and torch.ops.laaf.cuda_* (CUDA).
 
-In order:
+For each of the two parts, in order:
 
-1. an ahead-of-time build, ``laaf_kernels._C`` (``LAAF_BUILD_EXT=1 pip install .``);
+1. an ahead-of-time build, ``laaf_kernels._C`` (``LAAF_BUILD_EXT=1 pip install .``;
+   it holds the CUDA ops too where it was built with CUDA);
 2. a JIT build on first use: ``torch.utils.cpp_extension.load`` with ninja, into
-   ``$LAAF_EXT_DIR`` or ``~/.cache/laaf_kernels/<torch version>-<cpu capability>``,
-   under a file lock so that two processes starting at once do not corrupt it.
-   Where the CPU has AVX2 (AVX-512), the kernels are compiled for it, with
-   ATen's Sleef-backed vector math.
+   ``$LAAF_EXT_DIR`` or ``~/.cache/laaf_kernels/<torch version>-<target>``, under a
+   file lock so that two processes starting at once do not corrupt it. Where the
+   CPU has AVX2 (AVX-512), the CPU kernels are compiled for it, with ATen's
+   Sleef-backed vector math; the CUDA kernels for the GPUs of this machine.
 
-If neither works (no compiler, a failed build), :func:`problem` says why, one
-warning is issued, "auto" uses the reference backend, and asking for
-``backend="cpp"`` raises with that reason.
+If neither works (no compiler, no CUDA toolkit, a failed build), :func:`problem`
+(:func:`cuda_problem`) says why, one warning is issued, "auto" moves on to the
+next backend, and asking for ``backend="cpp"`` (``"cuda"``) raises with that reason.
 """
 from __future__ import annotations
 
@@ -23,31 +25,56 @@ import shutil
 import sys
 import threading
 import warnings
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
 
 import torch
 
 CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = ("laaf_cpu.cpp",)
 _lock = threading.Lock()
-_state = {"tried": False, "problem": "not built yet"}
 
 
 def _cpu_flags() -> list:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability == "AVX512":
-        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                 "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     if capability == "AVX2":
-        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return []
 
 
-def build_dir() -> pathlib.Path:
+def _cuda_tag() -> str:
+    capabilities = sorted({torch.cuda.get_device_capability(i)
+                           for i in range(torch.cuda.device_count())})
+    return f"cuda{torch.version.cuda}-sm" + "_".join(f"{a}{b}" for a, b in capabilities)
+
+
+@dataclass
+class _Part:
+    """One JIT-buildable part of the extension and what became of loading it."""
+    name: str            # the JIT module name (and .so file)
+    sources: tuple       # files in csrc/
+    marker: str          # an op this part defines (to see whether _C holds it)
+    tag: Callable[[], str]
+    cflags: Callable[[], list]
+    cuda_cflags: list = field(default_factory=list)
+    after_load: str = ""  # the module to import once loaded (fakes, autograd)
+    tried: bool = False
+    problem: Optional[str] = "not built yet"
+
+
+CPU = _Part("laaf_cpu_ext", ("laaf_cpu.cpp",), "cpp_linear_fwd",
+            lambda: str(torch.backends.cpu.get_cpu_capability()),
+            lambda: ["-O3", *_cpu_flags()], after_load="laaf_kernels.ops.cpp_backend")
+CUDA = _Part("laaf_cuda_ext", ("laaf_cuda.cu",), "cuda_linear_fwd", _cuda_tag,
+             lambda: ["-O3"], cuda_cflags=["-O3"], after_load="laaf_kernels.ops.cuda_backend")
+
+
+def build_dir(part: _Part = CPU) -> pathlib.Path:
     root = os.environ.get("LAAF_EXT_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "laaf_kernels")
-    tag = f"torch{torch.__version__.replace('+', '_')}-{torch.backends.cpu.get_cpu_capability()}"
-    return pathlib.Path(root) / tag
+    return pathlib.Path(root) / f"torch{torch.__version__.replace('+', '_')}-{part.tag()}"
 
 
 def _ensure_ninja_on_path() -> None:
@@ -56,51 +83,84 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 
 
-def _jit_build(verbose: bool) -> None:
+def _jit_build(part: _Part, verbose: bool) -> None:
     from filelock import FileLock
     from torch.utils import cpp_extension
 
     _ensure_ninja_on_path()
-    directory = build_dir()
+    directory = build_dir(part)
     directory.mkdir(parents=True, exist_ok=True)
-    if not (directory / "laaf_cpu_ext.so").exists():
+    if not (directory / f"{part.name}.so").exists():
         logging.getLogger("laaf_kernels").warning(
-            "laaf_kernels: building the C++ extension on first use (about a minute) in %s",
-            directory)
+            "laaf_kernels: building %s on first use (a minute or more) in %s",
+            part.name, directory)
     with FileLock(str(directory / "build.lock")):
         cpp_extension.load(
-            name="laaf_cpu_ext", sources=[str(CSRC / s) for s in SOURCES],
-            extra_cflags=["-O3", *_cpu_flags()], extra_include_paths=[str(CSRC)],
-            build_directory=str(directory), is_python_module=False, verbose=verbose)
+            name=part.name, sources=[str(CSRC / s) for s in part.sources],
+            extra_cflags=part.cflags(), extra_cuda_cflags=part.cuda_cflags,
+            extra_include_paths=[str(CSRC)], build_directory=str(directory),
+            is_python_module=False, verbose=verbose)
+
+
+def _aot_holds(part: _Part) -> bool:
+    """Whether the ahead-of-time module exists and defines this part's ops."""
+    try:
+        importlib.import_module("laaf_kernels._C")
+    except ImportError:
+        return False
+    return hasattr(torch.ops.laaf, part.marker)
+
+
+def _load(part: _Part, verbose: bool, precondition: Optional[str] = None) -> Optional[str]:
+    """Load ``part`` once (AOT module, else JIT build) and import its backend
+    module (fakes and autograd of its ops); returns the problem or None."""
+    if part.tried:  # fast path, no lock (also what torch.compile traces)
+        return part.problem
+    with _lock:
+        if part.tried:
+            return part.problem
+        part.tried = True
+        part.problem = precondition
+        if precondition is None and not _aot_holds(part):
+            try:
+                _jit_build(part, verbose)
+            except Exception as error:  # no compiler, failed build, ...
+                first = str(error).strip().splitlines()[:1] or [""]
+                part.problem = (f"{part.name} could not be built "
+                                f"({type(error).__name__}: {first[0][:200]})")
+                warnings.warn(f"laaf_kernels: {part.problem}; the backend is unavailable "
+                              "and 'auto' moves on to the next one", stacklevel=4)
+        if part.problem is None:  # whoever calls torch.ops.laaf.* then gets autograd
+            importlib.import_module(part.after_load)
+        return part.problem
 
 
 def load(verbose: bool = False) -> Optional[str]:
-    """Load the extension once (AOT module, else JIT build) and register its ops'
-    fakes and autograd (laaf_kernels.ops.cpp_backend); returns the problem or None."""
-    if _state["tried"]:  # fast path, no lock (also what torch.compile traces)
-        return _state["problem"]
-    with _lock:
-        if _state["tried"]:
-            return _state["problem"]
-        _state["tried"] = True
-        try:
-            importlib.import_module("laaf_kernels._C")
-            _state["problem"] = None
-        except ImportError:
-            try:
-                _jit_build(verbose)
-                _state["problem"] = None
-            except Exception as error:  # no compiler, failed build, ...
-                first = str(error).strip().splitlines()[:1] or [""]
-                _state["problem"] = (f"the C++ extension could not be built "
-                                     f"({type(error).__name__}: {first[0][:200]})")
-                warnings.warn(f"laaf_kernels: {_state['problem']}; the 'cpp' backend is "
-                              "unavailable and 'auto' uses the reference backend", stacklevel=3)
-        if _state["problem"] is None:  # whoever calls torch.ops.laaf.cpp_* gets autograd
-            importlib.import_module("laaf_kernels.ops.cpp_backend")
-        return _state["problem"]
+    """Load the CPU ops (torch.ops.laaf.cpp_*); the problem, or None."""
+    return _load(CPU, verbose)
 
 
 def problem() -> Optional[str]:
-    """Why the extension is unusable (building it first if not tried yet), or None."""
+    """Why the CPU extension is unusable (building it first if not tried yet), or None."""
     return load()
+
+
+def _cuda_precondition() -> Optional[str]:
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    from torch.utils import cpp_extension
+    if cpp_extension.CUDA_HOME is None and not _aot_holds(CUDA):
+        return "no CUDA toolkit (nvcc) to build the kernels, and no ahead-of-time build"
+    return None
+
+
+def cuda_problem(verbose: bool = False) -> Optional[str]:
+    """Why the CUDA extension is unusable (building it first if not tried yet), or None."""
+    if CUDA.tried:
+        return CUDA.problem
+    return _load(CUDA, verbose, _cuda_precondition())
+
+
+def sources(suffix: str) -> List[pathlib.Path]:
+    """The extension's source files ending in ``suffix`` (".cpp", ".cu")."""
+    return sorted(CSRC.glob(f"*{suffix}"))

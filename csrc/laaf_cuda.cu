@@ -1,0 +1,583 @@
+// laaf_kernels: CUDA kernels of the "cuda" backend (torch.ops.laaf.cuda_*).
+//
+// Forward of the linear layer, y = act(h), h = s * z, z = x W^T + b:
+//   * narrow layers (N, K <= 128, the PINN widths): ONE kernel. Each block
+//     stages W (and b, s) in shared memory once, then walks tiles of 64 rows
+//     of x: the tile is copied to shared memory, each thread forms z for 8 rows
+//     x (32 * NJ) columns in registers, and writes y (and z when training).
+//     x is read once and y written once: no z round trip through memory.
+//   * wide layers: z from cuBLAS (at::addmm), then one epilogue pass y = act(s z).
+// Backward, given g = dL/dy (z saved by the forward):
+//   gh = g act'(h), gz = gh s        one pass over (g, z) that also writes the
+//   db = sum gz, ds = sum gh z       per-chunk partial column sums
+//   dx = gz W, dW = gz^T x           cuBLAS GEMMs (at::mm)
+//
+// Determinism: no atomics. Every partial sum has a fixed home (a chunk of rows
+// and a column) and is summed in a fixed order, then the partials are folded by
+// fold_parts_kernel, also in a fixed order: the same inputs give the same bits.
+//
+// Arithmetic is in A = at::opmath_type<T> (float for fp32/fp16/bf16, double for
+// fp64). The activation math comes from laaf_activations_cuda.cuh, generated
+// from the one table in laaf_kernels/activations.py.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <tuple>
+
+#include "laaf_activations_cuda.cuh"
+#include "laaf_layout.h"
+
+namespace laaf {
+namespace {
+
+using at::Tensor;
+
+// The slope of element (r, c) of the (rows, cols) grid: none, one value, one
+// per column, or one per row (channel r % channels).
+template <typename A>
+struct SlopeGrid {
+  const A* s;
+  int kind;
+  bool on_rows;
+  int64_t channels;
+
+  __device__ __forceinline__ A at(int64_t r, int64_t c) const {
+    if (kind == kNone) return A(1);
+    if (kind == kScalar) return s[0];
+    return on_rows ? s[r % channels] : s[c];
+  }
+};
+
+// act'(h), from the saved y = act(h) where the table allows and y was saved.
+template <int ACT, typename A>
+__device__ __forceinline__ A act_d1(const A h, const A y, bool have_y) {
+  if constexpr (gpu::Act<ACT>::kD1FromY) {
+    if (have_y) return gpu::Act<ACT>::d1_y(y);
+  }
+  return gpu::Act<ACT>::d1(h);
+}
+
+// ===========================================================================
+// Kernels
+// ===========================================================================
+
+constexpr int kThreads = 256;  // 8 warps per block, everywhere
+
+// y = act(s z) over a (rows, cols) grid; y may be z itself (in place).
+template <typename T, int ACT>
+__global__ void forward_epilogue_kernel(const T* z, T* y, SlopeGrid<at::opmath_type<T>> slope,
+                                        int64_t rows, int64_t cols) {
+  using A = at::opmath_type<T>;
+  const int64_t n = rows * cols;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t r = i / cols;
+    const A h = slope.at(r, i - r * cols) * static_cast<A>(z[i]);
+    y[i] = static_cast<T>(gpu::Act<ACT>::value(h));
+  }
+}
+
+// --- The narrow fused forward ------------------------------------------------
+
+constexpr int kNarrowMax = 128;                       // N, K <= this
+constexpr int kTileRows = 64;                         // rows of x per tile
+constexpr int kRowsPerThread = kTileRows / (kThreads / 32);  // 8: one warp owns 8 rows
+
+// Four consecutive values of a 16-byte aligned shared array (one LDS.128 for float).
+template <typename A>
+__device__ __forceinline__ void load4(const A* p, A out[4]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) out[q] = p[q];
+}
+template <>
+__device__ __forceinline__ void load4<float>(const float* p, float out[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+}
+
+// Shared memory of the narrow kernel, in A: W^T as (K4, 32 NJ) and one x tile
+// as (kTileRows, K4), K4 = K rounded up to 4; the padding holds zeros.
+__host__ __device__ inline int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }
+template <typename A>
+size_t narrow_smem_bytes(int64_t K, int nj) {
+  return size_t(round_up4(K)) * (32 * nj + kTileRows) * sizeof(A);
+}
+
+// Lane l of a warp owns columns c = l + 32 j (j < NJ); warp w owns rows
+// w*8 .. w*8+7 of the tile. Per 4 values of k a thread does 8 * NJ * 4 FMAs from
+// 8 broadcast 16-byte loads of x (all lanes read the same row) and 4 NJ
+// conflict-free loads of W^T (consecutive lanes, consecutive columns).
+template <typename T, int ACT, int NJ>
+__global__ void __launch_bounds__(kThreads)
+narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                             const T* __restrict__ b, SlopeGrid<at::opmath_type<T>> slope,
+                             T* __restrict__ y, T* __restrict__ z_out, int64_t M, int N, int K) {
+  using A = at::opmath_type<T>;
+  constexpr int WCOLS = 32 * NJ;
+  const int K4 = static_cast<int>(round_up4(K));
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* w_s = reinterpret_cast<A*>(smem_raw);  // w_s[k * WCOLS + c] = W[c, k]
+  A* x_s = w_s + K4 * WCOLS;                // x_s[r * K4 + k] = x[r0 + r, k]
+
+  // Stage W^T once per block (zeros outside N x K), and zero x's k padding.
+  for (int i = threadIdx.x; i < K4 * WCOLS; i += kThreads) {
+    const int k = i / WCOLS, c = i - k * WCOLS;
+    w_s[i] = (k < K && c < N) ? static_cast<A>(w[int64_t(c) * K + k]) : A(0);
+  }
+  for (int i = threadIdx.x; i < kTileRows * (K4 - K); i += kThreads) {
+    x_s[(i / (K4 - K)) * K4 + K + i % (K4 - K)] = A(0);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  A bias[NJ], s_col[NJ];
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    const int c = lane + 32 * j;
+    bias[j] = (b != nullptr && c < N) ? static_cast<A>(b[c]) : A(0);
+    s_col[j] = c < N ? slope.at(0, c) : A(1);
+  }
+
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t r0 = tile * kTileRows;
+    const int rows_here = static_cast<int>(std::min<int64_t>(kTileRows, M - r0));
+    __syncthreads();  // W staged (first tile), or the previous tile fully read
+    // The tile is one contiguous span of x: coalesced loads.
+    const T* x_tile = x + r0 * K;
+    for (int i = threadIdx.x; i < rows_here * K; i += kThreads) {
+      x_s[(i / K) * K4 + i % K] = static_cast<A>(x_tile[i]);
+    }
+    __syncthreads();
+
+    // z (without b) for this thread's 8 rows x NJ columns.
+    A acc[kRowsPerThread][NJ];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) acc[i][j] = A(0);
+    for (int k = 0; k < K4; k += 4) {
+      A wv[4][NJ];
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) wv[q][j] = w_s[(k + q) * WCOLS + lane + 32 * j];
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) {
+        A xv[4];
+        load4(x_s + (warp * kRowsPerThread + i) * K4 + k, xv);
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+#pragma unroll
+          for (int j = 0; j < NJ; ++j) acc[i][j] = fma(xv[q], wv[q][j], acc[i][j]);
+      }
+    }
+
+    // Epilogue: z = acc + b, h = s z, y = act(h); consecutive lanes write
+    // consecutive columns of a row.
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int r = warp * kRowsPerThread + i;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const int c = lane + 32 * j;
+        if (r >= rows_here || c >= N) continue;
+        const A zv = acc[i][j] + bias[j];
+        const int64_t at = (r0 + r) * N + c;
+        y[at] = static_cast<T>(gpu::Act<ACT>::value(s_col[j] * zv));
+        if (z_out != nullptr) z_out[at] = static_cast<T>(zv);
+      }
+    }
+  }
+}
+
+// --- Backward epilogues ----------------------------------------------------
+
+// Slopes on columns (or none / one). Block (32 columns) x (8 row lanes) owns
+// the rows of chunk blockIdx.y: it writes gz = g act'(s z) s and the chunk's
+// partial sums db_part[chunk, c] = sum gz, ds_part[chunk, c] = sum gh z,
+// each row lane summing its rows in order, then the 8 lanes in order.
+template <typename T, int ACT>
+__global__ void backward_cols_kernel(const T* __restrict__ g, const T* __restrict__ z,
+                                     const T* __restrict__ y, T* __restrict__ gz,
+                                     at::opmath_type<T>* __restrict__ db_part,
+                                     at::opmath_type<T>* __restrict__ ds_part,
+                                     SlopeGrid<at::opmath_type<T>> slope, int64_t rows,
+                                     int64_t cols, int64_t rows_per_chunk) {
+  using A = at::opmath_type<T>;
+  __shared__ A db_s[8][32], ds_s[8][32];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t c = int64_t(blockIdx.x) * 32 + tx;
+  const int64_t r_begin = int64_t(blockIdx.y) * rows_per_chunk;
+  const int64_t r_end = std::min(rows, r_begin + rows_per_chunk);
+  A db = A(0), ds = A(0);
+  if (c < cols) {
+    const A s = slope.at(0, c);
+    for (int64_t r = r_begin + ty; r < r_end; r += 8) {
+      const int64_t at = r * cols + c;
+      const A zv = static_cast<A>(z[at]);
+      const A yv = y != nullptr ? static_cast<A>(y[at]) : A(0);
+      const A gh = static_cast<A>(g[at]) * act_d1<ACT>(s * zv, yv, y != nullptr);
+      const A gzv = gh * s;
+      if (gz != nullptr) gz[at] = static_cast<T>(gzv);
+      db += gzv;
+      ds += gh * zv;
+    }
+  }
+  db_s[ty][tx] = db;
+  ds_s[ty][tx] = ds;
+  __syncthreads();
+  if (ty == 0 && c < cols) {
+    for (int i = 1; i < 8; ++i) db += db_s[i][tx], ds += ds_s[i][tx];
+    const int64_t at = int64_t(blockIdx.y) * cols + c;
+    if (db_part != nullptr) db_part[at] = db;
+    if (ds_part != nullptr) ds_part[at] = ds;
+  }
+}
+
+// Slopes on rows (channels in the middle): one warp per row writes gz and the
+// row's ds_row[r] = sum_c gh z, reduced across the warp in a fixed pattern.
+template <typename T, int ACT>
+__global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restrict__ z,
+                                     const T* __restrict__ y, T* __restrict__ gz,
+                                     at::opmath_type<T>* __restrict__ ds_row,
+                                     SlopeGrid<at::opmath_type<T>> slope, int64_t rows,
+                                     int64_t cols) {
+  using A = at::opmath_type<T>;
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (kThreads / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
+    const A s = slope.at(r, 0);
+    A ds = A(0);
+    for (int64_t c = lane; c < cols; c += 32) {
+      const int64_t at = r * cols + c;
+      const A zv = static_cast<A>(z[at]);
+      const A yv = y != nullptr ? static_cast<A>(y[at]) : A(0);
+      const A gh = static_cast<A>(g[at]) * act_d1<ACT>(s * zv, yv, y != nullptr);
+      if (gz != nullptr) gz[at] = static_cast<T>(gh * s);
+      ds += gh * zv;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) ds += __shfl_xor_sync(0xffffffffu, ds, offset);
+    if (lane == 0 && ds_row != nullptr) ds_row[r] = ds;
+  }
+}
+
+// out[w] = sum_p parts[p, w] for a (P, W) array: block w; thread t sums
+// p = t, t + 256, ... in order, then a fixed tree over the 256 threads.
+template <typename A>
+__global__ void fold_parts_kernel(const A* __restrict__ parts, A* __restrict__ out, int64_t P,
+                                  int64_t W) {
+  __shared__ A partial[kThreads];
+  const int64_t w = blockIdx.x;
+  A total = A(0);
+  for (int64_t p = threadIdx.x; p < P; p += kThreads) total += parts[p * W + w];
+  partial[threadIdx.x] = total;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[w] = partial[0];
+}
+
+// ===========================================================================
+// Launchers
+// ===========================================================================
+
+int device_attribute(cudaDeviceAttr attribute, int device) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+int64_t blocks_for(int64_t work, int device) {
+  const int64_t cap = int64_t(device_attribute(cudaDevAttrMultiProcessorCount, device)) * 8;
+  return std::max<int64_t>(1, std::min(cap, (work + kThreads - 1) / kThreads));
+}
+
+// s = n * a in the kernels' arithmetic type (the slope may be fp32 under autocast).
+Tensor slope_in(const c10::optional<Tensor>& s, at::ScalarType acc) {
+  return s.has_value() ? s->to(acc).contiguous() : Tensor();
+}
+
+template <typename A>
+SlopeGrid<A> slope_grid(const Tensor& s_acc, int kind, bool on_rows, int64_t channels) {
+  return SlopeGrid<A>{s_acc.defined() ? s_acc.data_ptr<A>() : nullptr, kind, on_rows, channels};
+}
+
+template <typename T, int ACT>
+void launch_forward_epilogue(const Tensor& z, Tensor& y, const SlopeGrid<at::opmath_type<T>>& sg,
+                             int64_t rows, int64_t cols) {
+  if (rows * cols == 0) return;
+  const int device = z.get_device();
+  forward_epilogue_kernel<T, ACT>
+      <<<blocks_for(rows * cols, device), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          z.data_ptr<T>(), y.data_ptr<T>(), sg, rows, cols);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Whether the narrow kernel runs this layer: N, K <= 128, its shared memory
+// fits this device, and LAAF_CUDA_NARROW is not "0" (for benchmarking both).
+template <typename A>
+bool narrow_fits(int64_t N, int64_t K, int device) {
+  const char* env = std::getenv("LAAF_CUDA_NARROW");
+  if (env != nullptr && env[0] == '0') return false;
+  if (N > kNarrowMax || K > kNarrowMax || N == 0 || K == 0) return false;
+  const int nj = N <= 32 ? 1 : (N <= 64 ? 2 : 4);
+  const size_t limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return narrow_smem_bytes<A>(K, nj) <= limit;
+}
+
+template <typename T, int ACT, int NJ>
+void launch_narrow_nj(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
+                      const SlopeGrid<at::opmath_type<T>>& sg, Tensor& y, T* z_out) {
+  using A = at::opmath_type<T>;
+  const int64_t M = x.size(0);
+  const int N = static_cast<int>(w.size(0)), K = static_cast<int>(w.size(1));
+  const size_t smem = narrow_smem_bytes<A>(K, NJ);
+  auto kernel = narrow_linear_forward_kernel<T, ACT, NJ>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, x.get_device());
+  const int64_t blocks = std::max<int64_t>(1, std::min(tiles, sms * std::max(per_sm, 1)));
+  kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<T>(), w.data_ptr<T>(), b.has_value() ? b->data_ptr<T>() : nullptr, sg,
+      y.data_ptr<T>(), z_out, M, N, K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int ACT>
+void launch_narrow(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
+                   const SlopeGrid<at::opmath_type<T>>& sg, Tensor& y, T* z_out) {
+  const int64_t N = w.size(0);
+  if (N <= 32) {
+    launch_narrow_nj<T, ACT, 1>(x, w, b, sg, y, z_out);
+  } else if (N <= 64) {
+    launch_narrow_nj<T, ACT, 2>(x, w, b, sg, y, z_out);
+  } else {
+    launch_narrow_nj<T, ACT, 4>(x, w, b, sg, y, z_out);
+  }
+}
+
+// Rows per chunk of the column reductions: at least 256, and few enough chunks
+// for gridDim.y (<= 65535). Depends on the shape alone, so the sums are deterministic.
+int64_t rows_per_chunk(int64_t rows) {
+  return std::max<int64_t>(256, (rows + 65534) / 65535);
+}
+
+// gz (if asked for) and the per-chunk partials (P, cols) of db and ds.
+template <typename T, int ACT>
+void launch_backward_cols(const Tensor& g, const Tensor& z, const c10::optional<Tensor>& y,
+                          Tensor& gz, Tensor& db_part, Tensor& ds_part,
+                          const SlopeGrid<at::opmath_type<T>>& sg, int64_t rows, int64_t cols) {
+  using A = at::opmath_type<T>;
+  if (rows * cols == 0) return;
+  const int64_t chunk = rows_per_chunk(rows);
+  const dim3 grid((cols + 31) / 32, (rows + chunk - 1) / chunk);
+  backward_cols_kernel<T, ACT><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      g.data_ptr<T>(), z.data_ptr<T>(), y.has_value() ? y->data_ptr<T>() : nullptr,
+      gz.defined() ? gz.data_ptr<T>() : nullptr,
+      db_part.defined() ? db_part.data_ptr<A>() : nullptr,
+      ds_part.defined() ? ds_part.data_ptr<A>() : nullptr, sg, rows, cols, chunk);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The (P, W) partials summed over P, deterministically.
+Tensor fold_parts(const Tensor& parts, int64_t width) {
+  Tensor out = at::zeros({width}, parts.options());
+  if (width == 0 || parts.numel() == 0) return out;
+  const int64_t P = parts.numel() / width;
+  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "laaf_cuda_fold_parts", [&] {
+    fold_parts_kernel<scalar_t><<<width, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        parts.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P, width);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+int64_t chunks_of(int64_t rows) {
+  const int64_t chunk = rows_per_chunk(rows);
+  return (rows + chunk - 1) / chunk;
+}
+
+void check_cuda(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "laaf cuda backend: ", name, " must be a CUDA tensor, got ", t.device());
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              "laaf cuda backend: ", name, " must be float32, float64, float16 or bfloat16, got ",
+              dtype);
+}
+
+#define LAAF_DISPATCH_CUDA_TYPES(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+// ===========================================================================
+// The ops
+// ===========================================================================
+
+std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x_in, const Tensor& weight_in,
+                                      const c10::optional<Tensor>& bias_in,
+                                      const c10::optional<Tensor>& s, c10::string_view activation,
+                                      bool training) {
+  check_cuda(x_in, "x");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const int act = activation_id(activation);
+  const Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
+  const auto bias = contiguous(bias_in);
+  const int64_t M = x.size(0), N = weight.size(0);
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  const Tensor s_acc = slope_in(s, acc);
+  Tensor y, z;
+  LAAF_DISPATCH_CUDA_TYPES(x.scalar_type(), "laaf_cuda_linear_fwd", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const auto sg = slope_grid<A>(s_acc, slope_kind(s), false, 0);
+    if (M > 0 && narrow_fits<A>(N, weight.size(1), x.get_device())) {
+      y = at::empty({M, N}, x.options());
+      z = training ? at::empty({M, N}, x.options()) : at::empty({0}, x.options());
+      LAAF_ACT_SWITCH(act, [&] {
+        launch_narrow<scalar_t, ACT>(x, weight, bias, sg, y,
+                                     training ? z.data_ptr<scalar_t>() : nullptr);
+      });
+      return;
+    }
+    // Wide (or empty): cuBLAS, then the epilogue; in inference z's buffer becomes y.
+    z = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+    y = training ? at::empty_like(z) : z;
+    LAAF_ACT_SWITCH(act, [&] { launch_forward_epilogue<scalar_t, ACT>(z, y, sg, M, N); });
+    if (!training) z = at::empty({0}, x.options());
+  });
+  return {y, z};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
+    const Tensor& g_in, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
+    const Tensor& z_in, const c10::optional<Tensor>& s, const c10::optional<Tensor>& y_in,
+    c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
+  check_cuda(x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int act = activation_id(activation);
+  need_ds = need_ds && s.has_value();
+  const Tensor g = g_in.contiguous(), z = z_in.contiguous();
+  const auto y = contiguous(y_in);
+  const int64_t rows = z.size(0), cols = z.size(1);
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  const Tensor s_acc = slope_in(s, acc);
+  const auto part_options = x.options().dtype(acc);
+  Tensor gz = (need_dx || need_dw) ? at::empty_like(z) : Tensor();
+  Tensor db_part = need_db ? at::empty({chunks_of(rows), cols}, part_options) : Tensor();
+  Tensor ds_part = need_ds ? at::empty({chunks_of(rows), cols}, part_options) : Tensor();
+  LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_linear_bwd", [&] {
+    const auto sg = slope_grid<at::opmath_type<scalar_t>>(s_acc, slope_kind(s), false, 0);
+    LAAF_ACT_SWITCH(act, [&] {
+      launch_backward_cols<scalar_t, ACT>(g, z, y, gz, db_part, ds_part, sg, rows, cols);
+    });
+  });
+  const Tensor empty = at::empty({0}, x.options());
+  return {need_dx ? at::mm(gz, weight) : empty,
+          need_dw ? at::mm(gz.t(), x) : empty,
+          need_db ? fold_parts(db_part, cols).to(x.scalar_type()) : empty,
+          need_ds ? finish_ds(fold_parts(ds_part, cols), *s) : empty};
+}
+
+Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s, c10::string_view activation,
+               int64_t dim) {
+  check_cuda(z_in, "z");
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const int act = activation_id(activation);
+  const Tensor z = z_in.contiguous();
+  Tensor y = at::empty_like(z);
+  if (z.numel() == 0) return y;
+  const ActLayout L = act_layout(z, s, dim);
+  const Tensor s_acc = slope_in(s, at::toOpMathType(z.scalar_type()));
+  LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_act_fwd", [&] {
+    const auto sg =
+        slope_grid<at::opmath_type<scalar_t>>(s_acc, slope_kind(s), L.on_rows, L.channels);
+    LAAF_ACT_SWITCH(act, [&] {
+      launch_forward_epilogue<scalar_t, ACT>(z, y, sg, L.rows, L.cols);
+    });
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
+                                   const c10::optional<Tensor>& s,
+                                   const c10::optional<Tensor>& y_in, c10::string_view activation,
+                                   int64_t dim, bool need_dz, bool need_ds) {
+  check_cuda(z_in, "z");
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const int act = activation_id(activation);
+  need_ds = need_ds && s.has_value();
+  const Tensor z = z_in.contiguous(), g = g_in.contiguous();
+  const auto y = contiguous(y_in);
+  const Tensor empty = at::empty({0}, z.options());
+  if (z.numel() == 0) {
+    return {need_dz ? at::zeros_like(z) : empty, need_ds ? at::zeros_like(*s) : empty};
+  }
+  const ActLayout L = act_layout(z, s, dim);
+  const at::ScalarType acc = at::toOpMathType(z.scalar_type());
+  const Tensor s_acc = slope_in(s, acc);
+  Tensor dz = need_dz ? at::empty_like(z) : Tensor();
+  Tensor ds_part;
+  LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_act_bwd", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const auto sg = slope_grid<A>(s_acc, slope_kind(s), L.on_rows, L.channels);
+    if (L.on_rows) {  // one ds per row, folded onto channels below
+      ds_part = need_ds ? at::empty({L.rows}, z.options().dtype(acc)) : Tensor();
+      LAAF_ACT_SWITCH(act, [&] {
+        backward_rows_kernel<scalar_t, ACT>
+            <<<blocks_for(L.rows * 32, z.get_device()), kThreads, 0,
+               c10::cuda::getCurrentCUDAStream()>>>(
+                g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+                y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
+                need_dz ? dz.data_ptr<scalar_t>() : nullptr,
+                need_ds ? ds_part.data_ptr<A>() : nullptr, sg, L.rows, L.cols);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    } else {
+      ds_part = need_ds ? at::empty({chunks_of(L.rows), L.cols}, z.options().dtype(acc)) : Tensor();
+      Tensor no_db;
+      LAAF_ACT_SWITCH(act, [&] {
+        launch_backward_cols<scalar_t, ACT>(g, z, y, dz, no_db, ds_part, sg, L.rows, L.cols);
+      });
+    }
+  });
+  Tensor ds = empty;
+  if (need_ds) {
+    // Rows of the on_rows layout are (outer, C): fold them onto the channels.
+    ds = finish_ds(fold_parts(ds_part, L.on_rows ? L.channels : L.cols), *s);
+  }
+  return {need_dz ? dz : empty, ds};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(laaf, m) {
+  m.def("cuda_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "
+        "bool training) -> (Tensor, Tensor)");
+  m.def("cuda_linear_bwd(Tensor g, Tensor x, Tensor weight, Tensor? bias, Tensor z, Tensor? s, "
+        "Tensor? y, str activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cuda_act_fwd(Tensor z, Tensor? s, str activation, int dim) -> Tensor");
+  m.def("cuda_act_bwd(Tensor g, Tensor z, Tensor? s, Tensor? y, str activation, int dim, "
+        "bool need_dz, bool need_ds) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(laaf, CUDA, m) {
+  m.impl("cuda_linear_fwd", &linear_fwd);
+  m.impl("cuda_linear_bwd", &linear_bwd);
+  m.impl("cuda_act_fwd", &act_fwd);
+  m.impl("cuda_act_bwd", &act_bwd);
+}
+
+}  // namespace laaf

@@ -1,0 +1,52 @@
+// laaf_kernels: host-side helpers shared by the CPU (laaf_cpu.cpp) and CUDA
+// (laaf_cuda.cu) sources: the slope kinds, and how an activation's input is
+// seen as the 2-D (rows, cols) grid that the kernels walk.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace laaf {
+
+// The slope s = n * a: absent (standard activation), one value (GAAF, L-LAAF)
+// or one per channel (N-LAAF).
+enum SlopeKind : int { kNone = 0, kScalar = 1, kVector = 2 };
+
+inline int slope_kind(const c10::optional<at::Tensor>& s) {
+  if (!s.has_value()) return kNone;
+  return s->dim() == 0 ? kScalar : kVector;
+}
+
+inline c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) {
+  if (!t.has_value()) return t;
+  return t->contiguous();
+}
+
+// z (contiguous) as the 2-D grid of the kernels:
+//  * channels last (or no per-channel slope): (numel / last, last), the slope
+//    of element (r, c) being s[c];
+//  * channels in the middle (NCHW with dim = 1, say): (outer * C, inner), the
+//    slope of row r being s[r % C] (on_rows).
+struct ActLayout {
+  int64_t rows, cols, channels;
+  bool on_rows;
+};
+
+inline ActLayout act_layout(const at::Tensor& z, const c10::optional<at::Tensor>& s,
+                            int64_t dim) {
+  if (z.dim() == 0) return {1, 1, 1, false};
+  const int64_t channels = z.size(dim);
+  int64_t inner = 1;
+  for (int64_t d = dim + 1; d < z.dim(); ++d) inner *= z.size(d);
+  if (!s.has_value() || s->dim() == 0 || inner == 1) {
+    const int64_t last = z.size(z.dim() - 1);
+    return {last == 0 ? 0 : z.numel() / last, last, channels, false};
+  }
+  return {z.numel() / inner, inner, channels, true};
+}
+
+// ds as the slope's shape: (C,) per channel, or the total for a 0-d slope.
+inline at::Tensor finish_ds(const at::Tensor& per_channel, const at::Tensor& s) {
+  at::Tensor ds = s.dim() == 0 ? per_channel.sum() : per_channel;
+  return ds.to(s.scalar_type());
+}
+
+}  // namespace laaf

@@ -1,0 +1,31 @@
+"""The "cuda" backend: the CUDA kernels of ``csrc/laaf_cuda.cu`` (torch.ops.laaf.cuda_*),
+with fake implementations and the shared autograd of :mod:`laaf_kernels.ops.autograd`.
+
+Import this module only once :func:`laaf_kernels.ops.extension.cuda_problem` has
+returned None. The kernels take float32, float64, float16 and bfloat16 (computing
+in float32, or float64 for float64 inputs).
+
+What the forward keeps for the backward: z whenever it trains (the backward's
+epilogue reads g and z once); y is not saved, since on a GPU recomputing act'(h)
+from z is cheaper than reading one more tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+from .autograd import make_activation, make_linear, register_backend_ops
+
+__all__ = ["linear", "activation", "DTYPES"]
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def stores_z(n_out: int, k_in: int, training: bool) -> bool:
+    """The CUDA forward returns z whenever it trains."""
+    return training
+
+
+register_backend_ops("cuda", stores_z, saves_y=False)
+
+linear = make_linear(torch.ops.laaf.cuda_linear_fwd)
+activation = make_activation(torch.ops.laaf.cuda_act_fwd)

@@ -1,0 +1,118 @@
+"""The CUDA sources, checked without a GPU (nvcc only):
+
+* ``csrc/*.cu`` compile (device code for sm_90, the flags of torch's JIT build), so a
+  CUDA syntax or type error cannot land;
+* the generated CUDA activation functors (``csrc/laaf_activations_cuda.cuh``), built
+  for the host, give the table's value, act', act'' and act'-from-y.
+
+Without nvcc these tests skip, unless ``LAAF_REQUIRE_NVCC=1`` (CI), where that is a failure.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from laaf_kernels.activations import ACTIVATIONS, TABLE, evaluate
+from laaf_kernels.ops import extension
+
+HERE = pathlib.Path(__file__).resolve().parent
+TORCH_INCLUDE = pathlib.Path(torch.__file__).parent / "include"
+#: Torch's CPU wheels lack this one generated CUDA header; the shim stands in for it.
+SHIM = HERE / "cuda" / "shim"
+
+
+def _nvcc():
+    path = shutil.which("nvcc")
+    if path is None and os.environ.get("CUDA_HOME"):
+        candidate = pathlib.Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"
+        path = str(candidate) if candidate.exists() else None
+    if path is None and os.environ.get("LAAF_REQUIRE_NVCC") == "1":
+        raise RuntimeError("LAAF_REQUIRE_NVCC=1 but nvcc is not on PATH (nor in $CUDA_HOME/bin)")
+    return path
+
+
+NVCC = _nvcc()
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed here")
+
+
+def _include_flags() -> list:
+    flags = [f"-I{TORCH_INCLUDE}", f"-I{TORCH_INCLUDE / 'torch' / 'csrc' / 'api' / 'include'}",
+             f"-I{extension.CSRC}"]
+    if not (TORCH_INCLUDE / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").exists():
+        flags.append(f"-I{SHIM}")
+    return flags
+
+
+def _torch_nvcc_flags() -> list:
+    from torch.utils import cpp_extension
+    return [*cpp_extension.COMMON_NVCC_FLAGS, "-std=c++20", "--compiler-options", "-fPIC"]
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", [p.name for p in extension.sources(".cu")])
+def test_cuda_kernels_compile(source, tmp_path):
+    """Compile only (the device code too): nvcc -c, for the H100's sm_90."""
+    cmd = [NVCC, "-c", str(extension.CSRC / source), "-o", str(tmp_path / "out.o"),
+           "-O3", "-arch=sm_90", *_torch_nvcc_flags(), *_include_flags()]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 0, "nvcc failed:\n" + "\n".join(errors[:30] or [done.stderr[-4000:]])
+
+
+def _edge_inputs() -> list:
+    """Random h, kinks (0), softplus's threshold (20) and large |h|."""
+    gen = torch.Generator().manual_seed(5)
+    spread = (torch.randn(40, generator=gen, dtype=torch.float64) * 4).tolist()
+    return spread + [0.0, 1e-3, -1e-3, 1e-8, 19.5, 20.0, 20.5, 30.0, -30.0, 7.0, -7.0]
+
+
+@pytest.fixture(scope="module")
+def functor_table(tmp_path_factory):
+    """{(type, name): (h, value, d1, d2, d1_y)} from the host build of the functors."""
+    program = tmp_path_factory.mktemp("functors") / "functors"
+    source = HERE / "cuda" / "activation_functors.cu"
+    build = subprocess.run([NVCC, "-std=c++20", "-x", "cu", str(source), "-o", str(program),
+                            "--expt-relaxed-constexpr", *_include_flags()],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    inputs = _edge_inputs()
+    run = subprocess.run([str(program)], input=" ".join(map(repr, inputs)), capture_output=True,
+                         text=True, check=True)
+    table = {}
+    for line in run.stdout.splitlines():
+        type_name, act_id, *numbers = line.split()
+        key = (type_name, ACTIVATIONS[int(act_id)])
+        table.setdefault(key, []).append([float(v) for v in numbers])
+    return {key: torch.tensor(rows, dtype=torch.float64).T for key, rows in table.items()}
+
+
+#: (dtype of the functor, tolerance): float64 within a few ulp of torch's own
+#: functions (glibc vs Sleef/MKL); float32 against the float32 table, which
+#: differs in the last bits and, for d2 = f(t) with t = tanh(h) near 1, by
+#: cancellation: an absolute term of ~1e-6 covers both.
+TYPES = {"double": (torch.float64, dict(rtol=1e-13, atol=1e-14)),
+         "float": (torch.float32, dict(rtol=2e-6, atol=2e-6))}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_generated_cuda_functors_match_the_table(functor_table, type_name, name):
+    dtype, tol = TYPES[type_name]
+    h, value, d1, d2, d1_y = functor_table[(type_name, name)]
+    h_t = h.to(dtype)
+    for which, got in (("value", value), ("d1", d1), ("d2", d2)):
+        want = evaluate(name, which, h_t).double()
+        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}.{which}: {m}")
+    if TABLE[name].d1_y is None:
+        assert torch.isnan(d1_y).all()
+    else:
+        want = evaluate(name, "d1_y", value.to(dtype)).double()
+        torch.testing.assert_close(d1_y, want, **tol, msg=lambda m: f"{name}.d1_y: {m}")
+    assert not math.isnan(float(d1.sum())), "no NaN from the functors on finite inputs"

@@ -15,6 +15,16 @@ inline V sigmoid(const V& x) {
   return V(1.0) / (V(1.0) + x.neg().exp());
 }
 
+// Real cube root: exp(log|x| / 3), one Newton step (r -= (r^3 - a) / (3 r^2)), the sign.
+template <typename V>
+inline V cbrt(const V& x) {
+  const V a = x.abs();
+  const V positive = a > V(0.0);
+  V r = (V::blendv(V(1.0), a, positive).log() * V(1.0 / 3.0)).exp();
+  r = V::blendv(V(0.0), r - (r * r * r - a) / (V(3.0) * r * r), positive);
+  return V::blendv(r, r.neg(), x < V(0.0));
+}
+
 template <int ACT>
 struct Act;
 
@@ -222,5 +232,149 @@ struct Act<9> {
     return V(1.0);
   }
 };
+
+// Flex<KIND>::value / dz / dp0 / dp1: the flexible kinds of laaf_kernels/flexible.py.
+template <int KIND>
+struct Flex;
+
+template <>  // relu_poly
+struct Flex<0> {
+  template <typename V>
+  static inline V value(const V& z, const V& p0, const V& p1) {
+    const V r = at::vec::maximum(z, V(0.0));
+    const V cube = ((z * z) * z);
+    const V c = cbrt(z);
+    return (((p0 * r) + (p1 * cube)) + (((V(1.0) - p0) - p1) * c));
+  }
+  template <typename V>
+  static inline V dz(const V& z, const V& p0, const V& p1) {
+    const V step = V::blendv(V(0.0), V(1.0), (z > V(0.0)));
+    const V cm = cbrt(at::vec::maximum(z.abs(), V(1e-06)));
+    const V dc = (V(1.0) / ((V(3.0) * cm) * cm));
+    return (((p0 * step) + (((V(3.0) * p1) * z) * z)) + (((V(1.0) - p0) - p1) * dc));
+  }
+  template <typename V>
+  static inline V dp0(const V& z, const V& p0, const V& p1) {
+    const V r = at::vec::maximum(z, V(0.0));
+    const V c = cbrt(z);
+    return (r - c);
+  }
+  template <typename V>
+  static inline V dp1(const V& z, const V& p0, const V& p1) {
+    const V cube = ((z * z) * z);
+    const V c = cbrt(z);
+    return (cube - c);
+  }
+};
+
+template <>  // relu_tanh
+struct Flex<1> {
+  template <typename V>
+  static inline V value(const V& z, const V& p0, const V& p1) {
+    const V r = at::vec::maximum(z, V(0.0));
+    const V cube = ((z * z) * z);
+    const V t = z.tanh();
+    return (((p0 * r) + (p1 * cube)) + (((V(1.0) - p0) - p1) * t));
+  }
+  template <typename V>
+  static inline V dz(const V& z, const V& p0, const V& p1) {
+    const V step = V::blendv(V(0.0), V(1.0), (z > V(0.0)));
+    const V t = z.tanh();
+    return (((p0 * step) + (((V(3.0) * p1) * z) * z)) + (((V(1.0) - p0) - p1) * (V(1.0) - (t * t))));
+  }
+  template <typename V>
+  static inline V dp0(const V& z, const V& p0, const V& p1) {
+    const V r = at::vec::maximum(z, V(0.0));
+    const V t = z.tanh();
+    return (r - t);
+  }
+  template <typename V>
+  static inline V dp1(const V& z, const V& p0, const V& p1) {
+    const V cube = ((z * z) * z);
+    const V t = z.tanh();
+    return (cube - t);
+  }
+};
+
+template <>  // sigmoid_ramp
+struct Flex<2> {
+  template <typename V>
+  static inline V value(const V& z, const V& p0, const V& p1) {
+    const V sg = sigmoid(z);
+    const V u = ((p1 * z) + V(0.5));
+    const V ramp = at::vec::minimum(at::vec::maximum(u, V(0.0)), V(1.0));
+    return ((p0 * sg) + ((V(1.0) - p0) * ramp));
+  }
+  template <typename V>
+  static inline V dz(const V& z, const V& p0, const V& p1) {
+    const V sg = sigmoid(z);
+    const V u = ((p1 * z) + V(0.5));
+    const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(0.0)));
+    return (((p0 * sg) * (V(1.0) - sg)) + (((V(1.0) - p0) * p1) * band));
+  }
+  template <typename V>
+  static inline V dp0(const V& z, const V& p0, const V& p1) {
+    const V sg = sigmoid(z);
+    const V u = ((p1 * z) + V(0.5));
+    const V ramp = at::vec::minimum(at::vec::maximum(u, V(0.0)), V(1.0));
+    return (sg - ramp);
+  }
+  template <typename V>
+  static inline V dp1(const V& z, const V& p0, const V& p1) {
+    const V u = ((p1 * z) + V(0.5));
+    const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(0.0)));
+    return (((V(1.0) - p0) * z) * band);
+  }
+};
+
+template <>  // tanh_ramp
+struct Flex<3> {
+  template <typename V>
+  static inline V value(const V& z, const V& p0, const V& p1) {
+    const V t = z.tanh();
+    const V u = (p1 * z);
+    const V ramp = at::vec::minimum(at::vec::maximum(u, V(-1.0)), V(1.0));
+    return ((p0 * t) + ((V(1.0) - p0) * ramp));
+  }
+  template <typename V>
+  static inline V dz(const V& z, const V& p0, const V& p1) {
+    const V t = z.tanh();
+    const V u = (p1 * z);
+    const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(-1.0)));
+    return ((p0 * (V(1.0) - (t * t))) + (((V(1.0) - p0) * p1) * band));
+  }
+  template <typename V>
+  static inline V dp0(const V& z, const V& p0, const V& p1) {
+    const V t = z.tanh();
+    const V u = (p1 * z);
+    const V ramp = at::vec::minimum(at::vec::maximum(u, V(-1.0)), V(1.0));
+    return (t - ramp);
+  }
+  template <typename V>
+  static inline V dp1(const V& z, const V& p0, const V& p1) {
+    const V u = (p1 * z);
+    const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(-1.0)));
+    return (((V(1.0) - p0) * z) * band);
+  }
+};
+
+// The id of a flexible kind name (the order of laaf_kernels/flexible.py).
+inline int flexible_kind_id(c10::string_view name) {
+  static constexpr const char* kNames[] = {"relu_poly", "relu_tanh", "sigmoid_ramp", "tanh_ramp"};
+  for (int i = 0; i < 4; ++i) {
+    if (name == c10::string_view(kNames[i])) return i;
+  }
+  TORCH_CHECK(false, "laaf: unknown flexible kind ", name);
+}
+
+// Run the lambda __VA_ARGS__ with `constexpr int KIND` set to the kind id.
+#define LAAF_FLEX_SWITCH(kind_id, ...) \
+  switch (kind_id) { \
+    case 0: { constexpr int KIND = 0; __VA_ARGS__(); break; } \
+    case 1: { constexpr int KIND = 1; __VA_ARGS__(); break; } \
+    case 2: { constexpr int KIND = 2; __VA_ARGS__(); break; } \
+    case 3: { constexpr int KIND = 3; __VA_ARGS__(); break; } \
+    default: TORCH_CHECK(false, "laaf: unknown flexible kind id ", kind_id); \
+  }
 
 }  // namespace laaf

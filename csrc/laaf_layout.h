@@ -21,7 +21,8 @@ inline c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) 
 }
 
 // z (contiguous) as the 2-D grid of the kernels:
-//  * channels last (or no per-channel slope): (numel / last, last), the slope
+//  * no per-channel slope: (numel / last, last);
+//  * channels last (all dims after `dim` of size 1): (numel / C, C), the slope
 //    of element (r, c) being s[c];
 //  * channels in the middle (NCHW with dim = 1, say): (outer * C, inner), the
 //    slope of row r being s[r % C] (on_rows).
@@ -36,9 +37,12 @@ inline ActLayout act_layout(const at::Tensor& z, const c10::optional<at::Tensor>
   const int64_t channels = z.size(dim);
   int64_t inner = 1;
   for (int64_t d = dim + 1; d < z.dim(); ++d) inner *= z.size(d);
-  if (!s.has_value() || s->dim() == 0 || inner == 1) {
+  if (!s.has_value() || s->dim() == 0) {  // no per-channel value: any 2-D view will do
     const int64_t last = z.size(z.dim() - 1);
     return {last == 0 ? 0 : z.numel() / last, last, channels, false};
+  }
+  if (inner == 1) {  // channels last (trailing dims of size 1 included): (outer, C)
+    return {channels == 0 ? 0 : z.numel() / channels, channels, channels, false};
   }
   return {z.numel() / inner, inner, channels, true};
 }

@@ -6,7 +6,9 @@ See README.md for the math, the modules and the backends.
 """
 from . import reference
 from .activations import ACTIVATIONS
-from .functional import laaf_activation, laaf_linear, slope_recovery
+from .flexible import FLEXIBLE_KINDS
+from .functional import (flexible_activation, flexible_linear, laaf_activation, laaf_linear,
+                         slope_recovery)
 from .nn import LAAF, MODES, LAAFLinear, LAAFMLP, convert
 from .ops.dispatch import available_backends, use_backend
 
@@ -14,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "MODES", "laaf_linear", "laaf_activation", "slope_recovery",
+    "FLEXIBLE_KINDS", "flexible_activation", "flexible_linear",
     "LAAF", "LAAFLinear", "LAAFMLP", "convert", "reference",
     "available_backends", "use_backend",
 ]

@@ -13,7 +13,7 @@ pre-activation ``h = s * z``) and in the names bound by ``let`` (shared
 sub-expressions, evaluated in order). It may use only this vocabulary, which
 each backend provides:
 
-    tanh sigmoid exp expm1 log1p abs erf sin cos      elementwise functions
+    tanh sigmoid exp expm1 log1p abs erf sin cos cbrt elementwise functions
     where(cond, a, b) maximum(a, b) minimum(a, b)      selection
     + - * /  > >= < <=  float literals                 arithmetic
     SQRT1_2 = 1/sqrt(2), INV_SQRT_2PI = 1/sqrt(2 pi)   constants
@@ -44,11 +44,12 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Activation", "TABLE", "ACTIVATIONS", "get", "evaluate", "grad_from_y", "PRIMITIVES"]
+__all__ = ["Activation", "TABLE", "ACTIVATIONS", "get", "evaluate", "grad_from_y", "PRIMITIVES",
+           "formula_function", "lets_needed", "cbrt", "cbrt_d1", "CBRT_EPS"]
 
 #: The names a formula may call, beside arithmetic and comparisons.
 PRIMITIVES = (
-    "tanh", "sigmoid", "exp", "expm1", "log1p", "abs", "erf", "sin", "cos",
+    "tanh", "sigmoid", "exp", "expm1", "log1p", "abs", "erf", "sin", "cos", "cbrt",
     "where", "maximum", "minimum",
 )
 CONSTANTS = {"SQRT1_2": 1.0 / math.sqrt(2.0), "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
@@ -82,13 +83,18 @@ class Activation:
 
     def lets_for(self, source: str) -> Tuple[Tuple[str, str], ...]:
         """The let-bindings ``source`` uses, directly or through other bindings, in order."""
-        needed = _names(source)
-        keep = []
-        for var, expr in reversed(self.let):
-            if var in needed:
-                keep.append((var, expr))
-                needed |= _names(expr)
-        return tuple(keep[::-1])
+        return lets_needed(self.let, source)
+
+
+def lets_needed(let, source: str) -> Tuple[Tuple[str, str], ...]:
+    """Of the bindings ``let`` ((name, expr), ...), those ``source`` uses, in order."""
+    needed = _names(source)
+    keep = []
+    for var, expr in reversed(let):
+        if var in needed:
+            keep.append((var, expr))
+            needed |= _names(expr)
+    return tuple(keep[::-1])
 
 
 def _names(source: str) -> set:
@@ -182,12 +188,43 @@ def _minimum(ref, a, b):
     return torch.minimum(_const_like(ref, a), _const_like(ref, b))
 
 
+#: Where cbrt's derivative 1 / (3 |z|^(2/3)) is unbounded (z -> 0), formulas use
+#: 1 / (3 cbrt(m)^2) with m = max(|z|, CBRT_EPS): at most 3.3e3, never inf.
+CBRT_EPS = 1e-6
+
+
+def cbrt_d1(z: torch.Tensor) -> torch.Tensor:
+    """cbrt'(z) with |z| floored at CBRT_EPS (differentiable: cbrt'' = 0 below it)."""
+    root = z.abs().clamp_min(CBRT_EPS).pow(1.0 / 3.0)
+    return 1.0 / (3.0 * root * root)
+
+
+class _Cbrt(torch.autograd.Function):
+    """The real cube root sign(z) |z|^(1/3), with the finite derivative ``cbrt_d1``;
+    its backward is made of torch ops, so it is differentiable again."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return torch.sign(z) * z.abs().pow(1.0 / 3.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        return g * cbrt_d1(z)
+
+
+def cbrt(z: torch.Tensor) -> torch.Tensor:
+    """Real cube root, differentiable to any order with finite derivatives."""
+    return _Cbrt.apply(z)
+
+
 #: The formula vocabulary in torch. where/maximum/minimum take the formula's
 #: variable as a first, hidden argument, so that Python constants get its dtype.
 _TORCH_NAMESPACE = {
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "exp": torch.exp, "expm1": torch.expm1,
     "log1p": torch.log1p, "abs": torch.abs, "erf": torch.special.erf, "sin": torch.sin,
-    "cos": torch.cos, "where": _where, "maximum": _maximum, "minimum": _minimum,
+    "cos": torch.cos, "cbrt": cbrt, "where": _where, "maximum": _maximum, "minimum": _minimum,
     "full_like": torch.full_like, **CONSTANTS,
 }
 
@@ -212,20 +249,26 @@ def _torch_source(source: str, var: str) -> str:
     return ast.unparse(_PassVariable(var).visit(tree))
 
 
+def formula_function(label: str, args: Tuple[str, ...], lets, formula: str):
+    """A formula (with its let-bindings) as a Python function of torch tensors
+    named ``args``; ``args[0]`` is the tensor whose shape and dtype literals take."""
+    lines = [f"def formula({', '.join(args)}):"]
+    lines += [f"    {v} = {_torch_source(e, args[0])}" for v, e in lets]
+    lines.append(f"    return {_torch_source(formula, args[0])}")
+    scope = dict(_TORCH_NAMESPACE)
+    exec(compile("\n".join(lines), f"<laaf formula {label}>", "exec"), scope)
+    return scope["formula"]
+
+
 @functools.lru_cache(maxsize=None)
 def _torch_function(name: str, which: str):
     """act / act' / act'' (or act' from y) of the table as a Python function of
     torch tensors, compiled once."""
     act = get(name)
-    var = "y" if which == "d1_y" else "h"
     formula = act.formula(which)
-    lets = () if which == "d1_y" else act.lets_for(formula)
-    lines = [f"def {name}_{which}({var}):"]
-    lines += [f"    {v} = {_torch_source(e, var)}" for v, e in lets]
-    lines.append(f"    return {_torch_source(formula, var)}")
-    scope = dict(_TORCH_NAMESPACE)
-    exec(compile("\n".join(lines), f"<laaf activation {name}.{which}>", "exec"), scope)
-    return scope[f"{name}_{which}"]
+    if which == "d1_y":
+        return formula_function(f"{name}.{which}", ("y",), (), formula)
+    return formula_function(f"{name}.{which}", ("h",), act.lets_for(formula), formula)
 
 
 def grad_from_y(name: str, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

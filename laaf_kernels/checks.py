@@ -14,7 +14,8 @@ import torch
 
 from .activations import get as get_activation
 
-__all__ = ["check_activation", "check_scale", "check_linear_args", "check_activation_args"]
+__all__ = ["check_activation", "check_scale", "check_linear_args", "check_activation_args",
+           "check_flexible_kind", "check_flexible_args", "check_flexible_linear_args"]
 
 
 def check_activation(activation) -> str:
@@ -100,3 +101,48 @@ def check_activation_args(z, slope, dim: int) -> int:
         _check_slope(slope, z.shape[dim], f"C = z.shape[{dim}]")
     _check_same_dtype_device({"z": z, "slope": slope})
     return dim
+
+
+# ---------------------------------------------------------------------------
+# Flexible activations
+# ---------------------------------------------------------------------------
+
+def _check_params(params, channels: int, what: str) -> None:
+    from .flexible import NUM_PARAMS
+
+    _check_tensor("params", params)
+    if params.shape != (NUM_PARAMS, channels):
+        raise ValueError(f"params must have shape ({NUM_PARAMS}, {channels}) (one row per free "
+                         f"parameter, {what}), got {tuple(params.shape)}")
+
+
+def check_flexible_kind(kind) -> str:
+    """``kind`` must be a name of the flexible table (the error lists them)."""
+    from .flexible import get_kind
+
+    get_kind(kind)
+    return kind
+
+
+def check_flexible_args(z, params, dim: int) -> int:
+    """Checks for ``flexible_activation``: z with at least one dim, params (2, z.shape[dim]);
+    returns ``dim`` made non-negative."""
+    _check_tensor("z", z)
+    if z.dim() == 0:
+        raise ValueError("z must have at least one dim (the channels of params run along dim)")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if not -z.dim() <= dim < z.dim():
+        raise ValueError(f"dim must be in [{-z.dim()}, {z.dim() - 1}] for z of {z.dim()} dims, "
+                         f"got {dim}")
+    dim = dim % z.dim()
+    _check_params(params, z.shape[dim], f"C = z.shape[{dim}]")
+    _check_same_dtype_device({"z": z, "params": params})
+    return dim
+
+
+def check_flexible_linear_args(x, weight, bias, params) -> None:
+    """Checks for ``flexible_linear``: as ``laaf_linear``, with params (2, N)."""
+    check_linear_args(x, weight, bias, None)
+    _check_params(params, weight.shape[0], "N = weight.shape[0]")
+    _check_same_dtype_device({"x": x, "params": params})

@@ -8,11 +8,16 @@ from typing import Optional
 
 import torch
 
-from .checks import check_activation, check_activation_args, check_linear_args, check_scale
+import torch.nn.functional as F
+
+from .checks import (check_activation, check_activation_args, check_flexible_args,
+                     check_flexible_kind, check_flexible_linear_args, check_linear_args,
+                     check_scale)
 from .ops.dispatch import select_backend
 from .reference import slope_recovery
 
-__all__ = ["laaf_linear", "laaf_activation", "slope_recovery"]
+__all__ = ["laaf_linear", "laaf_activation", "slope_recovery", "flexible_activation",
+           "flexible_linear"]
 
 
 def laaf_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -53,3 +58,32 @@ def laaf_activation(z: torch.Tensor, slope: Optional[torch.Tensor] = None, *,
     scale = check_scale(scale)
     impl = select_backend(backend, z.device)
     return impl.activation(z, slope, activation, scale, dim)
+
+
+def flexible_activation(z: torch.Tensor, params: torch.Tensor, *, kind: str, dim: int = -1,
+                        backend: Optional[str] = None) -> torch.Tensor:
+    """The combined flexible activation ``kind`` of z (``laaf_kernels.FLEXIBLE_KINDS``).
+
+    ``params`` is (2, C), C = z.shape[dim]: row p holds the p-th free parameter
+    of every channel, in the formula's order ((α1, α2) for relu_poly and
+    relu_tanh, (α, β) for sigmoid_ramp and tanh_ramp; see
+    :mod:`laaf_kernels.flexible`). α outside [0, 1] is allowed.
+    """
+    dim = check_flexible_args(z, params, dim)
+    check_flexible_kind(kind)
+    return select_backend(backend, z.device, "flexible").flexible(z, params, kind, dim)
+
+
+def flexible_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    params: torch.Tensor, *, kind: str,
+                    backend: Optional[str] = None) -> torch.Tensor:
+    """``flexible_activation(x @ weight.T + bias, params, kind=kind)``, params (2, N).
+
+    The GEMM is ATen's (MKL / cuBLAS); the activation and its backward (dz and
+    the per-channel parameter gradients) run in the backend's fused kernels.
+    """
+    check_flexible_linear_args(x, weight, bias, params)
+    check_flexible_kind(kind)
+    impl = select_backend(backend, x.device, "flexible")
+    z = F.linear(x, weight, bias)
+    return impl.flexible(z, params, kind, z.dim() - 1)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import get as get_activation
+from .flexible import get_kind
 from .checks import check_activation_args, check_linear_args, check_scale
 
 __all__ = ["laaf_linear", "laaf_activation", "slope_recovery"]
@@ -24,6 +25,13 @@ __all__ = ["laaf_linear", "laaf_activation", "slope_recovery"]
 # ---------------------------------------------------------------------------
 # Unchecked kernels of the reference backend (arguments already validated)
 # ---------------------------------------------------------------------------
+
+def _along(p: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
+    """A (C,) tensor shaped to broadcast along ``dim`` of an ``ndim``-dim tensor."""
+    view = [1] * ndim
+    view[dim] = p.shape[0]
+    return p.reshape(view)
+
 
 def linear_impl(x, weight, bias, slope, activation: str, scale: float) -> torch.Tensor:
     """y = act(scale * slope * (x W^T + b)); the slope broadcasts along the last dim."""
@@ -38,12 +46,14 @@ def activation_impl(z, slope, activation: str, scale: float, dim: int) -> torch.
         h = z
     else:
         s = scale * slope
-        if s.dim() == 1:
-            view = [1] * z.dim()
-            view[dim] = s.shape[0]
-            s = s.reshape(view)
-        h = z * s
+        h = z * (_along(s, z.dim(), dim) if s.dim() == 1 else s)
     return get_activation(activation).torch_fn(h)
+
+
+def flexible_activation_impl(z, params, kind: str, dim: int) -> torch.Tensor:
+    """The flexible activation ``kind`` of z, with the (2, C) params along ``dim``."""
+    p0, p1 = (_along(p, z.dim(), dim) for p in params.unbind(0))
+    return get_kind(kind).torch_value(z, p0, p1)
 
 
 # ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ CASES = {  # name -> (shape of z, dim, non-contiguous)
     "first_dim": ((5, 3, 4), 0, False),
     "middle_noncontig": ((5, 3, 4), 1, True),
     "single_channel": ((4, 1, 3), 1, False),
+    "trailing_singletons": ((4, 5, 1, 1), 1, False),
     "1d": ((13,), 0, False),
 }
 

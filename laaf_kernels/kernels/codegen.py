@@ -16,14 +16,18 @@ import pathlib
 import sys
 
 from ..activations import ACTIVATIONS, TABLE
+from ..flexible import FLEXIBLE, FLEXIBLE_KINDS
 from . import codegen_c
 
 HERE = pathlib.Path(__file__).resolve().parent
 TRITON_FILE = HERE / "triton_activations.py"
+TRITON_FLEXIBLE_FILE = HERE / "triton_flexible_formulas.py"
 CSRC = HERE.parent.parent / "csrc"
 
 #: The integer id of each activation inside kernels (a tl.constexpr).
 ACT_IDS = {name: i for i, name in enumerate(ACTIVATIONS)}
+#: The integer id of each flexible kind inside kernels.
+KIND_IDS = {name: i for i, name in enumerate(FLEXIBLE_KINDS)}
 
 
 def _is_constant(source: str) -> bool:
@@ -34,46 +38,84 @@ class _BroadcastWhereLiterals(ast.NodeTransformer):
     """``where(c, 1.0, 0.01)`` -> ``where(c, zeros_like(h) + 1.0, zeros_like(h) + 0.01)``.
 
     Triton types a literal-only ``where`` as fp32; broadcasting the literals
-    over ``h`` keeps h's dtype (0.01 stays exact in fp64).
+    over the formula's variable (``h``, or ``z``) keeps its dtype (0.01 stays
+    exact in fp64).
     """
+
+    def __init__(self, var: str):
+        self.var = var
 
     def visit_Call(self, node):
         self.generic_visit(node)
         if isinstance(node.func, ast.Name) and node.func.id == "where":
-            node.args[1:] = [_broadcast(a) if isinstance(a, ast.Constant) else a
+            node.args[1:] = [_broadcast(a, self.var) if isinstance(a, ast.Constant) else a
                              for a in node.args[1:]]
         return node
 
 
-def _broadcast(constant: ast.Constant) -> ast.expr:
-    zeros = ast.Call(func=ast.Name("zeros_like", ast.Load()), args=[ast.Name("h", ast.Load())],
+def _broadcast(constant: ast.Constant, var: str) -> ast.expr:
+    zeros = ast.Call(func=ast.Name("zeros_like", ast.Load()), args=[ast.Name(var, ast.Load())],
                      keywords=[])
     return ast.BinOp(left=zeros, op=ast.Add(), right=constant)
 
 
-def _triton_expr(source: str) -> str:
-    """A formula as a Triton expression; constants are broadcast over ``h``."""
+def _triton_expr(source: str, var: str = "h") -> str:
+    """A formula as a Triton expression; constants are broadcast over ``var``."""
     if _is_constant(source):
-        return f"zeros_like(h) + {source}"
-    tree = _BroadcastWhereLiterals().visit(ast.parse(source, mode="eval"))
+        return f"zeros_like({var}) + {source}"
+    tree = _BroadcastWhereLiterals(var).visit(ast.parse(source, mode="eval"))
     return ast.unparse(tree)
 
 
-def _triton_function(which: str) -> str:
-    lines = [
-        "@triton.jit",
-        f"def act_{which}(h, ACT: tl.constexpr):",
-        f'    """act{"" if which == "value" else chr(39) * int(which[1])}(h) for the activation with id ACT."""',
-    ]
-    for i, name in enumerate(ACTIVATIONS):
-        act = TABLE[name]
-        lines.append(f"    {'if' if i == 0 else 'elif'} ACT == {ACT_IDS[name]}:  # {name}")
-        for var, source in act.lets_for(act.formula(which)):
-            lines.append(f"        {var} = {source}")
-        lines.append(f"        out = {_triton_expr(act.formula(which))}")
-    lines += ["    else:", "        tl.static_assert(False, 'unknown activation id')",
-              "        out = h", "    return out"]
+def _triton_switch(signature: str, doc: str, selector: str, cases) -> str:
+    """A @triton.jit function that picks one formula by a constexpr id.
+    ``cases``: (id, name, lets, formula) per row; the first argument of
+    ``signature`` is the variable that literals are broadcast over."""
+    var = signature.split("(")[1].split(",")[0]
+    lines = ["@triton.jit", f"def {signature}:", f'    """{doc}"""']
+    for i, (case_id, name, lets, formula) in enumerate(cases):
+        lines.append(f"    {'if' if i == 0 else 'elif'} {selector} == {case_id}:  # {name}")
+        lines += [f"        {v} = {_triton_expr(e, var)}" for v, e in lets]
+        lines.append(f"        out = {_triton_expr(formula, var)}")
+    lines += ["    else:", f"        tl.static_assert(False, 'unknown {selector} id')",
+              f"        out = {var}", "    return out"]
     return "\n".join(lines)
+
+
+def _triton_function(which: str) -> str:
+    prime = "" if which == "value" else "'" * int(which[1])
+    cases = [(ACT_IDS[name], name, TABLE[name].lets_for(TABLE[name].formula(which)),
+              TABLE[name].formula(which)) for name in ACTIVATIONS]
+    return _triton_switch(f"act_{which}(h, ACT: tl.constexpr)",
+                          f"act{prime}(h) for the activation with id ACT.", "ACT", cases)
+
+
+def _triton_flexible_function(which: str) -> str:
+    cases = [(KIND_IDS[name], name, FLEXIBLE[name].lets_for(FLEXIBLE[name].formula(which)),
+              FLEXIBLE[name].formula(which)) for name in FLEXIBLE_KINDS]
+    return _triton_switch(f"flex_{which}(z, p0, p1, KIND: tl.constexpr)",
+                          f"The flexible kind KIND's {which} at z, parameters p0, p1.", "KIND",
+                          cases)
+
+
+def render_triton_flexible() -> str:
+    header = [
+        '"""GENERATED by laaf_kernels/kernels/codegen.py from laaf_kernels/flexible.py.',
+        "",
+        "Do not edit: change the table and run `python -m laaf_kernels.kernels.codegen`.",
+        "flex_value / flex_dz / flex_dp0 / flex_dp1 give f(z; p0, p1) and its partial",
+        'derivatives; KIND selects the kind at compile time (KIND_IDS below)."""',
+        "# flake8: noqa",
+        "import triton",
+        "import triton.language as tl",
+        "",
+        "from .triton_prims import (abs, cbrt, maximum, minimum, sigmoid, tanh, where,",
+        "                           zeros_like)",
+        "",
+        f"KIND_IDS = {KIND_IDS!r}",
+    ]
+    body = [_triton_flexible_function(which) for which in ("value", "dz", "dp0", "dp1")]
+    return "\n".join(header) + "\n\n\n" + "\n\n\n".join(body) + "\n"
 
 
 def render_triton() -> str:
@@ -98,6 +140,7 @@ def render_triton() -> str:
 
 GENERATED = {
     TRITON_FILE: render_triton,
+    TRITON_FLEXIBLE_FILE: render_triton_flexible,
     CSRC / "laaf_activation_ids.h": codegen_c.render_ids,
     CSRC / "laaf_activations.h": codegen_c.render_cpp,
     CSRC / "laaf_activations_cuda.cuh": codegen_c.render_cuda,

@@ -18,6 +18,7 @@ import ast
 from typing import Dict, Tuple
 
 from ..activations import ACTIVATIONS, CONSTANTS, TABLE
+from ..flexible import FLEXIBLE, FLEXIBLE_KINDS
 
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _CMP = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
@@ -43,8 +44,8 @@ class VecStyle:
 
     @staticmethod
     def call(name: str, args) -> str:
-        if name == "sigmoid":
-            return f"sigmoid({args[0]})"
+        if name in ("sigmoid", "cbrt"):
+            return f"{name}({args[0]})"
         if name in _FUNCTIONS:
             return f"{args[0]}.{name}()"
         if name == "where":  # blendv(b, a, mask) takes a where the mask is set
@@ -96,15 +97,16 @@ def render_expr(source: str, style) -> str:
     return _render(ast.parse(source, mode="eval").body, style)
 
 
-def _function(act, which: str, style, qualifiers: str) -> str:
-    """``static <qualifiers> T which(const T& h)`` with the formula's let-bindings."""
-    source = act.formula(which)
+def _function(row, which: str, style, qualifiers: str, args=("h",)) -> str:
+    """``static <qualifiers> T which(const T& h)`` (or the arguments ``args``) with
+    the formula's let-bindings; ``row`` is a table row (activation or flexible kind)."""
+    source = row.formula(which)
     t = style.var_type
-    lets = () if which == "d1_y" else act.lets_for(source)
+    lets = () if which == "d1_y" else row.lets_for(source)
     body = [f"    const {t} {var} = {render_expr(expr, style)};" for var, expr in lets]
     body.append(f"    return {render_expr(source, style)};")
-    arg = "y" if which == "d1_y" else "h"
-    return (f"  template <typename {t}>\n  static {qualifiers} {t} {which}(const {t}& {arg}) {{\n"
+    params = ", ".join(f"const {t}& {a}" for a in (("y",) if which == "d1_y" else args))
+    return (f"  template <typename {t}>\n  static {qualifiers} {t} {which}({params}) {{\n"
             + "\n".join(body) + "\n  }")
 
 
@@ -160,6 +162,37 @@ def render_ids() -> str:
     ])
 
 
+def _flex_structs(style, qualifiers: str) -> list:
+    parts = ["template <int KIND>", "struct Flex;"]
+    for kind_id, name in enumerate(FLEXIBLE_KINDS):
+        funcs = "\n".join(_function(FLEXIBLE[name], which, style, qualifiers, ("z", "p0", "p1"))
+                          for which in ("value", "dz", "dp0", "dp1"))
+        parts += ["", f"template <>  // {name}", f"struct Flex<{kind_id}> {{", funcs, "};"]
+    cases = " \\\n".join(
+        f"    case {i}: {{ constexpr int KIND = {i}; __VA_ARGS__(); break; }}"
+        for i in range(len(FLEXIBLE_KINDS)))
+    names = ", ".join(f'"{n}"' for n in FLEXIBLE_KINDS)
+    parts += [
+        "",
+        "// The id of a flexible kind name (the order of laaf_kernels/flexible.py).",
+        "inline int flexible_kind_id(c10::string_view name) {",
+        f"  static constexpr const char* kNames[] = {{{names}}};",
+        f"  for (int i = 0; i < {len(FLEXIBLE_KINDS)}; ++i) {{",
+        "    if (name == c10::string_view(kNames[i])) return i;",
+        "  }",
+        '  TORCH_CHECK(false, "laaf: unknown flexible kind ", name);',
+        "}",
+        "",
+        "// Run the lambda __VA_ARGS__ with `constexpr int KIND` set to the kind id.",
+        "#define LAAF_FLEX_SWITCH(kind_id, ...) \\",
+        "  switch (kind_id) { \\",
+        cases + " \\",
+        '    default: TORCH_CHECK(false, "laaf: unknown flexible kind id ", kind_id); \\',
+        "  }",
+    ]
+    return parts
+
+
 def render_cpp() -> str:
     return "\n".join(_HEADER + [
         "//",
@@ -177,7 +210,20 @@ def render_cpp() -> str:
         "  return V(1.0) / (V(1.0) + x.neg().exp());",
         "}",
         "",
+        "// Real cube root: exp(log|x| / 3), one Newton step (r -= (r^3 - a) / (3 r^2)), the sign.",
+        "template <typename V>",
+        "inline V cbrt(const V& x) {",
+        "  const V a = x.abs();",
+        "  const V positive = a > V(0.0);",
+        "  V r = (V::blendv(V(1.0), a, positive).log() * V(1.0 / 3.0)).exp();",
+        "  r = V::blendv(V(0.0), r - (r * r * r - a) / (V(3.0) * r * r), positive);",
+        "  return V::blendv(r, r.neg(), x < V(0.0));",
+        "}",
+        "",
         *_act_structs(VecStyle, "inline"),
+        "",
+        "// Flex<KIND>::value / dz / dp0 / dp1: the flexible kinds of laaf_kernels/flexible.py.",
+        *_flex_structs(VecStyle, "inline"),
         "",
         "}  // namespace laaf",
         "",

@@ -39,7 +39,7 @@ def act_value(h, ACT: tl.constexpr):
     elif ACT == 9:  # identity
         out = h
     else:
-        tl.static_assert(False, 'unknown activation id')
+        tl.static_assert(False, 'unknown ACT id')
         out = h
     return out
 
@@ -75,7 +75,7 @@ def act_d1(h, ACT: tl.constexpr):
     elif ACT == 9:  # identity
         out = zeros_like(h) + 1.0
     else:
-        tl.static_assert(False, 'unknown activation id')
+        tl.static_assert(False, 'unknown ACT id')
         out = h
     return out
 
@@ -110,6 +110,6 @@ def act_d2(h, ACT: tl.constexpr):
     elif ACT == 9:  # identity
         out = zeros_like(h) + 0.0
     else:
-        tl.static_assert(False, 'unknown activation id')
+        tl.static_assert(False, 'unknown ACT id')
         out = h
     return out

@@ -13,6 +13,8 @@ import triton
 
 from .triton_activation import MIN_BLOCK, act_bwd_kernel, act_fwd_kernel
 from .triton_activations import ACT_IDS
+from .triton_flexible import flex_bwd_kernel, flex_fwd_kernel
+from .triton_flexible_formulas import KIND_IDS
 from .triton_linear import linear_bwd_narrow_kernel, linear_fwd_kernel
 from .triton_utils import (device_guard, dot_precision, next_pow2_at_least_16,
                            persistent_programs, slope_kind)
@@ -197,3 +199,48 @@ def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need
             SLOPE=slope_kind(s), SLOPE_ON_ROWS=slope_on_rows, ACT=ACT_IDS[activation],
             NEED_DZ=need_dz, NEED_DB=need_db, NEED_DS=need_ds, ACC_FP64=acc == torch.float64)
     return dz, db_part, ds_part
+
+
+# ---------------------------------------------------------------------------
+# Flexible activations
+# ---------------------------------------------------------------------------
+
+def flexible_forward(z: torch.Tensor, params: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
+    """y = f_kind(z; params[0], params[1]), the (2, C) params along ``dim``."""
+    y = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    if z.numel() == 0:
+        return y
+    z2, on_rows, channels = _as_grid(z, params[0], dim)
+    R, C = z2.shape
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    with device_guard(z):
+        flex_fwd_kernel[grid](
+            z2, params.contiguous(), y, R, C, channels, z2.stride(0), z2.stride(1),
+            ON_ROWS=on_rows, KIND=KIND_IDS[kind], ACC_FP64=z.dtype == torch.float64)
+    return y
+
+
+def flexible_backward(g: torch.Tensor, z: torch.Tensor, params: torch.Tensor, kind: str,
+                      dim: int, need_dz: bool, need_dp: bool):
+    """(dz, dparams), None where not needed: dz = g f_z, dparams[k] = sum of g f_{p_k}."""
+    if z.numel() == 0:
+        return (torch.zeros_like(z) if need_dz else None,
+                torch.zeros_like(params) if need_dp else None)
+    z2, on_rows, channels = _as_grid(z, params[0], dim)
+    g2 = g.reshape(z2.shape)
+    R, C = z2.shape
+    dz = z.new_empty((R, C)) if need_dz else None
+    blocks, width = (triton.cdiv(C, MIN_BLOCK), R) if on_rows else (triton.cdiv(R, MIN_BLOCK), C)
+    dp_part = z.new_zeros((2, blocks, width), dtype=_acc_dtype(z)) if need_dp else None
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    with device_guard(z):
+        flex_bwd_kernel[grid](
+            g2, z2, params.contiguous(), z if dz is None else dz, z if dp_part is None else dp_part,
+            R, C, channels, blocks * width, g2.stride(0), g2.stride(1), z2.stride(0),
+            z2.stride(1), ON_ROWS=on_rows, KIND=KIND_IDS[kind], NEED_DZ=need_dz,
+            NEED_DP=need_dp, ACC_FP64=z.dtype == torch.float64)
+    dp = None
+    if need_dp:  # rows of the on_rows layout are (outer, C): fold them onto channels
+        dp = dp_part.sum(1).reshape(2, -1, channels).sum(1) if on_rows else dp_part.sum(1)
+        dp = dp.to(params.dtype)
+    return (dz.reshape(z.shape) if need_dz else None), dp

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-__all__ = ["tanh", "sigmoid", "exp", "expm1", "log1p", "abs", "erf", "sin", "cos",
+__all__ = ["tanh", "sigmoid", "exp", "expm1", "log1p", "abs", "erf", "sin", "cos", "cbrt",
            "where", "maximum", "minimum", "zeros_like", "dot", "SQRT1_2", "INV_SQRT_2PI"]
 
 USE_LIBDEVICE = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
@@ -84,6 +84,20 @@ def sin(x):
 @triton.jit
 def cos(x):
     return tl.cos(x)
+
+
+@triton.jit
+def cbrt(x):
+    """The real cube root sign(x) |x|^(1/3)."""
+    if USE_LIBDEVICE:
+        out = libdevice.cbrt(x)
+    else:  # exp(log|x| / 3), then one Newton step (r -= (r^3 - a) / (3 r^2)): ~1 ulp
+        a = tl.abs(x)
+        positive = a > 0
+        r = tl.exp(tl.log(tl.where(positive, a, 1.0)) / 3.0)
+        r = tl.where(positive, r - (r * r * r - a) / (3.0 * r * r), 0.0)
+        out = tl.where(x < 0, -r, r)
+    return out
 
 
 @triton.jit

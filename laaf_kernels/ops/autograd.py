@@ -36,9 +36,11 @@ import torch.nn.functional as F
 
 from ..activations import evaluate, grad_from_y
 from ..activations import get as get_activation
+from ..flexible import evaluate_flexible
 
-__all__ = ["register_backend_ops", "make_linear", "make_activation",
-           "differentiable_linear_grads", "differentiable_activation_grads"]
+__all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
+           "make_flexible", "differentiable_linear_grads", "differentiable_activation_grads",
+           "differentiable_flexible_grads"]
 
 
 # ---------------------------------------------------------------------------
@@ -92,6 +94,18 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None)
             gz.t() @ x if need[1] else None,
             gz.sum(0) if need[2] else None,
             ds)
+
+
+def differentiable_flexible_grads(g, z, params, kind, dim, need):
+    """(dz, dparams) of y = f_kind(z; p0, p1) from the table's formulas as torch ops:
+    dz = g f_z, dparams[k] = sum over all dims but ``dim`` of g f_{p_k}."""
+    p0, p1 = (_broadcast_slope(p, z.dim(), dim) for p in params.unbind(0))
+    dz = g * evaluate_flexible(kind, "dz", z, p0, p1) if need[0] else None
+    dp = None
+    if need[1]:
+        dp = torch.stack([_sum_like_slope(g * evaluate_flexible(kind, f"dp{k}", z, p0, p1),
+                                          params[k], dim) for k in range(params.shape[0])])
+    return dz, dp
 
 
 # ---------------------------------------------------------------------------
@@ -268,3 +282,56 @@ def make_activation(fwd_op, dtypes=None, fallback=None):
         return fwd_op(z, s, activation, dim)
 
     return activation_fn
+
+
+# ---------------------------------------------------------------------------
+# Flexible activations: flex_fwd(z, params, kind, dim) -> y and
+# flex_bwd(g, z, params, kind, dim, need_dz, need_dp) -> (dz, dparams)
+# ---------------------------------------------------------------------------
+
+def register_flexible_ops(prefix: str) -> None:
+    """Fakes and autograd for torch.ops.laaf.<prefix>_flex_{fwd,bwd}."""
+
+    @torch.library.register_fake(f"laaf::{prefix}_flex_fwd")
+    def _(z, params, kind, dim):
+        return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(f"laaf::{prefix}_flex_bwd")
+    def _(g, z, params, kind, dim, need_dz, need_dp):
+        return (torch.empty_like(z, memory_format=torch.contiguous_format) if need_dz
+                else z.new_empty((0,)),
+                params.new_empty(params.shape) if need_dp else z.new_empty((0,)))
+
+    bwd_op = getattr(torch.ops.laaf, f"{prefix}_flex_bwd")
+
+    def setup_context(ctx, inputs, output):
+        z, params, kind, dim = inputs
+        ctx.kind, ctx.dim = kind, dim
+        ctx.nodes = _gradient_nodes((z, params))
+        ctx.save_for_backward(z, params)
+
+    def backward(ctx, gy):
+        z, params = ctx.saved_tensors
+        need = _needed(ctx.needs_input_grad[:2], ctx.nodes)
+        if not any(need):
+            return None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
+            grads = differentiable_flexible_grads(gy, z, params, ctx.kind, ctx.dim, need)
+        else:
+            grads = bwd_op(gy, z, params, ctx.kind, ctx.dim, *need)
+            grads = [t if n else None for t, n in zip(grads, need)]
+        return (*grads, None, None)
+
+    torch.library.register_autograd(f"laaf::{prefix}_flex_fwd", backward,
+                                    setup_context=setup_context)
+
+
+def make_flexible(fwd_op, dtypes=None, fallback=None):
+    """The backend's ``flexible(z, params, kind, dim)``; as make_activation."""
+
+    def flexible(z, params, kind: str, dim: int) -> torch.Tensor:
+        if dtypes is not None and z.dtype not in dtypes:
+            return fallback(z, params, kind, dim)
+        return fwd_op(z, params, kind, dim)
+
+    return flexible

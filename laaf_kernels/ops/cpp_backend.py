@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .autograd import make_activation, make_linear, register_backend_ops
+from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
+                       register_flexible_ops)
 
-__all__ = ["linear", "activation", "DTYPES"]
+__all__ = ["linear", "activation", "flexible", "DTYPES"]
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -29,3 +30,6 @@ register_backend_ops("cpp", stores_z, saves_y=True)
 
 linear = make_linear(torch.ops.laaf.cpp_linear_fwd, DTYPES, reference.linear_impl)
 activation = make_activation(torch.ops.laaf.cpp_act_fwd, DTYPES, reference.activation_impl)
+
+register_flexible_ops("cpp")
+flexible = make_flexible(torch.ops.laaf.cpp_flex_fwd, DTYPES, reference.flexible_activation_impl)

@@ -45,16 +45,19 @@ AUTO_ORDER: Dict[str, tuple] = {
 class Backend:
     """A backend: unchecked ``linear``/``activation`` implementations and availability.
 
-    ``linear(x, weight, bias, slope, activation, scale)`` and
-    ``activation(z, slope, activation, scale, dim)`` receive validated
-    arguments. ``unavailable(device)`` returns ``None`` when the backend can run
-    on ``device`` (``None``: on some device of this machine), else the reason.
+    ``linear(x, weight, bias, slope, activation, scale)``,
+    ``activation(z, slope, activation, scale, dim)`` and
+    ``flexible(z, params, kind, dim)`` (the flexible activations; None where
+    the backend has no kernels for them) receive validated arguments.
+    ``unavailable(device)`` returns ``None`` when the backend can run on
+    ``device`` (``None``: on some device of this machine), else the reason.
     """
 
     name: str
     linear: Callable
     activation: Callable
     unavailable: Callable[[Optional[torch.device]], Optional[str]]
+    flexible: Optional[Callable] = None
 
 
 _REGISTRY: Dict[str, Backend] = {}
@@ -68,11 +71,14 @@ def register_backend(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
-def _why_unavailable(name: str, device: Optional[torch.device]) -> Optional[str]:
+def _why_unavailable(name: str, device: Optional[torch.device], op: str = "linear") -> Optional[str]:
     backend = _REGISTRY.get(name)
     if backend is None:
         return f"the {name!r} backend is not part of this build of laaf_kernels"
-    return backend.unavailable(device)
+    reason = backend.unavailable(device)
+    if reason is None and op == "flexible" and backend.flexible is None:
+        reason = f"the {name!r} backend has no kernels for the flexible activations"
+    return reason
 
 
 def available_backends() -> List[str]:
@@ -98,16 +104,17 @@ def _requested(backend: Optional[str]):
     return "auto", "auto"
 
 
-def select_backend(backend: Optional[str], device: torch.device) -> Backend:
-    """The backend that runs a call on ``device`` (see the module docstring)."""
+def select_backend(backend: Optional[str], device: torch.device, op: str = "linear") -> Backend:
+    """The backend that runs a call on ``device`` (see the module docstring); ``op``
+    is "linear" (laaf_linear, laaf_activation) or "flexible" (the flexible ones)."""
     name, source = _requested(backend)
     name = _check_name(name, source)
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ("reference",)):
-            if _why_unavailable(candidate, device) is None:
+            if _why_unavailable(candidate, device, op) is None:
                 return _REGISTRY[candidate]
         return _REGISTRY["reference"]
-    reason = _why_unavailable(name, device)
+    reason = _why_unavailable(name, device, op)
     if reason is not None:
         raise RuntimeError(
             f"backend {name!r} (from {source}) cannot run on {device}: {reason}. "
@@ -134,6 +141,7 @@ register_backend(Backend(
     linear=reference.linear_impl,
     activation=reference.activation_impl,
     unavailable=lambda device: None,
+    flexible=reference.flexible_activation_impl,
 ))
 
 
@@ -169,7 +177,7 @@ def _register_triton() -> None:
         register_backend(Backend("triton", None, None, lambda device: problem))
         return
     register_backend(Backend("triton", triton_backend.linear, triton_backend.activation,
-                             _triton_device_problem))
+                             _triton_device_problem, triton_backend.flexible))
 
 
 _register_triton()
@@ -201,7 +209,8 @@ def _extension_entry(module, name: str):
 
 
 register_backend(Backend("cpp", _extension_entry(_cpp_module, "linear"),
-                         _extension_entry(_cpp_module, "activation"), _cpp_problem))
+                         _extension_entry(_cpp_module, "activation"), _cpp_problem,
+                         _extension_entry(_cpp_module, "flexible")))
 
 
 # ---------------------------------------------------------------------------

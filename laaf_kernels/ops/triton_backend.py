@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from ..kernels import triton_launchers as launch
-from .autograd import make_activation, make_linear, register_backend_ops
+from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
+                       register_flexible_ops)
 
-__all__ = ["linear", "activation"]
+__all__ = ["linear", "activation", "flexible"]
 
 
 # ---------------------------------------------------------------------------
@@ -64,3 +65,25 @@ register_backend_ops("triton", launch.stores_z)
 
 linear = make_linear(linear_fwd)
 activation = make_activation(act_fwd)
+
+
+# ---------------------------------------------------------------------------
+# Flexible activations
+# ---------------------------------------------------------------------------
+
+@torch.library.custom_op("laaf::triton_flex_fwd", mutates_args=())
+def flex_fwd(z: Tensor, params: Tensor, kind: str, dim: int) -> Tensor:
+    """y = f_kind(z; params[0], params[1]), the (2, C) params along ``dim``."""
+    return launch.flexible_forward(z, params, kind, dim)
+
+
+@torch.library.custom_op("laaf::triton_flex_bwd", mutates_args=())
+def flex_bwd(g: Tensor, z: Tensor, params: Tensor, kind: str, dim: int, need_dz: bool,
+             need_dp: bool) -> Tuple[Tensor, Tensor]:
+    """(dz, dparams); an output not asked for is an empty tensor."""
+    dz, dp = launch.flexible_backward(g, z, params, kind, dim, need_dz, need_dp)
+    return (z.new_empty((0,)) if dz is None else dz, z.new_empty((0,)) if dp is None else dp)
+
+
+register_flexible_ops("triton")
+flexible = make_flexible(flex_fwd)

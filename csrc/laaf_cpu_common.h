@@ -1,0 +1,127 @@
+// laaf_kernels: what the CPU sources (laaf_cpu.cpp, laaf_cpu_flexible.cpp) share:
+// the (rows, cols) grid with its per-channel values, loading and storing T as
+// lanes of its compute type, and deterministic folding of per-chunk partials.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+#include "laaf_layout.h"
+
+namespace laaf {
+namespace cpu {
+
+using at::Tensor;
+using at::vec::Vectorized;
+
+constexpr int64_t kRowsPerChunk = 64;
+
+// A 2-D (rows, cols) contiguous view of the data, and where the slopes run:
+// one per column (linear layers, channels last) or one per row, the channel of
+// row r being r % channels (channels in the middle, e.g. NCHW with dim = 1).
+template <typename T>
+struct Grid {
+  int64_t rows, cols;
+  const T* s;        // s = n * a, or nullptr
+  int kind;          // SlopeKind
+  bool on_rows;
+  int64_t channels;  // for on_rows
+
+  Vectorized<T> slope(int64_t r, int64_t c, int64_t n) const {
+    using V = Vectorized<T>;
+    if (kind == kNone) return V(T(1));
+    if (kind == kScalar) return V(s[0]);
+    if (on_rows) return V(s[r % channels]);
+    return V::loadu(s + c, n);
+  }
+};
+
+// Loading and storing T as lanes of its compute type C: float and double as
+// themselves; bfloat16 and float16 widened to float (one rounding back to T at
+// the store, where eager PyTorch rounds after every op).
+template <typename T>
+struct Io {
+  using C = T;
+  static Vectorized<C> load(const T* p, int64_t n) { return Vectorized<C>::loadu(p, n); }
+  static void store(const Vectorized<C>& v, T* p, int64_t n) { v.store(p, n); }
+};
+
+template <typename T>
+struct WidenedIo {
+  using C = float;
+  static constexpr int64_t kLanes = Vectorized<float>::size();
+  static Vectorized<C> load(const T* p, int64_t n) {
+    float lanes[kLanes];
+    for (int64_t i = 0; i < n; ++i) lanes[i] = static_cast<float>(p[i]);
+    return Vectorized<C>::loadu(lanes, n);
+  }
+  static void store(const Vectorized<C>& v, T* p, int64_t n) {
+    float lanes[kLanes];
+    v.store(lanes, n);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(lanes[i]);
+  }
+};
+template <>
+struct Io<c10::BFloat16> : WidenedIo<c10::BFloat16> {};
+template <>
+struct Io<c10::Half> : WidenedIo<c10::Half> {};
+
+template <typename T>
+using Compute = typename Io<T>::C;
+
+inline int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
+}
+
+// Sum of the lanes of v (its first n), in lane order.
+template <typename T>
+inline double lane_sum(const Vectorized<T>& v, int64_t n) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += lanes[i];
+  return total;
+}
+
+
+// Fold per-chunk partials (parts, width) into width sums, in part order.
+inline Tensor sum_parts(const Tensor& parts, int64_t width) {
+  Tensor out = at::zeros({width}, parts.options());
+  const double* p = parts.data_ptr<double>();
+  double* o = out.data_ptr<double>();
+  for (int64_t k = 0; k < parts.numel() / std::max<int64_t>(1, width); ++k) {
+    for (int64_t j = 0; j < width; ++j) o[j] += p[k * width + j];
+  }
+  return out;
+}
+
+// The grid of a T tensor; s_c is the slope already in T's compute type (see slope_in).
+template <typename T>
+Grid<Compute<T>> make_grid(int64_t rows, int64_t cols, const Tensor& s_c, int kind,
+                           bool on_rows, int64_t channels) {
+  return Grid<Compute<T>>{rows, cols, s_c.defined() ? s_c.data_ptr<Compute<T>>() : nullptr,
+                          kind, on_rows, channels};
+}
+
+// s = n * a in the compute type of `dtype` (the slope stays fp32 under autocast).
+inline Tensor slope_in(const c10::optional<Tensor>& s, at::ScalarType dtype) {
+  if (!s.has_value()) return Tensor();
+  const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;
+  return s->to(widened ? at::kFloat : dtype).contiguous();
+}
+
+inline void check_dtype(const Tensor& t, const char* name) {
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              "laaf cpp backend: ", name, " must be float32, float64, bfloat16 or float16, got ",
+              dtype);
+}
+
+#define LAAF_DISPATCH_CPU_TYPES(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, name, __VA_ARGS__)
+
+}  // namespace cpu
+}  // namespace laaf

@@ -103,3 +103,25 @@ def compare_activation(backend, z, a, activation, scale, dim):
     for (name, _, _), got, bg, tg in zip(pairs, grads, base_grads, true_grads):
         assert_close_to_truth(f"{name} ({activation})", got, tg, bg,
                               reduced if name == "da" else 1)
+
+
+#: The targets with kernels for the flexible activations (the CUDA extension has none yet).
+FLEXIBLE_TARGETS = [t for t in TARGETS if t.values[0][0] != "cuda"]
+
+
+def compare_flexible(backend, z, params, kind, dim, label=""):
+    """As ``compare_activation``, for flexible_activation: y, dz and dparams
+    (a sum over z.numel() / C terms per channel)."""
+    y = laaf_kernels.flexible_activation(z, params, kind=kind, dim=dim, backend=backend)
+    base = reference.flexible_activation_impl(z, params, kind, dim)
+    z64, p64 = upcast((z, params))
+    truth = reference.flexible_activation_impl(z64, p64, kind, dim)
+    assert_close_to_truth(f"y ({kind}{label})", y, truth, base, 1)
+    gen = torch.Generator().manual_seed(97)
+    g = torch.randn(truth.shape, generator=gen, dtype=torch.float64).to(z.device)
+    grads = torch.autograd.grad(y, (z, params), g.to(y.dtype))
+    base_grads = torch.autograd.grad(base, (z, params), g.to(base.dtype))
+    true_grads = torch.autograd.grad(truth, (z64, p64), g)
+    lengths = (1, z.numel() // max(1, params.shape[1]))
+    for name, got, bg, tg, length in zip(("dz", "dparams"), grads, base_grads, true_grads, lengths):
+        assert_close_to_truth(f"{name} ({kind}{label})", got, tg, bg, length)

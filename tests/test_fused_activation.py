@@ -86,3 +86,17 @@ def test_backward_is_deterministic(target, case):
 
     for p, q in zip(grads(), grads()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_double_backward_of_1d_z_with_a_vector_slope(target):
+    """create_graph=True with a 1-D z: ds keeps its (C,) shape (t.sum([]) would
+    reduce everything)."""
+    backend, device = target
+    z = torch.randn(13, dtype=torch.float64, device=device, requires_grad=True)
+    a = torch.rand(13, dtype=torch.float64, device=device, requires_grad=True)
+
+    def fn(z_, a_):
+        return laaf_kernels.laaf_activation(z_, a_, scale=SCALE, dim=0, backend=backend)
+
+    assert torch.autograd.gradgradcheck(fn, (z, a))

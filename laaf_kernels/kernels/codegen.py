@@ -15,6 +15,8 @@ import ast
 import pathlib
 import sys
 
+import numpy as np
+
 from ..activations import ACTIVATIONS, TABLE
 from ..flexible import FLEXIBLE, FLEXIBLE_KINDS
 from . import codegen_c
@@ -50,7 +52,17 @@ class _BroadcastWhereLiterals(ast.NodeTransformer):
         if isinstance(node.func, ast.Name) and node.func.id == "where":
             node.args[1:] = [_broadcast(a, self.var) if isinstance(a, ast.Constant) else a
                              for a in node.args[1:]]
+        if isinstance(node.func, ast.Name) and node.func.id in ("maximum", "minimum"):
+            # A literal that fp32 does not hold exactly (1e-06) must take var's dtype too.
+            node.args = [_broadcast(a, self.var) if _inexact_in_fp32(a) else a for a in node.args]
         return node
+
+
+def _inexact_in_fp32(node) -> bool:
+    if not isinstance(node, ast.Constant):
+        return False
+    value = float(node.value)
+    return float(np.float32(value)) != value
 
 
 def _broadcast(constant: ast.Constant, var: str) -> ast.expr:

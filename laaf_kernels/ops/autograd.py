@@ -51,7 +51,8 @@ def _sum_like_slope(t: torch.Tensor, s: torch.Tensor, keep_dim: int) -> torch.Te
     """Reduce ``t`` to the shape of ``s``: all of it for a 0-d s, else all dims but ``keep_dim``."""
     if s.dim() == 0:
         return t.sum()
-    return t.sum([d for d in range(t.dim()) if d != keep_dim])
+    dims = [d for d in range(t.dim()) if d != keep_dim]
+    return t.sum(dims) if dims else t  # (t.sum([]) would sum over every dim)
 
 
 def _broadcast_slope(s: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:

@@ -1,0 +1,149 @@
+"""The fused flexible-activation kernels (Triton, C++) against the reference: every
+kind, params along any dim (last, NCHW dim=1, first, trailing singleton dims),
+non-contiguous z, fp64 / fp32 / bf16, float64 gradcheck and gradgradcheck,
+empty z, torch.library.opcheck, and determinism."""
+import pytest
+import torch
+
+import laaf_kernels
+from fused_cases import FLEXIBLE_TARGETS, compare_flexible
+from helpers import generator, randn
+from laaf_kernels import FLEXIBLE_KINDS
+
+CASES = {  # name -> (shape of z, dim, non-contiguous)
+    "last_dim": ((37, 11), -1, False),
+    "nchw_dim1": ((2, 3, 5, 7), 1, False),
+    "first_dim": ((5, 3, 4), 0, False),
+    "middle_noncontig": ((5, 3, 4), 1, True),
+    "trailing_singletons": ((4, 5, 1, 1), 1, False),
+}
+
+
+def _inputs(case, seed, dtype, device, spread=True):
+    """z with some exact zeros (cbrt's kink, relu's) and params around the
+    baseline, some α outside [0, 1] (allowed)."""
+    shape, dim, noncontig = CASES[case]
+    gen = generator(seed)
+    z = randn(shape, gen, noncontig=noncontig) * 1.5
+    every_7th = (torch.arange(z.numel()) % 7 == 0).reshape(shape)
+    z = torch.where(every_7th, torch.zeros((), dtype=z.dtype), z)
+    if noncontig:  # where() gives a contiguous tensor: make it a transposed view again
+        z = z.transpose(0, -1).contiguous().transpose(0, -1)
+    channels = shape[dim]
+    params = torch.rand(2, channels, generator=gen, dtype=torch.float64) * (1.6 if spread else 0.8) - 0.3
+    z = z.to(device=device, dtype=dtype).requires_grad_()
+    return z, params.to(device=device, dtype=dtype).requires_grad_(), dim
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
+def test_every_kind_and_layout_fp64(target, kind, case):
+    backend, device = target
+    z, params, dim = _inputs(case, 41, torch.float64, device)
+    compare_flexible(backend, z, params, kind, dim)
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
+def test_low_precision(target, kind, dtype):
+    backend, device = target
+    for case in ("last_dim", "nchw_dim1"):
+        z, params, dim = _inputs(case, 42, dtype, device)
+        compare_flexible(backend, z, params, kind, dim, f", {dtype}, {case}")
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+@pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
+def test_gradcheck_and_gradgradcheck(target, kind):
+    """float64 through the backend's op; the double backward goes through the
+    table's differentiable formulas. z avoids the kinks (relu at 0, the ramp's
+    band edges), where finite differences are not derivatives."""
+    backend, device = target
+    gen = generator(43)
+    z = (torch.rand(6, 4, generator=gen, dtype=torch.float64) * 1.6 + 0.2)
+    z = (z * torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)).to(device).requires_grad_()
+    params = torch.tensor([[0.7, 0.3, 1.2, 0.5], [0.2, -0.1, 0.1, 0.05]],
+                          dtype=torch.float64, device=device, requires_grad=True)
+
+    def fn(z_, p_):
+        return laaf_kernels.flexible_activation(z_, p_, kind=kind, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (z, params))
+    assert torch.autograd.gradgradcheck(fn, (z, params))
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+def test_cbrt_kink_gives_finite_gradients(target):
+    """relu_poly at z = 0 and tiny z: first and second derivatives finite."""
+    backend, device = target
+    z = torch.tensor([0.0, 1e-30, -1e-30, 1e-8, -3.0], dtype=torch.float64, device=device,
+                     requires_grad=True)
+    params = torch.tensor([[0.2] * 5, [0.3] * 5], dtype=torch.float64, device=device,
+                          requires_grad=True)
+    y = laaf_kernels.flexible_activation(z, params, kind="relu_poly", backend=backend)
+    dz, dp = torch.autograd.grad(y.sum(), (z, params), create_graph=True)
+    d2 = torch.autograd.grad(dz.sum(), z)[0]
+    for t in (y, dz, dp, d2):
+        assert torch.isfinite(t).all(), t
+    # cbrt'(0) is floored at |z| = CBRT_EPS = 1e-6: 1 / (3e-4) for the (1 - α1 - α2) share.
+    torch.testing.assert_close(dz[0], torch.tensor(0.5 / 3e-4, dtype=torch.float64,
+                                                   device=device), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+def test_empty_z(target):
+    backend, device = target
+    z = torch.randn(0, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    params = torch.rand(2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    y = laaf_kernels.flexible_activation(z, params, kind="tanh_ramp", dim=1, backend=backend)
+    assert y.shape == z.shape
+    dz, dp = torch.autograd.grad(y.sum(), (z, params), materialize_grads=True)
+    assert dz.shape == z.shape and dp.shape == params.shape and torch.count_nonzero(dp) == 0
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+@pytest.mark.parametrize("case", ["last_dim", "nchw_dim1"])
+def test_backward_is_deterministic(target, case):
+    backend, device = target
+    z, params, dim = _inputs(case, 44, torch.float32, device)
+    g = torch.randn(z.shape, device=device)
+
+    def grads():
+        y = laaf_kernels.flexible_activation(z, params, kind="relu_tanh", dim=dim, backend=backend)
+        return torch.autograd.grad(y, (z, params), g)
+
+    first, second = grads(), grads()
+    assert all(torch.equal(p, q) for p, q in zip(first, second))
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+def test_opcheck_flexible_ops(target):
+    backend, device = target
+    laaf_kernels.flexible_activation(torch.ones(2, 2, device=device), torch.ones(2, 2, device=device),
+                                     kind="relu_tanh", backend=backend)  # load the ops
+    z, params, dim = _inputs("nchw_dim1", 45, torch.float64, device)
+    op = getattr(torch.ops.laaf, f"{backend}_flex_fwd")
+    torch.library.opcheck(op, (z, params, "sigmoid_ramp", dim))
+    bwd = getattr(torch.ops.laaf, f"{backend}_flex_bwd")
+    g = torch.randn_like(z)
+    torch.library.opcheck(bwd, (g.detach(), z.detach(), params.detach(), "sigmoid_ramp", dim,
+                                True, True))
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+def test_flexible_linear_matches_the_reference(target):
+    backend, device = target
+    gen = generator(46)
+    x = randn((9, 6), gen).to(device).requires_grad_()
+    w = (randn((5, 6), gen) / 6 ** 0.5).to(device).requires_grad_()
+    b = randn((5,), gen).to(device).requires_grad_()
+    params = (torch.rand(2, 5, generator=gen, dtype=torch.float64)).to(device).requires_grad_()
+    y = laaf_kernels.flexible_linear(x, w, b, params, kind="relu_poly", backend=backend)
+    want = laaf_kernels.flexible_linear(x, w, b, params, kind="relu_poly", backend="reference")
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    for p, q in zip(torch.autograd.grad(y, (x, w, b, params), g),
+                    torch.autograd.grad(want, (x, w, b, params), g)):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-11)

@@ -5,11 +5,11 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import List
 
-OPS = ("linear", "activation")
+OPS = ("linear", "activation", "flexible")
 PASSES = ("infer", "train_fwd", "bwd", "fwd_bwd")
 SLOPES = ("none", "scalar", "vector")
 
-#: Named shape sets: (M, K, N); for the activation op C = N and K is unused.
+#: Named shape sets: (M, K, N); for the activation ops C = N and K is unused.
 SHAPE_SETS = {
     "pinn": [(m, w, w) for m in (2 ** 14, 2 ** 17, 2 ** 20) for w in (20, 50, 128)],
     "dl": [(8192, w, w) for w in (1024, 4096)],
@@ -56,6 +56,12 @@ def parse_shape(text: str):
     return [(m, k, n)]
 
 
+#: The flexible activations (the ``activation`` field of a case holds the kind): the
+#: issue's shape, M = 2^20 rows and C = 256 channels (fp32). On CPU the quick suite
+#: uses M = 2^16 (eager PyTorch takes ~40 s a forward + backward at 2^20 there).
+FLEXIBLE_SHAPES = {"cuda": [(2 ** 20, 256, 256)], "cpu": [(2 ** 16, 256, 256)]}
+FLEXIBLE_KINDS = ("relu_poly", "sigmoid_ramp")
+
 HEADLINES = {  # the shapes the issues set targets on, per device
     "cuda": [((2 ** 20, 50, 50), "float32"), ((8192, 4096, 4096), "bfloat16")],
     "cpu": [((100_000, 50, 50), "float32")],
@@ -89,8 +95,13 @@ def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None) -> List[
         for s in dl:
             grid += [(s, dt, "tanh", "vector") for dt in dict.fromkeys((low, "float32"))]
             grid += [(s, low, "relu", "none")]
-    for op, pass_, (shape, dtype, act, slope) in itertools.product(ops, passes, grid):
+    laaf_ops = [op for op in ops if op != "flexible"]
+    for op, pass_, (shape, dtype, act, slope) in itertools.product(laaf_ops, passes, grid):
         headline = shapes is not None or _is_headline(device, shape, dtype, act, slope)
         cases.append(Case(op, pass_, *shape, dtype, act, slope, headline))
+    if "flexible" in ops:
+        flex_shapes = shapes if shapes is not None else FLEXIBLE_SHAPES[device]
+        for pass_, shape, kind in itertools.product(passes, flex_shapes, FLEXIBLE_KINDS):
+            cases.append(Case("flexible", pass_, *shape, "float32", kind, "vector", True))
     # Headline cases first: if a run is cut short, what the targets need is measured.
     return sorted(cases, key=lambda c: not c.headline)

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import laaf_kernels
+from laaf_kernels import reference
 from laaf_kernels.activations import get as get_activation
+from laaf_kernels.flexible import get_kind
 
 from .cases import Case
 
@@ -45,6 +47,12 @@ def make_inputs(case: Case, device: str, requires_grad: bool, seed: int = 0) -> 
 
     n_feat = case.N
     tensors = {}
+    if case.op == "flexible":  # params near the kind's baseline, perturbed
+        tensors["x"] = rand(case.M, n_feat)
+        init = torch.tensor(get_kind(case.activation).init)[:, None].repeat(1, n_feat)
+        params = init + 0.1 * torch.randn(2, n_feat, generator=gen)
+        tensors["a"] = params.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+        return tensors
     if case.op == "linear":
         tensors["x"] = rand(case.M, case.K)
         tensors["w"] = rand(case.N, case.K, scale=case.K ** -0.5)
@@ -58,6 +66,8 @@ def make_inputs(case: Case, device: str, requires_grad: bool, seed: int = 0) -> 
 
 
 def _eager_fn(case: Case) -> Callable:
+    if case.op == "flexible":  # the composition of torch ops (the reference)
+        return lambda x, params: reference.flexible_activation_impl(x, params, case.activation, 1)
     act = get_activation(case.activation).torch_fn
     if case.op == "linear":
         if case.slope == "none":
@@ -68,7 +78,12 @@ def _eager_fn(case: Case) -> Callable:
     return lambda x, a: act(SCALE * a * x)
 
 
-def _backend_fn(case: Case, backend: str) -> Callable:
+def _backend_fn(case: Case, backend: str) -> Optional[Callable]:
+    if case.op == "flexible":
+        if laaf_kernels.ops.dispatch._REGISTRY[backend].flexible is None:
+            return None
+        return lambda x, params: laaf_kernels.flexible_activation(
+            x, params, kind=case.activation, backend=backend)
     kw = dict(activation=case.activation, scale=SCALE, backend=backend)
     if case.op == "linear":
         if case.slope == "none":

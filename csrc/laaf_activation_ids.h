@@ -10,13 +10,19 @@ namespace laaf {
 
 constexpr int kNumActivations = 10;
 
+// The index of `name` in names[0, count); an error naming `what` if absent.
+inline int name_to_id(const char* const* names, int count, c10::string_view name,
+                      const char* what) {
+  for (int i = 0; i < count; ++i) {
+    if (name == c10::string_view(names[i])) return i;
+  }
+  TORCH_CHECK(false, "laaf: unknown ", what, " ", name);
+}
+
 // The id of an activation name.
 inline int activation_id(c10::string_view name) {
   static constexpr const char* kNames[kNumActivations] = {"tanh", "sigmoid", "relu", "leaky_relu", "elu", "softplus", "silu", "gelu", "sin", "identity"};
-  for (int i = 0; i < kNumActivations; ++i) {
-    if (name == c10::string_view(kNames[i])) return i;
-  }
-  TORCH_CHECK(false, "laaf: unknown activation ", name);
+  return name_to_id(kNames, kNumActivations, name, "activation");
 }
 
 // Run the lambda __VA_ARGS__ with `constexpr int ACT` set to the activation id.
@@ -33,6 +39,24 @@ inline int activation_id(c10::string_view name) {
     case 8: { constexpr int ACT = 8; __VA_ARGS__(); break; } \
     case 9: { constexpr int ACT = 9; __VA_ARGS__(); break; } \
     default: TORCH_CHECK(false, "laaf: unknown activation id ", act_id); \
+  }
+
+constexpr int kNumFlexibleKinds = 4;
+
+// The id of a flexible kind name (the order of laaf_kernels/flexible.py).
+inline int flexible_kind_id(c10::string_view name) {
+  static constexpr const char* kNames[kNumFlexibleKinds] = {"relu_poly", "relu_tanh", "sigmoid_ramp", "tanh_ramp"};
+  return name_to_id(kNames, kNumFlexibleKinds, name, "flexible kind");
+}
+
+// Run the lambda __VA_ARGS__ with `constexpr int KIND` set to the kind id.
+#define LAAF_FLEX_SWITCH(kind_id, ...) \
+  switch (kind_id) { \
+    case 0: { constexpr int KIND = 0; __VA_ARGS__(); break; } \
+    case 1: { constexpr int KIND = 1; __VA_ARGS__(); break; } \
+    case 2: { constexpr int KIND = 2; __VA_ARGS__(); break; } \
+    case 3: { constexpr int KIND = 3; __VA_ARGS__(); break; } \
+    default: TORCH_CHECK(false, "laaf: unknown flexible kind id ", kind_id); \
   }
 
 }  // namespace laaf

@@ -358,23 +358,4 @@ struct Flex<3> {
   }
 };
 
-// The id of a flexible kind name (the order of laaf_kernels/flexible.py).
-inline int flexible_kind_id(c10::string_view name) {
-  static constexpr const char* kNames[] = {"relu_poly", "relu_tanh", "sigmoid_ramp", "tanh_ramp"};
-  for (int i = 0; i < 4; ++i) {
-    if (name == c10::string_view(kNames[i])) return i;
-  }
-  TORCH_CHECK(false, "laaf: unknown flexible kind ", name);
-}
-
-// Run the lambda __VA_ARGS__ with `constexpr int KIND` set to the kind id.
-#define LAAF_FLEX_SWITCH(kind_id, ...) \
-  switch (kind_id) { \
-    case 0: { constexpr int KIND = 0; __VA_ARGS__(); break; } \
-    case 1: { constexpr int KIND = 1; __VA_ARGS__(); break; } \
-    case 2: { constexpr int KIND = 2; __VA_ARGS__(); break; } \
-    case 3: { constexpr int KIND = 3; __VA_ARGS__(); break; } \
-    default: TORCH_CHECK(false, "laaf: unknown flexible kind id ", kind_id); \
-  }
-
 }  // namespace laaf

@@ -31,6 +31,8 @@ LAAF_DEVICE float prim_sin(float x) { return sinf(x); }
 LAAF_DEVICE double prim_sin(double x) { return ::sin(x); }
 LAAF_DEVICE float prim_cos(float x) { return cosf(x); }
 LAAF_DEVICE double prim_cos(double x) { return ::cos(x); }
+LAAF_DEVICE float prim_cbrt(float x) { return cbrtf(x); }
+LAAF_DEVICE double prim_cbrt(double x) { return ::cbrt(x); }
 template <typename T>
 LAAF_DEVICE T prim_sigmoid(T x) { return T(1) / (T(1) + prim_exp(-x)); }
 // NaN-propagating, as torch.maximum / torch.minimum are (fmaxf is not).
@@ -244,6 +246,131 @@ struct Act<9> {
   template <typename T>
   static LAAF_DEVICE T d1_y(const T& y) {
     return T(1.0);
+  }
+};
+
+// Flex<KIND>::value / dz / dp0 / dp1: the flexible kinds of laaf_kernels/flexible.py.
+template <int KIND>
+struct Flex;
+
+template <>  // relu_poly
+struct Flex<0> {
+  template <typename T>
+  static LAAF_DEVICE T value(const T& z, const T& p0, const T& p1) {
+    const T r = prim_maximum(z, T(0.0));
+    const T cube = ((z * z) * z);
+    const T c = prim_cbrt(z);
+    return (((p0 * r) + (p1 * cube)) + (((T(1.0) - p0) - p1) * c));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
+    const T step = ((z > T(0.0)) ? T(1.0) : T(0.0));
+    const T cm = prim_cbrt(prim_maximum(prim_abs(z), T(1e-06)));
+    const T dc = (T(1.0) / ((T(3.0) * cm) * cm));
+    return (((p0 * step) + (((T(3.0) * p1) * z) * z)) + (((T(1.0) - p0) - p1) * dc));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
+    const T r = prim_maximum(z, T(0.0));
+    const T c = prim_cbrt(z);
+    return (r - c);
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
+    const T cube = ((z * z) * z);
+    const T c = prim_cbrt(z);
+    return (cube - c);
+  }
+};
+
+template <>  // relu_tanh
+struct Flex<1> {
+  template <typename T>
+  static LAAF_DEVICE T value(const T& z, const T& p0, const T& p1) {
+    const T r = prim_maximum(z, T(0.0));
+    const T cube = ((z * z) * z);
+    const T t = prim_tanh(z);
+    return (((p0 * r) + (p1 * cube)) + (((T(1.0) - p0) - p1) * t));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
+    const T step = ((z > T(0.0)) ? T(1.0) : T(0.0));
+    const T t = prim_tanh(z);
+    return (((p0 * step) + (((T(3.0) * p1) * z) * z)) + (((T(1.0) - p0) - p1) * (T(1.0) - (t * t))));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
+    const T r = prim_maximum(z, T(0.0));
+    const T t = prim_tanh(z);
+    return (r - t);
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
+    const T cube = ((z * z) * z);
+    const T t = prim_tanh(z);
+    return (cube - t);
+  }
+};
+
+template <>  // sigmoid_ramp
+struct Flex<2> {
+  template <typename T>
+  static LAAF_DEVICE T value(const T& z, const T& p0, const T& p1) {
+    const T sg = prim_sigmoid(z);
+    const T u = ((p1 * z) + T(0.5));
+    const T ramp = prim_minimum(prim_maximum(u, T(0.0)), T(1.0));
+    return ((p0 * sg) + ((T(1.0) - p0) * ramp));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
+    const T sg = prim_sigmoid(z);
+    const T u = ((p1 * z) + T(0.5));
+    const T band = ((u >= T(0.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
+    return (((p0 * sg) * (T(1.0) - sg)) + (((T(1.0) - p0) * p1) * band));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
+    const T sg = prim_sigmoid(z);
+    const T u = ((p1 * z) + T(0.5));
+    const T ramp = prim_minimum(prim_maximum(u, T(0.0)), T(1.0));
+    return (sg - ramp);
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
+    const T u = ((p1 * z) + T(0.5));
+    const T band = ((u >= T(0.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
+    return (((T(1.0) - p0) * z) * band);
+  }
+};
+
+template <>  // tanh_ramp
+struct Flex<3> {
+  template <typename T>
+  static LAAF_DEVICE T value(const T& z, const T& p0, const T& p1) {
+    const T t = prim_tanh(z);
+    const T u = (p1 * z);
+    const T ramp = prim_minimum(prim_maximum(u, T(-1.0)), T(1.0));
+    return ((p0 * t) + ((T(1.0) - p0) * ramp));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
+    const T t = prim_tanh(z);
+    const T u = (p1 * z);
+    const T band = ((u >= T(-1.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
+    return ((p0 * (T(1.0) - (t * t))) + (((T(1.0) - p0) * p1) * band));
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
+    const T t = prim_tanh(z);
+    const T u = (p1 * z);
+    const T ramp = prim_minimum(prim_maximum(u, T(-1.0)), T(1.0));
+    return (t - ramp);
+  }
+  template <typename T>
+  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
+    const T u = (p1 * z);
+    const T band = ((u >= T(-1.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
+    return (((T(1.0) - p0) * z) * band);
   }
 };
 

@@ -105,8 +105,8 @@ def compare_activation(backend, z, a, activation, scale, dim):
                               reduced if name == "da" else 1)
 
 
-#: The targets with kernels for the flexible activations (the CUDA extension has none yet).
-FLEXIBLE_TARGETS = [t for t in TARGETS if t.values[0][0] != "cuda"]
+#: The targets with kernels for the flexible activations (all of them).
+FLEXIBLE_TARGETS = TARGETS
 
 
 def compare_flexible(backend, z, params, kind, dim, label=""):

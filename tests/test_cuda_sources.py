@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from laaf_kernels.activations import ACTIVATIONS, TABLE, evaluate
+from laaf_kernels.flexible import FLEXIBLE_KINDS, evaluate_flexible
 from laaf_kernels.ops import extension
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -86,9 +87,9 @@ def functor_table(tmp_path_factory):
                          text=True, check=True)
     table = {}
     for line in run.stdout.splitlines():
-        type_name, act_id, *numbers = line.split()
-        key = (type_name, ACTIVATIONS[int(act_id)])
-        table.setdefault(key, []).append([float(v) for v in numbers])
+        type_name, index, *numbers = line.split()
+        names = FLEXIBLE_KINDS if type_name.startswith("flex-") else ACTIVATIONS
+        table.setdefault((type_name, names[int(index)]), []).append([float(v) for v in numbers])
     return {key: torch.tensor(rows, dtype=torch.float64).T for key, rows in table.items()}
 
 
@@ -116,3 +117,15 @@ def test_generated_cuda_functors_match_the_table(functor_table, type_name, name)
         want = evaluate(name, "d1_y", value.to(dtype)).double()
         torch.testing.assert_close(d1_y, want, **tol, msg=lambda m: f"{name}.d1_y: {m}")
     assert not math.isnan(float(d1.sum())), "no NaN from the functors on finite inputs"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
+def test_generated_cuda_flexible_functors_match_the_table(functor_table, type_name, kind):
+    dtype, tol = TYPES[type_name]
+    z, p0, p1, value, dz, dp0, dp1 = functor_table[(f"flex-{type_name}", kind)]
+    args = [t.to(dtype) for t in (z, p0, p1)]
+    for which, got in (("value", value), ("dz", dz), ("dp0", dp0), ("dp1", dp1)):
+        want = evaluate_flexible(kind, which, *args).double()
+        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{kind}.{which}: {m}")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import laaf_kernels
 from laaf_kernels.experiments import cli
 from laaf_kernels.pinn import VARIANTS, Burgers, Discontinuous
 from laaf_kernels.pinn.problems import latin_hypercube, train
@@ -60,3 +61,58 @@ def test_training_lowers_the_loss_and_records_slopes():
     history = train(problem, iters=30, log_every=10)
     assert history["loss"][-1] < history["loss"][0]
     assert len(history["slopes"][-1]) == 4  # one n*a per hidden layer
+
+
+# ---------------------------------------------------------------------------
+# The flexible-activation paper's experiments (autoencoder, forecast)
+# ---------------------------------------------------------------------------
+
+def _summary(path):
+    return json.loads((path / "summary.json").read_text())
+
+
+def test_tiny_autoencoder_run_writes_results(tmp_path, capsys):
+    rc = cli.main(["autoencoder", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    summary = _summary(tmp_path)["summary"]
+    assert set(summary) == {f"{s}/{v}" for s in ("ae1", "ae2")
+                            for v in ("relu", "prelu", "relu_poly", "relu_tanh")}
+    assert all(0 < s["test_mean"] < 1 for s in summary.values())
+    assert (tmp_path / "curves.png").exists() and "test MSE" in capsys.readouterr().out
+
+
+def test_tiny_forecast_run_searches_then_fixes_the_learning_rate(tmp_path):
+    rc = cli.main(["forecast", "--seeds", "1", "--epochs", "1", "--lr-grid", "0.01,0.03",
+                   "--delta-grid", "0,0.01", "--out", str(tmp_path)])
+    assert rc == 0
+    meta, summary = _summary(tmp_path)["meta"], _summary(tmp_path)["summary"]
+    assert meta["hyper"]["lr"] in (0.01, 0.03) and set(meta["hyper"]["lr_scores"]) == {"0.01", "0.03"}
+    assert set(summary) == {"lstm", "flexible_lstm"}
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    assert len(rows) == 2 and all(float(r["test_mse"]) > 0 for r in rows)
+
+
+def test_flexible_experiment_data_and_models():
+    from laaf_kernels.experiments import flexible_tasks as T
+
+    split = T.digits_split(0)
+    assert split.train[0].shape == (1200, 64) and 0 <= split.train[0].min() <= split.train[0].max() <= 1
+    model = T.autoencoder("ae2", "relu_poly")
+    assert sum(isinstance(m, laaf_kernels.FlexibleActivation) for m in model) == 2
+    x = T.var1_series(steps=300)
+    assert x.shape == (300, 5) and abs(x).max() < 10  # stable: spectral radius 0.8
+    fc = T.forecast_split()
+    assert fc.train[0].shape[1:] == (10, 5) and fc.train[1].shape[1:] == (5,)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["forecast", "--lr-grid", "0.1,x"], "--lr-grid / --delta-grid must be comma lists"),
+    (["forecast", "--lr-grid", "0"], "--lr-grid needs numbers > 0"),
+    (["autoencoder", "--epochs", "0"], "--epochs must be > 0"),
+])
+def test_flexible_bad_arguments(argv, message, capsys):
+    from laaf_kernels.experiments import flexible_cli
+
+    with pytest.raises(SystemExit):
+        flexible_cli.parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -83,7 +83,7 @@ def test_bad_input_names_the_argument(call, error, match):
         call(z, params)
 
 
-def test_cuda_backend_without_flexible_kernels_says_so():
+def test_cuda_backend_refuses_cpu_tensors():
     with pytest.raises(RuntimeError, match="backend 'cuda'"):
         L.flexible_activation(torch.randn(2, 3), torch.rand(2, 3), kind="relu_poly",
                               backend="cuda")

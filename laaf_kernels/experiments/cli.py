@@ -2,6 +2,8 @@
 
     python -m laaf_kernels.experiments burgers --seeds 3 --out runs/burgers
     python -m laaf_kernels.experiments discontinuous --variants standard,n-laaf-srt --iters 2000
+    python -m laaf_kernels.experiments autoencoder | forecast ...   (flexible activations:
+        see laaf_kernels/experiments/flexible_cli.py)
 
 Writes to --out: runs.csv (one row per variant and seed), summary.json (mean and
 std per variant, beside the paper's Table 1 for Burgers), history.json (loss
@@ -114,6 +116,10 @@ def print_summary(summary: dict, problem: str) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("autoencoder", "forecast"):  # the flexible-activation paper's
+        from .flexible_cli import main as flexible_main
+        return flexible_main(argv)
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     threads = 1 if args.jobs > 1 else 0

@@ -141,13 +141,19 @@ def render_ids() -> str:
         "",
         f"constexpr int kNumActivations = {len(ACTIVATIONS)};",
         "",
+        "// The index of `name` in names[0, count); an error naming `what` if absent.",
+        "inline int name_to_id(const char* const* names, int count, c10::string_view name,",
+        "                      const char* what) {",
+        "  for (int i = 0; i < count; ++i) {",
+        "    if (name == c10::string_view(names[i])) return i;",
+        "  }",
+        '  TORCH_CHECK(false, "laaf: unknown ", what, " ", name);',
+        "}",
+        "",
         "// The id of an activation name.",
         "inline int activation_id(c10::string_view name) {",
         f"  static constexpr const char* kNames[kNumActivations] = {{{names}}};",
-        "  for (int i = 0; i < kNumActivations; ++i) {",
-        "    if (name == c10::string_view(kNames[i])) return i;",
-        "  }",
-        '  TORCH_CHECK(false, "laaf: unknown activation ", name);',
+        '  return name_to_id(kNames, kNumActivations, name, "activation");',
         "}",
         "",
         "// Run the lambda __VA_ARGS__ with `constexpr int ACT` set to the activation id.",
@@ -156,6 +162,7 @@ def render_ids() -> str:
         cases + " \\",
         '    default: TORCH_CHECK(false, "laaf: unknown activation id ", act_id); \\',
         "  }",
+        *_flex_ids(),
         "",
         "}  // namespace laaf",
         "",
@@ -168,19 +175,23 @@ def _flex_structs(style, qualifiers: str) -> list:
         funcs = "\n".join(_function(FLEXIBLE[name], which, style, qualifiers, ("z", "p0", "p1"))
                           for which in ("value", "dz", "dp0", "dp1"))
         parts += ["", f"template <>  // {name}", f"struct Flex<{kind_id}> {{", funcs, "};"]
+    return parts
+
+
+def _flex_ids() -> list:
+    """flexible_kind_id(name) and LAAF_FLEX_SWITCH (in laaf_activation_ids.h)."""
     cases = " \\\n".join(
         f"    case {i}: {{ constexpr int KIND = {i}; __VA_ARGS__(); break; }}"
         for i in range(len(FLEXIBLE_KINDS)))
     names = ", ".join(f'"{n}"' for n in FLEXIBLE_KINDS)
-    parts += [
+    return [
+        "",
+        f"constexpr int kNumFlexibleKinds = {len(FLEXIBLE_KINDS)};",
         "",
         "// The id of a flexible kind name (the order of laaf_kernels/flexible.py).",
         "inline int flexible_kind_id(c10::string_view name) {",
-        f"  static constexpr const char* kNames[] = {{{names}}};",
-        f"  for (int i = 0; i < {len(FLEXIBLE_KINDS)}; ++i) {{",
-        "    if (name == c10::string_view(kNames[i])) return i;",
-        "  }",
-        '  TORCH_CHECK(false, "laaf: unknown flexible kind ", name);',
+        "  static constexpr const char* kNames[kNumFlexibleKinds] = {" + names + "};",
+        '  return name_to_id(kNames, kNumFlexibleKinds, name, "flexible kind");',
         "}",
         "",
         "// Run the lambda __VA_ARGS__ with `constexpr int KIND` set to the kind id.",
@@ -190,7 +201,6 @@ def _flex_structs(style, qualifiers: str) -> list:
         '    default: TORCH_CHECK(false, "laaf: unknown flexible kind id ", kind_id); \\',
         "  }",
     ]
-    return parts
 
 
 def render_cpp() -> str:
@@ -236,6 +246,7 @@ _CUDA_PRIMS: Dict[str, Tuple[str, str]] = {
     "expm1": ("expm1f(x)", "::expm1(x)"), "log1p": ("log1pf(x)", "::log1p(x)"),
     "abs": ("fabsf(x)", "::fabs(x)"), "erf": ("erff(x)", "::erf(x)"),
     "sin": ("sinf(x)", "::sin(x)"), "cos": ("cosf(x)", "::cos(x)"),
+    "cbrt": ("cbrtf(x)", "::cbrt(x)"),
 }
 
 
@@ -276,6 +287,9 @@ def render_cuda() -> str:
         *_cuda_prims(),
         "",
         *_act_structs(ScalarStyle, "LAAF_DEVICE"),
+        "",
+        "// Flex<KIND>::value / dz / dp0 / dp1: the flexible kinds of laaf_kernels/flexible.py.",
+        *_flex_structs(ScalarStyle, "LAAF_DEVICE"),
         "",
         "}  // namespace gpu",
         "}  // namespace laaf",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..checks import check_flexible_kind
-from ..flexible import NUM_PARAMS, get_kind
+from ..flexible import get_kind
 from ..functional import flexible_activation, flexible_linear
 
 __all__ = ["FlexibleActivation", "FlexibleLinear", "flexible_regularization",

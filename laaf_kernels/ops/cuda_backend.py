@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from .autograd import make_activation, make_linear, register_backend_ops
+from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
+                       register_flexible_ops)
 
-__all__ = ["linear", "activation", "DTYPES"]
+__all__ = ["linear", "activation", "flexible", "DTYPES"]
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -29,3 +30,6 @@ register_backend_ops("cuda", stores_z, saves_y=False)
 
 linear = make_linear(torch.ops.laaf.cuda_linear_fwd)
 activation = make_activation(torch.ops.laaf.cuda_act_fwd)
+
+register_flexible_ops("cuda")
+flexible = make_flexible(torch.ops.laaf.cuda_flex_fwd)

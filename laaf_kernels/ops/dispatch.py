@@ -230,4 +230,5 @@ def _cuda_module():
 
 
 register_backend(Backend("cuda", _extension_entry(_cuda_module, "linear"),
-                         _extension_entry(_cuda_module, "activation"), _cuda_problem))
+                         _extension_entry(_cuda_module, "activation"), _cuda_problem,
+                         _extension_entry(_cuda_module, "flexible")))

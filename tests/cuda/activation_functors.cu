@@ -1,6 +1,9 @@
 // Prints gpu::Act<ID>::value / d1 / d2 (and d1_y at y = value) of every activation
 // for the inputs h read from stdin, in double and in float, one line per (type, id, h):
 //   <type> <id> <h> <value> <d1> <d2> <d1_y or nan>
+// and gpu::Flex<KIND>::value / dz / dp0 / dp1 of every flexible kind at z = h for each
+// parameter pair of kParams:
+//   flex-<type> <kind> <z> <p0> <p1> <value> <dz> <dp0> <dp1>
 // Built for the host by tests/test_cuda_sources.py (the functors are __host__ __device__)
 // to check the generated CUDA header against the Python table without a GPU.
 #include <cmath>
@@ -22,16 +25,38 @@ void print_one(const char* type, double h_in) {
               static_cast<double>(F::d2(h)), d1_y);
 }
 
+constexpr double kParams[][2] = {{0.3, 0.2}, {1.2, -0.4}, {1.0, 0.1}};
+
+template <typename T, int KIND>
+void print_flex(const char* type, double z_in) {
+  using F = laaf::gpu::Flex<KIND>;
+  const T z = static_cast<T>(z_in);
+  for (const auto& p : kParams) {
+    const T p0 = static_cast<T>(p[0]), p1 = static_cast<T>(p[1]);
+    std::printf("flex-%s %d %.17g %.17g %.17g %.17g %.17g %.17g %.17g\n", type, KIND,
+                static_cast<double>(z), p[0], p[1], static_cast<double>(F::value(z, p0, p1)),
+                static_cast<double>(F::dz(z, p0, p1)), static_cast<double>(F::dp0(z, p0, p1)),
+                static_cast<double>(F::dp1(z, p0, p1)));
+  }
+}
+
 template <int... IDS>
 void print_all(double h, std::integer_sequence<int, IDS...>) {
   (print_one<double, IDS>("double", h), ...);
   (print_one<float, IDS>("float", h), ...);
 }
 
+template <int... KINDS>
+void print_all_flex(double z, std::integer_sequence<int, KINDS...>) {
+  (print_flex<double, KINDS>("double", z), ...);
+  (print_flex<float, KINDS>("float", z), ...);
+}
+
 int main() {
   double h;
   while (std::scanf("%lf", &h) == 1) {
     print_all(h, std::make_integer_sequence<int, laaf::kNumActivations>{});
+    print_all_flex(h, std::make_integer_sequence<int, laaf::kNumFlexibleKinds>{});
   }
   return 0;
 }

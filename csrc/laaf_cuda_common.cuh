@@ -1,0 +1,115 @@
+// laaf_kernels: what the CUDA sources (laaf_cuda.cu, laaf_cuda_flexible.cu) share:
+// per-channel values on the (rows, cols) grid, launch sizes, the deterministic
+// fold of per-chunk partial sums, argument checks. Everything is in an unnamed
+// namespace: each source gets its own copy of these small kernels and helpers.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "laaf_layout.h"
+
+namespace laaf {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;  // 8 warps per block, everywhere
+
+// The slope of element (r, c) of the (rows, cols) grid: none, one value, one
+// per column, or one per row (channel r % channels).
+template <typename A>
+struct SlopeGrid {
+  const A* s;
+  int kind;
+  bool on_rows;
+  int64_t channels;
+
+  __device__ __forceinline__ A at(int64_t r, int64_t c) const {
+    if (kind == kNone) return A(1);
+    if (kind == kScalar) return s[0];
+    return on_rows ? s[r % channels] : s[c];
+  }
+};
+
+// out[w] = sum_p parts[p, w] for a (P, W) array: block w; thread t sums
+// p = t, t + 256, ... in order, then a fixed tree over the 256 threads.
+template <typename A>
+__global__ void fold_parts_kernel(const A* __restrict__ parts, A* __restrict__ out, int64_t P,
+                                  int64_t W) {
+  __shared__ A partial[kThreads];
+  const int64_t w = blockIdx.x;
+  A total = A(0);
+  for (int64_t p = threadIdx.x; p < P; p += kThreads) total += parts[p * W + w];
+  partial[threadIdx.x] = total;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[w] = partial[0];
+}
+
+int device_attribute(cudaDeviceAttr attribute, int device) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+int64_t blocks_for(int64_t work, int device) {
+  const int64_t cap = int64_t(device_attribute(cudaDevAttrMultiProcessorCount, device)) * 8;
+  return std::max<int64_t>(1, std::min(cap, (work + kThreads - 1) / kThreads));
+}
+
+// s = n * a in the kernels' arithmetic type (the slope may be fp32 under autocast).
+Tensor slope_in(const c10::optional<Tensor>& s, at::ScalarType acc) {
+  return s.has_value() ? s->to(acc).contiguous() : Tensor();
+}
+
+template <typename A>
+SlopeGrid<A> slope_grid(const Tensor& s_acc, int kind, bool on_rows, int64_t channels) {
+  return SlopeGrid<A>{s_acc.defined() ? s_acc.data_ptr<A>() : nullptr, kind, on_rows, channels};
+}
+
+// Rows per chunk of the column reductions: at least 256, and few enough chunks
+// for gridDim.y (<= 65535). Depends on the shape alone, so the sums are deterministic.
+int64_t rows_per_chunk(int64_t rows) {
+  return std::max<int64_t>(256, (rows + 65534) / 65535);
+}
+
+// The (P, W) partials summed over P, deterministically.
+Tensor fold_parts(const Tensor& parts, int64_t width) {
+  Tensor out = at::zeros({width}, parts.options());
+  if (width == 0 || parts.numel() == 0) return out;
+  const int64_t P = parts.numel() / width;
+  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "laaf_cuda_fold_parts", [&] {
+    fold_parts_kernel<scalar_t><<<width, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        parts.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P, width);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+int64_t chunks_of(int64_t rows) {
+  const int64_t chunk = rows_per_chunk(rows);
+  return (rows + chunk - 1) / chunk;
+}
+
+void check_cuda(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "laaf cuda backend: ", name, " must be a CUDA tensor, got ", t.device());
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              "laaf cuda backend: ", name, " must be float32, float64, float16 or bfloat16, got ",
+              dtype);
+}
+
+#define LAAF_DISPATCH_CUDA_TYPES(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+}  // namespace
+}  // namespace laaf

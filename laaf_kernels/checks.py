@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from .activations import get as get_activation
+from .flexible import NUM_PARAMS, get_kind
 
 __all__ = ["check_activation", "check_scale", "check_linear_args", "check_activation_args",
            "check_flexible_kind", "check_flexible_args", "check_flexible_linear_args"]
@@ -108,8 +109,6 @@ def check_activation_args(z, slope, dim: int) -> int:
 # ---------------------------------------------------------------------------
 
 def _check_params(params, channels: int, what: str) -> None:
-    from .flexible import NUM_PARAMS
-
     _check_tensor("params", params)
     if params.shape != (NUM_PARAMS, channels):
         raise ValueError(f"params must have shape ({NUM_PARAMS}, {channels}) (one row per free "
@@ -118,8 +117,6 @@ def _check_params(params, channels: int, what: str) -> None:
 
 def check_flexible_kind(kind) -> str:
     """``kind`` must be a name of the flexible table (the error lists them)."""
-    from .flexible import get_kind
-
     get_kind(kind)
     return kind
 

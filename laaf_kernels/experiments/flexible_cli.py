@@ -132,7 +132,10 @@ def main(argv) -> int:
         for r in runs:
             writer.writerow([r["model"], r["seed"], r["test"], r["min_val"]])
     summary = summarize(runs)
+    from ..ops.dispatch import select_backend
+
     meta = {"task": args.task, "epochs": args.epochs, "seeds": args.seeds,
+            "backend": select_backend(args.backend, torch.device("cpu"), "flexible").name,
             "torch": torch.__version__, "hyper": hyper}
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=1))
     print(f"\n{'model':<22} {'test MSE (mean ± std)':>26} {'min val MSE (mean ± std)':>28}")

@@ -78,10 +78,8 @@ def _eager_fn(case: Case) -> Callable:
     return lambda x, a: act(SCALE * a * x)
 
 
-def _backend_fn(case: Case, backend: str) -> Optional[Callable]:
+def _backend_fn(case: Case, backend: str) -> Callable:
     if case.op == "flexible":
-        if laaf_kernels.ops.dispatch._REGISTRY[backend].flexible is None:
-            return None
         return lambda x, params: laaf_kernels.flexible_activation(
             x, params, kind=case.activation, backend=backend)
     kw = dict(activation=case.activation, scale=SCALE, backend=backend)

@@ -105,7 +105,8 @@ Grid<Compute<T>> make_grid(int64_t rows, int64_t cols, const Tensor& s_c, int ki
                           kind, on_rows, channels};
 }
 
-// s = n * a in the compute type of `dtype` (the slope stays fp32 under autocast).
+// s = n * a (or a flexible kind's params) in the compute type of `dtype`, contiguous
+// (the slope stays fp32 under autocast).
 inline Tensor slope_in(const c10::optional<Tensor>& s, at::ScalarType dtype) {
   if (!s.has_value()) return Tensor();
   const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;

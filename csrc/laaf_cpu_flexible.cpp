@@ -98,11 +98,6 @@ void flex_backward_pass(const T* g, const T* z, T* dz, double* dp_part,
   });
 }
 
-Tensor params_in(const Tensor& params, at::ScalarType dtype) {
-  const bool widened = dtype == at::kBFloat16 || dtype == at::kHalf;
-  return params.to(widened ? at::kFloat : dtype).contiguous();
-}
-
 Tensor flex_fwd(const Tensor& z_in, const Tensor& params, c10::string_view kind, int64_t dim) {
   check_dtype(z_in, "z");
   const int kind_id = flexible_kind_id(kind);
@@ -110,7 +105,7 @@ Tensor flex_fwd(const Tensor& z_in, const Tensor& params, c10::string_view kind,
   Tensor y = at::empty_like(z);
   if (z.numel() == 0) return y;
   const ActLayout L = act_layout(z, params.select(0, 0), dim);
-  const Tensor params_c = params_in(params, z.scalar_type());
+  const Tensor params_c = slope_in(params, z.scalar_type());
   LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_flex_fwd", [&] {
     const auto grids = param_grids<scalar_t>(params_c, L);
     LAAF_FLEX_SWITCH(kind_id, [&] {
@@ -131,7 +126,7 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
     return {need_dz ? at::zeros_like(z) : empty, need_dp ? at::zeros_like(params) : empty};
   }
   const ActLayout L = act_layout(z, params.select(0, 0), dim);
-  const Tensor params_c = params_in(params, z.scalar_type());
+  const Tensor params_c = slope_in(params, z.scalar_type());
   const int64_t chunks = (L.rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const auto dbl = z.options().dtype(at::kDouble);
   Tensor dz = need_dz ? at::empty_like(z) : Tensor();

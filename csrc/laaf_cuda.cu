@@ -209,11 +209,9 @@ __global__ void backward_cols_kernel(const T* __restrict__ g, const T* __restric
       ds += gh * zv;
     }
   }
-  db_s[ty][tx] = db;
-  ds_s[ty][tx] = ds;
-  __syncthreads();
+  db = sum_over_row_lanes(db, db_s);
+  ds = sum_over_row_lanes(ds, ds_s);
   if (ty == 0 && c < cols) {
-    for (int i = 1; i < 8; ++i) db += db_s[i][tx], ds += ds_s[i][tx];
     const int64_t at = int64_t(blockIdx.y) * cols + c;
     if (db_part != nullptr) db_part[at] = db;
     if (ds_part != nullptr) ds_part[at] = ds;
@@ -243,8 +241,7 @@ __global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restric
       if (gz != nullptr) gz[at] = static_cast<T>(gh * s);
       ds += gh * zv;
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) ds += __shfl_xor_sync(0xffffffffu, ds, offset);
+    ds = warp_sum(ds);
     if (lane == 0 && ds_row != nullptr) ds_row[r] = ds;
   }
 }

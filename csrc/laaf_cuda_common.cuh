@@ -36,6 +36,28 @@ struct SlopeGrid {
   }
 };
 
+// The sum over a warp's 32 lanes, in a fixed butterfly order (the same bits every run).
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// In a block of 32 column lanes x 8 row lanes (threadIdx.x = 32 * row lane + column
+// lane): the sum of v over the 8 row lanes of each column lane, in row-lane order,
+// valid in row lane 0. `scratch` is a __shared__ [8][32] array; every thread calls.
+template <typename A>
+__device__ __forceinline__ A sum_over_row_lanes(A v, A (&scratch)[8][32]) {
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  scratch[ty][tx] = v;
+  __syncthreads();
+  if (ty == 0) {
+    for (int i = 1; i < 8; ++i) v += scratch[i][tx];
+  }
+  return v;
+}
+
 // out[w] = sum_p parts[p, w] for a (P, W) array: block w; thread t sums
 // p = t, t + 256, ... in order, then a fixed tree over the 256 threads.
 template <typename A>

@@ -68,11 +68,9 @@ __global__ void flex_backward_cols_kernel(const T* __restrict__ g, const T* __re
       acc1 += gv * gpu::Flex<KIND>::dp1(zv, p0, p1);
     }
   }
-  s0[ty][tx] = acc0;
-  s1[ty][tx] = acc1;
-  __syncthreads();
+  acc0 = sum_over_row_lanes(acc0, s0);
+  acc1 = sum_over_row_lanes(acc1, s1);
   if (ty == 0 && c < cols && dp_part != nullptr) {
-    for (int i = 1; i < 8; ++i) acc0 += s0[i][tx], acc1 += s1[i][tx];
     const int64_t half = int64_t(gridDim.y) * cols;
     dp_part[int64_t(blockIdx.y) * cols + c] = acc0;
     dp_part[half + int64_t(blockIdx.y) * cols + c] = acc1;
@@ -100,11 +98,8 @@ __global__ void flex_backward_rows_kernel(const T* __restrict__ g, const T* __re
       acc0 += gv * gpu::Flex<KIND>::dp0(zv, p0, p1);
       acc1 += gv * gpu::Flex<KIND>::dp1(zv, p0, p1);
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      acc0 += __shfl_xor_sync(0xffffffffu, acc0, offset);
-      acc1 += __shfl_xor_sync(0xffffffffu, acc1, offset);
-    }
+    acc0 = warp_sum(acc0);
+    acc1 = warp_sum(acc1);
     if (lane == 0 && dp_row != nullptr) {
       dp_row[r] = acc0;
       dp_row[rows + r] = acc1;
@@ -128,7 +123,7 @@ Tensor flex_fwd(const Tensor& z_in, const Tensor& params, c10::string_view kind,
   Tensor y = at::empty_like(z);
   if (z.numel() == 0) return y;
   const ActLayout L = act_layout(z, params.select(0, 0), dim);
-  const Tensor params_acc = params.to(at::toOpMathType(z.scalar_type())).contiguous();
+  const Tensor params_acc = slope_in(params, at::toOpMathType(z.scalar_type()));
   LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_flex_fwd", [&] {
     const auto grids = param_grids<at::opmath_type<scalar_t>>(params_acc, L);
     LAAF_FLEX_SWITCH(kind_id, [&] {
@@ -155,7 +150,7 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   }
   const ActLayout L = act_layout(z, params.select(0, 0), dim);
   const at::ScalarType acc = at::toOpMathType(z.scalar_type());
-  const Tensor params_acc = params.to(acc).contiguous();
+  const Tensor params_acc = slope_in(params, acc);
   Tensor dz = need_dz ? at::empty_like(z) : Tensor();
   const int64_t chunk = rows_per_chunk(L.rows), chunks = chunks_of(L.rows);
   // Rows: (2, rows) row sums; columns: (2, chunks, cols) chunk partials.

@@ -87,15 +87,20 @@ def check_linear_args(x, weight, bias, slope) -> None:
     _check_same_dtype_device({"x": x, "weight": weight, "bias": bias, "slope": slope})
 
 
-def check_activation_args(z, slope, dim: int) -> int:
-    """Checks for ``laaf_activation``; returns ``dim`` made non-negative."""
-    _check_tensor("z", z)
+def _check_dim(z, dim) -> int:
+    """``dim`` an int indexing z's dims (a 0-d z counts as 1-D); made non-negative."""
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     ndim = max(z.dim(), 1)
     if not -ndim <= dim < ndim:
         raise ValueError(f"dim must be in [{-ndim}, {ndim - 1}] for z of {z.dim()} dims, got {dim}")
-    dim = dim % ndim
+    return dim % ndim
+
+
+def check_activation_args(z, slope, dim: int) -> int:
+    """Checks for ``laaf_activation``; returns ``dim`` made non-negative."""
+    _check_tensor("z", z)
+    dim = _check_dim(z, dim)
     if z.dim() == 0:
         _check_slope(slope, 0, "z is 0-d, so only a 0-d slope fits")
     else:
@@ -127,12 +132,7 @@ def check_flexible_args(z, params, dim: int) -> int:
     _check_tensor("z", z)
     if z.dim() == 0:
         raise ValueError("z must have at least one dim (the channels of params run along dim)")
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    if not -z.dim() <= dim < z.dim():
-        raise ValueError(f"dim must be in [{-z.dim()}, {z.dim() - 1}] for z of {z.dim()} dims, "
-                         f"got {dim}")
-    dim = dim % z.dim()
+    dim = _check_dim(z, dim)
     _check_params(params, z.shape[dim], f"C = z.shape[{dim}]")
     _check_same_dtype_device({"z": z, "params": params})
     return dim

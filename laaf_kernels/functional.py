@@ -71,7 +71,7 @@ def flexible_activation(z: torch.Tensor, params: torch.Tensor, *, kind: str, dim
     """
     dim = check_flexible_args(z, params, dim)
     check_flexible_kind(kind)
-    return select_backend(backend, z.device, "flexible").flexible(z, params, kind, dim)
+    return select_backend(backend, z.device).flexible(z, params, kind, dim)
 
 
 def flexible_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -84,6 +84,6 @@ def flexible_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     """
     check_flexible_linear_args(x, weight, bias, params)
     check_flexible_kind(kind)
-    impl = select_backend(backend, x.device, "flexible")
+    impl = select_backend(backend, x.device)
     z = F.linear(x, weight, bias)
     return impl.flexible(z, params, kind, z.dim() - 1)

@@ -26,8 +26,11 @@ __all__ = ["laaf_linear", "laaf_activation", "slope_recovery"]
 # Unchecked kernels of the reference backend (arguments already validated)
 # ---------------------------------------------------------------------------
 
-def _along(p: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
-    """A (C,) tensor shaped to broadcast along ``dim`` of an ``ndim``-dim tensor."""
+def along(p: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
+    """A (C,) tensor shaped to broadcast along ``dim`` of an ``ndim``-dim tensor
+    (a 0-d tensor broadcasts as it is)."""
+    if p.dim() == 0:
+        return p
     view = [1] * ndim
     view[dim] = p.shape[0]
     return p.reshape(view)
@@ -46,13 +49,13 @@ def activation_impl(z, slope, activation: str, scale: float, dim: int) -> torch.
         h = z
     else:
         s = scale * slope
-        h = z * (_along(s, z.dim(), dim) if s.dim() == 1 else s)
+        h = z * along(s, z.dim(), dim)
     return get_activation(activation).torch_fn(h)
 
 
 def flexible_activation_impl(z, params, kind: str, dim: int) -> torch.Tensor:
     """The flexible activation ``kind`` of z, with the (2, C) params along ``dim``."""
-    p0, p1 = (_along(p, z.dim(), dim) for p in params.unbind(0))
+    p0, p1 = (along(p, z.dim(), dim) for p in params.unbind(0))
     return get_kind(kind).torch_value(z, p0, p1)
 
 

@@ -9,7 +9,6 @@ Without nvcc these tests skip, unless ``LAAF_REQUIRE_NVCC=1`` (CI), where that i
 """
 from __future__ import annotations
 
-import math
 import os
 import pathlib
 import shutil
@@ -116,7 +115,6 @@ def test_generated_cuda_functors_match_the_table(functor_table, type_name, name)
     else:
         want = evaluate(name, "d1_y", value.to(dtype)).double()
         torch.testing.assert_close(d1_y, want, **tol, msg=lambda m: f"{name}.d1_y: {m}")
-    assert not math.isnan(float(d1.sum())), "no NaN from the functors on finite inputs"
 
 
 @needs_nvcc

@@ -33,7 +33,8 @@ def test_formulas_are_the_derivatives_of_the_value(kind):
 @pytest.mark.parametrize("backend", ["reference"] + (["cpp"] if "cpp" in L.available_backends()
                                                       else []))
 @pytest.mark.parametrize("kind", L.FLEXIBLE_KINDS)
-def test_initialised_module_equals_its_baseline_exactly(kind, backend):
+def test_initialised_module_equals_its_baseline(kind, backend):
+    """Bit for bit, except where the fused kernels' own tanh / exp round differently."""
     z = torch.randn(17, 9, generator=generator(52))
     module = L.FlexibleActivation(kind, 9)
     assert module.params.shape == (2, 9)

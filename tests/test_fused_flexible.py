@@ -19,7 +19,7 @@ CASES = {  # name -> (shape of z, dim, non-contiguous)
 }
 
 
-def _inputs(case, seed, dtype, device, spread=True):
+def _inputs(case, seed, dtype, device):
     """z with some exact zeros (cbrt's kink, relu's) and params around the
     baseline, some α outside [0, 1] (allowed)."""
     shape, dim, noncontig = CASES[case]
@@ -30,7 +30,7 @@ def _inputs(case, seed, dtype, device, spread=True):
     if noncontig:  # where() gives a contiguous tensor: make it a transposed view again
         z = z.transpose(0, -1).contiguous().transpose(0, -1)
     channels = shape[dim]
-    params = torch.rand(2, channels, generator=gen, dtype=torch.float64) * (1.6 if spread else 0.8) - 0.3
+    params = torch.rand(2, channels, generator=gen, dtype=torch.float64) * 1.6 - 0.3
     z = z.to(device=device, dtype=dtype).requires_grad_()
     return z, params.to(device=device, dtype=dtype).requires_grad_(), dim
 

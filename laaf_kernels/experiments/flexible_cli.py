@@ -135,7 +135,7 @@ def main(argv) -> int:
     from ..ops.dispatch import select_backend
 
     meta = {"task": args.task, "epochs": args.epochs, "seeds": args.seeds,
-            "backend": select_backend(args.backend, torch.device("cpu"), "flexible").name,
+            "backend": select_backend(args.backend, torch.device("cpu")).name,
             "torch": torch.__version__, "hyper": hyper}
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=1))
     print(f"\n{'model':<22} {'test MSE (mean ± std)':>26} {'min val MSE (mean ± std)':>28}")

@@ -15,8 +15,6 @@ import ast
 import pathlib
 import sys
 
-import numpy as np
-
 from ..activations import ACTIVATIONS, TABLE
 from ..flexible import FLEXIBLE, FLEXIBLE_KINDS
 from . import codegen_c
@@ -36,12 +34,15 @@ def _is_constant(source: str) -> bool:
     return isinstance(ast.parse(source, mode="eval").body, ast.Constant)
 
 
-class _BroadcastWhereLiterals(ast.NodeTransformer):
-    """``where(c, 1.0, 0.01)`` -> ``where(c, zeros_like(h) + 1.0, zeros_like(h) + 0.01)``.
+class _BroadcastLiteralArguments(ast.NodeTransformer):
+    """``where(c, 1.0, 0.01)`` -> ``where(c, zeros_like(h) + 1.0, zeros_like(h) + 0.01)``,
+    and the same for the literal arguments of ``maximum`` / ``minimum``.
 
-    Triton types a literal-only ``where`` as fp32; broadcasting the literals
-    over the formula's variable (``h``, or ``z``) keeps its dtype (0.01 stays
-    exact in fp64).
+    These are @triton.jit helpers (``triton_prims``): a Python float passed to one
+    is typed fp32 there, so 0.01 or 1e-06 would be inexact in an fp64 kernel
+    (and a literal-only ``where`` fp32 as a whole). Broadcasting the literal over
+    the formula's variable (``h``, or ``z``) keeps that variable's dtype. Literals
+    in plain arithmetic (``0.01 * h``) take the tensor's dtype already.
     """
 
     def __init__(self, var: str):
@@ -49,20 +50,11 @@ class _BroadcastWhereLiterals(ast.NodeTransformer):
 
     def visit_Call(self, node):
         self.generic_visit(node)
-        if isinstance(node.func, ast.Name) and node.func.id == "where":
-            node.args[1:] = [_broadcast(a, self.var) if isinstance(a, ast.Constant) else a
-                             for a in node.args[1:]]
-        if isinstance(node.func, ast.Name) and node.func.id in ("maximum", "minimum"):
-            # A literal that fp32 does not hold exactly (1e-06) must take var's dtype too.
-            node.args = [_broadcast(a, self.var) if _inexact_in_fp32(a) else a for a in node.args]
+        if isinstance(node.func, ast.Name) and node.func.id in ("where", "maximum", "minimum"):
+            first = 1 if node.func.id == "where" else 0  # where's condition stays as it is
+            node.args[first:] = [_broadcast(a, self.var) if isinstance(a, ast.Constant) else a
+                                 for a in node.args[first:]]
         return node
-
-
-def _inexact_in_fp32(node) -> bool:
-    if not isinstance(node, ast.Constant):
-        return False
-    value = float(node.value)
-    return float(np.float32(value)) != value
 
 
 def _broadcast(constant: ast.Constant, var: str) -> ast.expr:
@@ -75,7 +67,7 @@ def _triton_expr(source: str, var: str = "h") -> str:
     """A formula as a Triton expression; constants are broadcast over ``var``."""
     if _is_constant(source):
         return f"zeros_like({var}) + {source}"
-    tree = _BroadcastWhereLiterals(var).visit(ast.parse(source, mode="eval"))
+    tree = _BroadcastLiteralArguments(var).visit(ast.parse(source, mode="eval"))
     return ast.unparse(tree)
 
 

@@ -23,13 +23,13 @@ def act_value(h, ACT: tl.constexpr):
         s = sigmoid(h)
         out = s
     elif ACT == 2:  # relu
-        out = maximum(h, 0.0)
+        out = maximum(h, zeros_like(h) + 0.0)
     elif ACT == 3:  # leaky_relu
         out = where(h > 0.0, h, 0.01 * h)
     elif ACT == 4:  # elu
-        out = where(h > 0.0, h, expm1(minimum(h, 0.0)))
+        out = where(h > 0.0, h, expm1(minimum(h, zeros_like(h) + 0.0)))
     elif ACT == 5:  # softplus
-        out = where(h > 20.0, h, log1p(exp(minimum(h, 20.0))))
+        out = where(h > 20.0, h, log1p(exp(minimum(h, zeros_like(h) + 20.0))))
     elif ACT == 6:  # silu
         out = h / (1.0 + exp(-h))
     elif ACT == 7:  # gelu
@@ -58,7 +58,7 @@ def act_d1(h, ACT: tl.constexpr):
     elif ACT == 3:  # leaky_relu
         out = where(h > 0.0, zeros_like(h) + 1.0, zeros_like(h) + 0.01)
     elif ACT == 4:  # elu
-        e = exp(minimum(h, 0.0))
+        e = exp(minimum(h, zeros_like(h) + 0.0))
         out = where(h > 0.0, zeros_like(h) + 1.0, e)
     elif ACT == 5:  # softplus
         s = sigmoid(h)
@@ -94,7 +94,7 @@ def act_d2(h, ACT: tl.constexpr):
     elif ACT == 3:  # leaky_relu
         out = zeros_like(h) + 0.0
     elif ACT == 4:  # elu
-        e = exp(minimum(h, 0.0))
+        e = exp(minimum(h, zeros_like(h) + 0.0))
         out = where(h > 0.0, zeros_like(h) + 0.0, e)
     elif ACT == 5:  # softplus
         s = sigmoid(h)

@@ -17,24 +17,24 @@ KIND_IDS = {'relu_poly': 0, 'relu_tanh': 1, 'sigmoid_ramp': 2, 'tanh_ramp': 3}
 def flex_value(z, p0, p1, KIND: tl.constexpr):
     """The flexible kind KIND's value at z, parameters p0, p1."""
     if KIND == 0:  # relu_poly
-        r = maximum(z, 0.0)
+        r = maximum(z, zeros_like(z) + 0.0)
         cube = z * z * z
         c = cbrt(z)
         out = p0 * r + p1 * cube + (1.0 - p0 - p1) * c
     elif KIND == 1:  # relu_tanh
-        r = maximum(z, 0.0)
+        r = maximum(z, zeros_like(z) + 0.0)
         cube = z * z * z
         t = tanh(z)
         out = p0 * r + p1 * cube + (1.0 - p0 - p1) * t
     elif KIND == 2:  # sigmoid_ramp
         sg = sigmoid(z)
         u = p1 * z + 0.5
-        ramp = minimum(maximum(u, 0.0), 1.0)
+        ramp = minimum(maximum(u, zeros_like(z) + 0.0), zeros_like(z) + 1.0)
         out = p0 * sg + (1.0 - p0) * ramp
     elif KIND == 3:  # tanh_ramp
         t = tanh(z)
         u = p1 * z
-        ramp = minimum(maximum(u, -1.0), 1.0)
+        ramp = minimum(maximum(u, -1.0), zeros_like(z) + 1.0)
         out = p0 * t + (1.0 - p0) * ramp
     else:
         tl.static_assert(False, 'unknown KIND id')
@@ -74,22 +74,22 @@ def flex_dz(z, p0, p1, KIND: tl.constexpr):
 def flex_dp0(z, p0, p1, KIND: tl.constexpr):
     """The flexible kind KIND's dp0 at z, parameters p0, p1."""
     if KIND == 0:  # relu_poly
-        r = maximum(z, 0.0)
+        r = maximum(z, zeros_like(z) + 0.0)
         c = cbrt(z)
         out = r - c
     elif KIND == 1:  # relu_tanh
-        r = maximum(z, 0.0)
+        r = maximum(z, zeros_like(z) + 0.0)
         t = tanh(z)
         out = r - t
     elif KIND == 2:  # sigmoid_ramp
         sg = sigmoid(z)
         u = p1 * z + 0.5
-        ramp = minimum(maximum(u, 0.0), 1.0)
+        ramp = minimum(maximum(u, zeros_like(z) + 0.0), zeros_like(z) + 1.0)
         out = sg - ramp
     elif KIND == 3:  # tanh_ramp
         t = tanh(z)
         u = p1 * z
-        ramp = minimum(maximum(u, -1.0), 1.0)
+        ramp = minimum(maximum(u, -1.0), zeros_like(z) + 1.0)
         out = t - ramp
     else:
         tl.static_assert(False, 'unknown KIND id')

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..activations import evaluate, grad_from_y
 from ..activations import get as get_activation
 from ..flexible import evaluate_flexible
+from ..reference import along
 
 __all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
            "make_flexible", "differentiable_linear_grads", "differentiable_activation_grads",
@@ -55,14 +56,6 @@ def _sum_like_slope(t: torch.Tensor, s: torch.Tensor, keep_dim: int) -> torch.Te
     return t.sum(dims) if dims else t  # (t.sum([]) would sum over every dim)
 
 
-def _broadcast_slope(s: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
-    if s.dim() == 0:
-        return s
-    shape = [1] * ndim
-    shape[dim] = s.shape[0]
-    return s.reshape(shape)
-
-
 def _gh(g, activation, h_fn, y):
     """gh = g act'(h): from the saved output y where the table allows (y is the
     op's differentiable output, so higher derivatives flow through it), else from h."""
@@ -73,7 +66,7 @@ def _gh(g, activation, h_fn, y):
 
 def differentiable_activation_grads(g, z, s, activation, dim, need, y=None):
     """(dz, ds) of y = act(s z) from differentiable torch ops."""
-    s_b = None if s is None else _broadcast_slope(s, z.dim(), dim)
+    s_b = None if s is None else along(s, z.dim(), dim)
     gh = _gh(g, activation, lambda: z if s is None else z * s_b, y)
     dz = (gh if s is None else gh * s_b) if need[0] else None
     ds = _sum_like_slope(gh * z, s, dim) if (need[1] and s is not None) else None
@@ -100,7 +93,7 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None)
 def differentiable_flexible_grads(g, z, params, kind, dim, need):
     """(dz, dparams) of y = f_kind(z; p0, p1) from the table's formulas as torch ops:
     dz = g f_z, dparams[k] = sum over all dims but ``dim`` of g f_{p_k}."""
-    p0, p1 = (_broadcast_slope(p, z.dim(), dim) for p in params.unbind(0))
+    p0, p1 = (along(p, z.dim(), dim) for p in params.unbind(0))
     dz = g * evaluate_flexible(kind, "dz", z, p0, p1) if need[0] else None
     dp = None
     if need[1]:

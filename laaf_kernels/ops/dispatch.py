@@ -47,8 +47,8 @@ class Backend:
 
     ``linear(x, weight, bias, slope, activation, scale)``,
     ``activation(z, slope, activation, scale, dim)`` and
-    ``flexible(z, params, kind, dim)`` (the flexible activations; None where
-    the backend has no kernels for them) receive validated arguments.
+    ``flexible(z, params, kind, dim)`` (the flexible activations) receive
+    validated arguments (all three None for a backend that cannot load).
     ``unavailable(device)`` returns ``None`` when the backend can run on
     ``device`` (``None``: on some device of this machine), else the reason.
     """
@@ -71,14 +71,11 @@ def register_backend(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
-def _why_unavailable(name: str, device: Optional[torch.device], op: str = "linear") -> Optional[str]:
+def _why_unavailable(name: str, device: Optional[torch.device]) -> Optional[str]:
     backend = _REGISTRY.get(name)
     if backend is None:
         return f"the {name!r} backend is not part of this build of laaf_kernels"
-    reason = backend.unavailable(device)
-    if reason is None and op == "flexible" and backend.flexible is None:
-        reason = f"the {name!r} backend has no kernels for the flexible activations"
-    return reason
+    return backend.unavailable(device)
 
 
 def available_backends() -> List[str]:
@@ -104,17 +101,16 @@ def _requested(backend: Optional[str]):
     return "auto", "auto"
 
 
-def select_backend(backend: Optional[str], device: torch.device, op: str = "linear") -> Backend:
-    """The backend that runs a call on ``device`` (see the module docstring); ``op``
-    is "linear" (laaf_linear, laaf_activation) or "flexible" (the flexible ones)."""
+def select_backend(backend: Optional[str], device: torch.device) -> Backend:
+    """The backend that runs a call on ``device`` (see the module docstring)."""
     name, source = _requested(backend)
     name = _check_name(name, source)
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ("reference",)):
-            if _why_unavailable(candidate, device, op) is None:
+            if _why_unavailable(candidate, device) is None:
                 return _REGISTRY[candidate]
         return _REGISTRY["reference"]
-    reason = _why_unavailable(name, device, op)
+    reason = _why_unavailable(name, device)
     if reason is not None:
         raise RuntimeError(
             f"backend {name!r} (from {source}) cannot run on {device}: {reason}. "

@@ -23,7 +23,9 @@ def time_gpu(fn: Callable[[], object], rep_ms: int = 100) -> Quantiles:
 
 
 def _cpu_times_ms(fn: Callable[[], object], min_run_time: float) -> list:
-    m = tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    # torch.utils.benchmark.Timer runs on ONE thread unless told otherwise.
+    timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
     return [t / m.number_per_run * 1e3 for t in m.raw_times]
 
 

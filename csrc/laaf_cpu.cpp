@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <tuple>
 
 #include "laaf_activations.h"
@@ -229,9 +230,21 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
   return {need_dz ? dz : empty, ds};
 }
 
+// How many threads at::parallel_for really runs this library's loops on. ATen's
+// parallel_for is a header template, so it is threaded only if *this* library was
+// compiled with OpenMP (extension.py adds -fopenmp); otherwise this returns 1.
+int64_t parallel_threads() {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, 1 << 12, 1, [&](int64_t, int64_t) {
+    seen |= uint64_t(1) << std::min(at::get_thread_num(), 63);
+  });
+  return __builtin_popcountll(seen.load());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(laaf, m) {
+  m.def("cpp_parallel_threads() -> int", &parallel_threads);
   m.def("cpp_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "
         "bool training) -> (Tensor, Tensor)");
   m.def("cpp_linear_bwd(Tensor g, Tensor x, Tensor weight, Tensor? bias, Tensor z, Tensor? s, "

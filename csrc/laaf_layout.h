@@ -34,6 +34,7 @@ struct ActLayout {
 inline ActLayout act_layout(const at::Tensor& z, const c10::optional<at::Tensor>& s,
                             int64_t dim) {
   if (z.dim() == 0) return {1, 1, 1, false};
+  dim = at::maybe_wrap_dim(dim, z.dim());  // the raw ops take dim = -1 too
   const int64_t channels = z.size(dim);
   int64_t inner = 1;
   for (int64_t d = dim + 1; d < z.dim(); ++d) inner *= z.size(d);

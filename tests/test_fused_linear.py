@@ -148,18 +148,39 @@ def test_reductions_give_the_same_bits_with_one_or_two_threads(target):
     w, z = torch.randn(131, 7, generator=gen), torch.randn(1000, 131, generator=gen)
     s = torch.rand(131, generator=gen)
     zc, gc, sc = torch.randn(6, 5, 40, generator=gen), torch.randn(6, 5, 40, generator=gen), s[:5]
+    params = torch.rand(2, 131, generator=gen)
     results = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
         try:
+            assert torch.ops.laaf.cpp_parallel_threads() == threads
             _, _, db, ds = torch.ops.laaf.cpp_linear_bwd(g, x, w, None, z, s, None, "gelu",
                                                          False, False, True, True)
             yc = torch.ops.laaf.cpp_act_fwd(zc, sc, "tanh", 1)
-            results.append([db, ds, yc, *torch.ops.laaf.cpp_act_bwd(gc, zc, sc, yc, "tanh", 1,
-                                                                     True, True)])
+            flex = torch.ops.laaf.cpp_flex_bwd(g, z, params, "relu_tanh", 1, True, True)
+            results.append([db, ds, yc, *flex,
+                            *torch.ops.laaf.cpp_act_bwd(gc, zc, sc, yc, "tanh", 1, True, True)])
         finally:
             torch.set_num_threads(2)
     assert all(torch.equal(p, q) for p, q in zip(*results))
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0] == ("cpp", "cpu")])
+def test_the_cpp_kernels_really_run_on_every_thread(target):
+    """ATen's parallel_for is a header template: the extension must itself be
+    compiled with OpenMP (extension._openmp_flags), or every loop of ours runs on
+    one thread while torch's own ops use all of them. The probe op counts the
+    threads a parallel_for of the extension actually ran on."""
+    assert torch.ops.laaf.cpp_parallel_threads() == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0] == ("cpp", "cpu")])
+def test_raw_cpp_ops_take_a_negative_dim(target):
+    gen = torch.Generator().manual_seed(23)
+    z, s = torch.randn(9, 5, generator=gen), torch.rand(5, generator=gen)
+    torch.testing.assert_close(torch.ops.laaf.cpp_act_fwd(z, s, "tanh", -1),
+                               torch.ops.laaf.cpp_act_fwd(z, s, "tanh", 1), rtol=0, atol=0)
+    torch.testing.assert_close(torch.ops.laaf.cpp_act_fwd(z, s, "tanh", -1), torch.tanh(s * z))
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreter

@@ -35,6 +35,10 @@ _lock = threading.Lock()
 
 
 def _cpu_flags() -> list:
+    return [*_vector_flags(), *_openmp_flags()]
+
+
+def _vector_flags() -> list:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability == "AVX512":
         return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
@@ -42,6 +46,19 @@ def _cpu_flags() -> list:
     if capability == "AVX2":
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return []
+
+
+def _openmp_flags() -> list:
+    """``-fopenmp`` where ATen's parallel backend is OpenMP.
+
+    ``at::parallel_for`` is a header template: whether it runs on threads is decided
+    by the flags *this* library is compiled with, not torch's. Without ``-fopenmp``
+    every loop of ours silently runs on one thread. The GOMP symbols resolve to the
+    libgomp that libtorch_cpu already loads (no second OpenMP runtime is linked).
+    ``torch.ops.laaf.cpp_parallel_threads()`` reports what the build got.
+    """
+    openmp = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return ["-fopenmp"] if openmp and sys.platform.startswith("linux") else []
 
 
 def _cuda_tag() -> str:

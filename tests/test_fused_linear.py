@@ -92,6 +92,38 @@ def test_only_needed_gradients_are_computed(target, case, grads):
     compare_linear(backend, x, w, b, a, "tanh", SCALE)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("wrt", ["x", "w", "a"])
+def test_autograd_grad_computes_only_what_it_asks_for(target, wrt, monkeypatch):
+    """Every input requires grad, but autograd.grad(y, <one of them>) runs only
+    what leads there: the leaves W, b, a (AccumulateGrad nodes) are skipped too,
+    in the fused backward and in the differentiable one (create_graph=True, a
+    PINN's u_x pass)."""
+    backend, device = target
+    x, w, b, a = _inputs("m37_k13_n11", "vector", seed=16, dtype=torch.float64, device=device)
+    target_tensor = {"x": x, "w": w, "a": a}[wrt]
+    expected = tuple(name == wrt for name in "xwba")
+    with BackwardCalls() as calls:
+        y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
+        torch.autograd.grad(y.sum(), target_tensor)
+    assert calls.asked == [expected]
+
+    from laaf_kernels.ops import autograd as fused_autograd
+    asked = []
+    real = fused_autograd.differentiable_linear_grads
+
+    def spy(g, x, weight, bias, s, activation, need, y=None):
+        asked.append(tuple(need))
+        return real(g, x, weight, bias, s, activation, need, y)
+
+    monkeypatch.setattr(fused_autograd, "differentiable_linear_grads", spy)
+    y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
+    (g,) = torch.autograd.grad(y.sum(), target_tensor, create_graph=True)
+    assert g.requires_grad
+    # a's gradient reaches a through s = n a: the op is asked for ds
+    assert asked == [expected]
+
+
 class BackwardCalls(TorchDispatchMode):
     """Records the need_* flags of every laaf::*_linear_bwd call (any backend)."""
 

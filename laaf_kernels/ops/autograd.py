@@ -29,7 +29,8 @@ derivatives of any order stay correct.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,28 +107,22 @@ def differentiable_flexible_grads(g, z, params, kind, dim, need):
 # Autograd registration for a backend's ops
 # ---------------------------------------------------------------------------
 
-def _gradient_nodes(tensors):
-    """The autograd node each input's gradient flows into (None if it needs none)."""
-    nodes = []
-    for t in tensors:
-        try:
-            needs = t is not None and t.requires_grad
-            nodes.append(torch.autograd.graph.get_gradient_edge(t).node if needs else None)
-        except Exception:  # e.g. while torch.compile traces: assume it is needed
-            nodes.append(None)
-    return nodes
-
-
-def _needed(static_need, nodes):
+def _needed(static_need, tensors):
     """ctx.needs_input_grad narrowed to the inputs this backward pass will use:
     autograd.grad(u, x) runs only what leads to x, and the engine knows which
-    nodes those are (native ops skip the rest the same way)."""
+    nodes those are (native ops skip the rest the same way).
+
+    The nodes are looked up here, in backward, not in setup_context: there the
+    autograd keys are excluded, so ``view_as`` makes no grad_fn and a leaf's
+    AccumulateGrad (W, b, the slope) cannot be reached; W and b then always
+    counted as needed, and a PINN's u_x pass formed dW = gz^T x for nothing."""
     need = []
-    for flag, node in zip(static_need, nodes):
-        if flag and node is not None:
+    for flag, t in zip(static_need, tensors):
+        if flag and t is not None:
             try:
+                node = torch.autograd.graph.get_gradient_edge(t).node
                 flag = torch._C._will_engine_execute_node(node)
-            except Exception:  # private API gone, or not inside a backward: keep it
+            except Exception:  # the grad target itself, compile tracing, API gone: keep it
                 pass
         need.append(flag)
     return tuple(need)
@@ -135,6 +130,71 @@ def _needed(static_need, nodes):
 
 def _saved_y(saves_y: bool, activation: str, y: torch.Tensor) -> Optional[torch.Tensor]:
     return y if saves_y and get_activation(activation).d1_y is not None else None
+
+
+# ---------------------------------------------------------------------------
+# Calling a registered op: eagerly with its autograd rule, or through the op
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Rule:
+    """An op's autograd rule, as given to torch.library.register_autograd."""
+    op: Callable
+    setup_context: Callable
+    backward: Callable
+
+
+_RULES: Dict[str, _Rule] = {}
+
+
+def _register_autograd(qualname: str, backward, setup_context) -> None:
+    """torch.library.register_autograd, keeping the rule for eager calls (call_op)."""
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    namespace, name = qualname.split("::")
+    _RULES[qualname] = _Rule(getattr(getattr(torch.ops, namespace), name), setup_context,
+                             backward)
+
+
+class _EagerCall(torch.autograd.Function):
+    """One eager call ``(*inputs, rule)`` of a registered op: the op's own kernel,
+    then the very setup_context and backward that torch.library would run. This
+    skips torch.library's per-call Python wrapper (schema defaults filled in, a
+    redispatch from Python: about 100 us), which a PINN pays for every layer of
+    every derivative pass, and which made the small layers of a PINN slower than
+    the unfused reference."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        *inputs, rule = args
+        with torch._C._AutoDispatchBelowAutograd():
+            output = rule.op(*inputs)
+        ctx.rule_backward = rule.backward
+        rule.setup_context(ctx, tuple(inputs), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (*ctx.rule_backward(ctx, *grads), None)
+
+
+def _requires_grad(args) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def call_op(qualname: str, *args):
+    """Run the registered op ``qualname`` on ``args`` with its autograd.
+
+    Under torch.compile or a torch.func transform the op itself is called (what
+    those trace); otherwise the op's kernel runs directly, in an
+    :class:`_EagerCall` when a gradient is wanted. Both paths use the one rule."""
+    rule = _RULES[qualname]
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return rule.op(*args)
+    if _requires_grad(args):
+        return _EagerCall.apply(*args, rule)
+    with torch._C._AutoDispatchBelowAutograd():
+        return rule.op(*args)
 
 
 def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
@@ -145,13 +205,12 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.activation = activation
-        ctx.nodes = _gradient_nodes((x, weight, bias, s))
         ctx.save_for_backward(x, weight, bias, output[1], s,
                               _saved_y(saves_y, activation, output[0]))
 
     def backward(ctx, gy, _gz):
         x, weight, bias, z, s, y = ctx.saved_tensors
-        need = _needed(ctx.needs_input_grad[:4], ctx.nodes)
+        need = _needed(ctx.needs_input_grad[:4], (x, weight, bias, s))
         if gy is None or not any(need):
             return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
@@ -161,7 +220,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
             grads = [t if n else None for t, n in zip(grads, need)]
         return (*grads, None, None)
 
-    torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
+    _register_autograd(fwd_name, backward, setup_context)
 
 
 def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
@@ -170,12 +229,11 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
     def setup_context(ctx, inputs, output):
         z, s, activation, dim = inputs
         ctx.activation, ctx.dim = activation, dim
-        ctx.nodes = _gradient_nodes((z, s))
         ctx.save_for_backward(z, s, _saved_y(saves_y, activation, output))
 
     def backward(ctx, gy):
         z, s, y = ctx.saved_tensors
-        need = _needed(ctx.needs_input_grad[:2], ctx.nodes)
+        need = _needed(ctx.needs_input_grad[:2], (z, s))
         if not any(need):
             return None, None, None, None
         if torch.is_grad_enabled():
@@ -185,7 +243,7 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
             grads = [t if n else None for t, n in zip(grads, need)]
         return (*grads, None, None)
 
-    torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
+    _register_autograd(fwd_name, backward, setup_context)
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +308,7 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def make_linear(fwd_op, dtypes=None, fallback=None):
+def make_linear(prefix: str, dtypes=None, fallback=None):
     """The backend's ``linear(x, weight, bias, slope, activation, scale)``; inputs
     of a dtype outside ``dtypes`` (after autocast) go to ``fallback``."""
 
@@ -260,20 +318,21 @@ def make_linear(fwd_op, dtypes=None, fallback=None):
             return fallback(x, weight, bias, slope, activation, scale).to(x.dtype)
         s = None if slope is None else scale * slope
         x2 = x.reshape(-1, x.shape[-1])
-        y, _ = fwd_op(x2, weight, bias, s, activation, _needs_grad(x, weight, bias, s))
+        y, _ = call_op(f"laaf::{prefix}_linear_fwd", x2, weight, bias, s, activation,
+                       _needs_grad(x, weight, bias, s))
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     return linear
 
 
-def make_activation(fwd_op, dtypes=None, fallback=None):
+def make_activation(prefix: str, dtypes=None, fallback=None):
     """The backend's ``activation(z, slope, activation, scale, dim)``; as make_linear."""
 
     def activation_fn(z, slope, activation: str, scale: float, dim: int) -> torch.Tensor:
         if dtypes is not None and z.dtype not in dtypes:
             return fallback(z, slope, activation, scale, dim)
         s: Optional[torch.Tensor] = None if slope is None else scale * slope
-        return fwd_op(z, s, activation, dim)
+        return call_op(f"laaf::{prefix}_act_fwd", z, s, activation, dim)
 
     return activation_fn
 
@@ -301,12 +360,11 @@ def register_flexible_ops(prefix: str) -> None:
     def setup_context(ctx, inputs, output):
         z, params, kind, dim = inputs
         ctx.kind, ctx.dim = kind, dim
-        ctx.nodes = _gradient_nodes((z, params))
         ctx.save_for_backward(z, params)
 
     def backward(ctx, gy):
         z, params = ctx.saved_tensors
-        need = _needed(ctx.needs_input_grad[:2], ctx.nodes)
+        need = _needed(ctx.needs_input_grad[:2], (z, params))
         if not any(need):
             return None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
@@ -316,16 +374,15 @@ def register_flexible_ops(prefix: str) -> None:
             grads = [t if n else None for t, n in zip(grads, need)]
         return (*grads, None, None)
 
-    torch.library.register_autograd(f"laaf::{prefix}_flex_fwd", backward,
-                                    setup_context=setup_context)
+    _register_autograd(f"laaf::{prefix}_flex_fwd", backward, setup_context)
 
 
-def make_flexible(fwd_op, dtypes=None, fallback=None):
+def make_flexible(prefix: str, dtypes=None, fallback=None):
     """The backend's ``flexible(z, params, kind, dim)``; as make_activation."""
 
     def flexible(z, params, kind: str, dim: int) -> torch.Tensor:
         if dtypes is not None and z.dtype not in dtypes:
             return fallback(z, params, kind, dim)
-        return fwd_op(z, params, kind, dim)
+        return call_op(f"laaf::{prefix}_flex_fwd", z, params, kind, dim)
 
     return flexible

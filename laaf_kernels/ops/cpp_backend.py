@@ -28,8 +28,8 @@ def stores_z(n_out: int, k_in: int, training: bool) -> bool:
 # sigmoid per element, which on a CPU costs more than the memory passes.
 register_backend_ops("cpp", stores_z, saves_y=True)
 
-linear = make_linear(torch.ops.laaf.cpp_linear_fwd, DTYPES, reference.linear_impl)
-activation = make_activation(torch.ops.laaf.cpp_act_fwd, DTYPES, reference.activation_impl)
+linear = make_linear("cpp", DTYPES, reference.linear_impl)
+activation = make_activation("cpp", DTYPES, reference.activation_impl)
 
 register_flexible_ops("cpp")
-flexible = make_flexible(torch.ops.laaf.cpp_flex_fwd, DTYPES, reference.flexible_activation_impl)
+flexible = make_flexible("cpp", DTYPES, reference.flexible_activation_impl)

@@ -28,8 +28,8 @@ def stores_z(n_out: int, k_in: int, training: bool) -> bool:
 
 register_backend_ops("cuda", stores_z, saves_y=False)
 
-linear = make_linear(torch.ops.laaf.cuda_linear_fwd)
-activation = make_activation(torch.ops.laaf.cuda_act_fwd)
+linear = make_linear("cuda")
+activation = make_activation("cuda")
 
 register_flexible_ops("cuda")
-flexible = make_flexible(torch.ops.laaf.cuda_flex_fwd)
+flexible = make_flexible("cuda")

@@ -63,8 +63,8 @@ def act_bwd(g: Tensor, z: Tensor, s: Optional[Tensor], y: Optional[Tensor], acti
 
 register_backend_ops("triton", launch.stores_z)
 
-linear = make_linear(linear_fwd)
-activation = make_activation(act_fwd)
+linear = make_linear("triton")
+activation = make_activation("triton")
 
 
 # ---------------------------------------------------------------------------
@@ -86,4 +86,4 @@ def flex_bwd(g: Tensor, z: Tensor, params: Tensor, kind: str, dim: int, need_dz:
 
 
 register_flexible_ops("triton")
-flexible = make_flexible(flex_fwd)
+flexible = make_flexible("triton")

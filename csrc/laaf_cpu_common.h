@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "laaf_layout.h"
 
@@ -36,6 +37,59 @@ struct Grid {
     if (on_rows) return V(s[r % channels]);
     return V::loadu(s + c, n);
   }
+};
+
+// The per-lane values of a FLAT walk over a channels-last grid (not on_rows):
+// vector v covers flat indices [8v, 8v + 8) of the (rows, cols) buffer, whatever
+// the row boundaries, so narrow layers (cols = 20, 50: a partial vector at the
+// end of every row) run on full vectors. The lanes starting at column `col` take
+// tile[col .. col + size), tile[j] = s[j % cols]; a walk steps col by `size`
+// modulo cols (next()).
+template <typename C>
+class ColumnLanes {
+ public:
+  using V = Vectorized<C>;
+  explicit ColumnLanes(const Grid<C>& grid) : cols_(std::max<int64_t>(1, grid.cols)) {
+    if (grid.kind == kVector) {
+      tile_.resize(cols_ + V::size());
+      for (int64_t j = 0; j < cols_ + V::size(); ++j) tile_[j] = grid.s[j % cols_];
+    } else {
+      constant_ = grid.kind == kScalar ? grid.s[0] : C(1);
+    }
+  }
+  V at(int64_t col) const { return tile_.empty() ? V(constant_) : V::loadu(tile_.data() + col); }
+  int64_t column_of(int64_t flat) const { return flat % cols_; }
+  int64_t next(int64_t col) const {
+    col += V::size();
+    while (col >= cols_) col -= cols_;
+    return col;
+  }
+
+ private:
+  int64_t cols_;
+  std::vector<C> tile_;
+  C constant_ = C(1);
+};
+
+// Per-column sums over a flat walk: add(col, v) adds lane l of v to the sum of
+// column (col + l) % cols. Lanes past the row end land in slots [cols, cols + size)
+// and fold() adds them back, in a fixed order (deterministic).
+template <typename C>
+class ColumnSums {
+ public:
+  using V = Vectorized<C>;
+  explicit ColumnSums(int64_t cols) : cols_(std::max<int64_t>(1, cols)), slots_(cols_ + V::size()) {}
+  void clear() { std::fill(slots_.begin(), slots_.end(), C(0)); }
+  void add(int64_t col, const V& v) { (V::loadu(slots_.data() + col) + v).store(slots_.data() + col); }
+  // The column sums, written to out[0, cols) as double.
+  void fold(double* out) {
+    for (int64_t j = cols_; j < cols_ + V::size(); ++j) slots_[j % cols_] += slots_[j];
+    for (int64_t c = 0; c < cols_; ++c) out[c] = slots_[c];
+  }
+
+ private:
+  int64_t cols_;
+  std::vector<C> slots_;
 };
 
 // Loading and storing T as lanes of its compute type C: float and double as

@@ -107,24 +107,23 @@ def differentiable_flexible_grads(g, z, params, kind, dim, need):
 # Autograd registration for a backend's ops
 # ---------------------------------------------------------------------------
 
-def _needed(static_need, tensors):
-    """ctx.needs_input_grad narrowed to the inputs this backward pass will use:
-    autograd.grad(u, x) runs only what leads to x, and the engine knows which
-    nodes those are (native ops skip the rest the same way).
-
-    The nodes are looked up here, in backward, not in setup_context: there the
-    autograd keys are excluded, so ``view_as`` makes no grad_fn and a leaf's
-    AccumulateGrad (W, b, the slope) cannot be reached; W and b then always
-    counted as needed, and a PINN's u_x pass formed dW = gz^T x for nothing."""
-    need = []
-    for flag, t in zip(static_need, tensors):
-        if flag and t is not None:
+def _needed(ctx, count: int):
+    """ctx.needs_input_grad[:count] narrowed to the inputs this backward pass will
+    use: autograd.grad(u, x) runs only what leads to x, and the engine knows
+    which nodes those are (native ops skip the rest the same way). The nodes are
+    this node's own edges, ``ctx.next_functions``, leaves' AccumulateGrad included
+    (skipping those keeps a PINN's u_x pass from forming dW and db for nothing)."""
+    need = list(ctx.needs_input_grad[:count])
+    try:
+        edges = ctx.next_functions
+    except Exception:  # not a real autograd node (e.g. while torch.compile traces)
+        return tuple(need)
+    for i, (node, _) in enumerate(edges[:count]):
+        if need[i] and node is not None:
             try:
-                node = torch.autograd.graph.get_gradient_edge(t).node
-                flag = torch._C._will_engine_execute_node(node)
-            except Exception:  # the grad target itself, compile tracing, API gone: keep it
+                need[i] = torch._C._will_engine_execute_node(node)
+            except Exception:  # the grad target itself, private API gone: keep it
                 pass
-        need.append(flag)
     return tuple(need)
 
 
@@ -210,7 +209,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
 
     def backward(ctx, gy, _gz):
         x, weight, bias, z, s, y = ctx.saved_tensors
-        need = _needed(ctx.needs_input_grad[:4], (x, weight, bias, s))
+        need = _needed(ctx, 4)
         if gy is None or not any(need):
             return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
@@ -233,7 +232,7 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
 
     def backward(ctx, gy):
         z, s, y = ctx.saved_tensors
-        need = _needed(ctx.needs_input_grad[:2], (z, s))
+        need = _needed(ctx, 2)
         if not any(need):
             return None, None, None, None
         if torch.is_grad_enabled():
@@ -364,7 +363,7 @@ def register_flexible_ops(prefix: str) -> None:
 
     def backward(ctx, gy):
         z, params = ctx.saved_tensors
-        need = _needed(ctx.needs_input_grad[:2], (z, params))
+        need = _needed(ctx, 2)
         if not any(need):
             return None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: differentiable formulas

@@ -56,19 +56,18 @@ void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
   });
 }
 
-// Slopes per column, one or none: a flat walk over full vectors (ColumnLanes).
+// Narrow grids with slopes per column, one or none: a flat walk (FlatWalk).
 template <typename T, int ACT>
 void forward_flat(const T* z, T* y, const Grid<Compute<T>>& grid) {
   using V = Vectorized<Compute<T>>;
-  const ColumnLanes<Compute<T>> lanes(grid);
+  const FlatWalk<Compute<T>> walk(grid);
   const int64_t total = grid.rows * grid.cols;
   const int64_t vectors = (total + V::size() - 1) / V::size();
   at::parallel_for(0, vectors, grain(V::size()), [&](int64_t v0, int64_t v1) {
-    int64_t col = lanes.column_of(v0 * V::size());
-    for (int64_t v = v0; v < v1; ++v, col = lanes.next(col)) {
+    for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
       const int64_t at = v * V::size();
       const int64_t n = std::min<int64_t>(V::size(), total - at);
-      const V h = Io<T>::load(z + at, n) * lanes.at(col);
+      const V h = Io<T>::load(z + at, n) * walk.slope(p);
       Io<T>::store(Act<ACT>::value(h), y + at, n);
     }
   });
@@ -76,7 +75,7 @@ void forward_flat(const T* z, T* y, const Grid<Compute<T>>& grid) {
 
 template <typename T, int ACT>
 void forward_pass(const T* z, T* y, const Grid<Compute<T>>& grid) {
-  if (grid.on_rows) {
+  if (grid.on_rows || grid.cols > kMaxFlatCols) {
     forward_rows<T, ACT>(z, y, grid);
   } else {
     forward_flat<T, ACT>(z, y, grid);
@@ -118,35 +117,71 @@ void backward_rows(const T* g, const T* z, const T* y, T* gz, double* ds_part,
   });
 }
 
-// Slopes per column, one or none: chunk k of kRowsPerChunk rows is one flat walk
-// over full vectors, whose column sums (ColumnSums) become db_part[k, :] and
-// ds_part[k, :].
+// Wide grids with slopes per column: chunk k of kRowsPerChunk rows sums each
+// column vector over its rows into db_part[k, :] and ds_part[k, :].
+template <typename T, int ACT>
+void backward_columns(const T* g, const T* z, const T* y, T* gz, double* db_part,
+                      double* ds_part, const Grid<Compute<T>>& grid) {
+  using C = Compute<T>;
+  using V = Vectorized<C>;
+  const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  at::parallel_for(0, chunks, grain(kRowsPerChunk * grid.cols), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t r_end = std::min(grid.rows, (k + 1) * kRowsPerChunk);
+      for (int64_t c = 0; c < grid.cols; c += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
+        const V s = grid.slope(0, c, n);
+        V db_acc(C(0)), ds_acc(C(0));
+        for (int64_t r = k * kRowsPerChunk; r < r_end; ++r) {
+          const int64_t at = r * grid.cols + c;
+          const V zv = Io<T>::load(z + at, n);
+          const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
+          const V gzv = gh * s;
+          if (gz != nullptr) Io<T>::store(gzv, gz + at, n);
+          db_acc = db_acc + gzv;
+          ds_acc = ds_acc + gh * zv;
+        }
+        C db_lanes[V::size()], ds_lanes[V::size()];
+        db_acc.store(db_lanes);
+        ds_acc.store(ds_lanes);
+        for (int64_t i = 0; i < n; ++i) {
+          if (db_part != nullptr) db_part[k * grid.cols + c + i] = db_lanes[i];
+          if (ds_part != nullptr) ds_part[k * grid.cols + c + i] = ds_lanes[i];
+        }
+      }
+    }
+  });
+}
+
+// Narrow grids with slopes per column, one or none: chunk k of kRowsPerChunk rows
+// is one flat walk (FlatWalk), whose column sums (PhaseSums) become db_part[k, :]
+// and ds_part[k, :].
 template <typename T, int ACT>
 void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
                    double* ds_part, const Grid<Compute<T>>& grid) {
   using C = Compute<T>;
   using V = Vectorized<C>;
-  const ColumnLanes<C> lanes(grid);
+  const FlatWalk<C> walk(grid);
   const int64_t total = grid.rows * grid.cols;
-  const int64_t per_chunk = kRowsPerChunk * grid.cols;
+  const int64_t per_chunk = kRowsPerChunk * grid.cols;  // a multiple of the lanes
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
   at::parallel_for(0, chunks, grain(per_chunk), [&](int64_t k0, int64_t k1) {
-    ColumnSums<C> db(grid.cols), ds(grid.cols);
+    PhaseSums<C> db(grid.cols, walk.period()), ds(grid.cols, walk.period());
     for (int64_t k = k0; k < k1; ++k) {
       db.clear();
       ds.clear();
       const int64_t end = std::min(total, (k + 1) * per_chunk);
-      int64_t col = 0;  // a chunk starts a row
-      for (int64_t at = k * per_chunk; at < end; at += V::size(), col = lanes.next(col)) {
+      int64_t p = walk.phase_of(k * per_chunk / V::size());
+      for (int64_t at = k * per_chunk; at < end; at += V::size(), p = walk.next(p)) {
         const int64_t n = std::min<int64_t>(V::size(), end - at);
-        const V s = lanes.at(col);
+        const V s = walk.slope(p);
         const V zv = Io<T>::load(z + at, n);
         const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
         const V gzv = gh * s;
         if (gz != nullptr) Io<T>::store(gzv, gz + at, n);
         // (V::set keeps the n live lanes: the rest must not reach the sums.)
-        if (db_part != nullptr) db.add(col, V::set(V(C(0)), gzv, n));
-        if (ds_part != nullptr) ds.add(col, V::set(V(C(0)), gh * zv, n));
+        if (db_part != nullptr) db.add(p, V::set(V(C(0)), gzv, n));
+        if (ds_part != nullptr) ds.add(p, V::set(V(C(0)), gh * zv, n));
       }
       if (db_part != nullptr) db.fold(db_part + k * grid.cols);
       if (ds_part != nullptr) ds.fold(ds_part + k * grid.cols);
@@ -159,6 +194,8 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
                    const Grid<Compute<T>>& grid) {
   if (grid.on_rows) {
     backward_rows<T, ACT>(g, z, y, gz, ds_part, grid);
+  } else if (grid.cols > kMaxFlatCols) {
+    backward_columns<T, ACT>(g, z, y, gz, db_part, ds_part, grid);
   } else {
     backward_flat<T, ACT>(g, z, y, gz, db_part, ds_part, grid);
   }

@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "laaf_layout.h"
@@ -39,52 +40,62 @@ struct Grid {
   }
 };
 
-// The per-lane values of a FLAT walk over a channels-last grid (not on_rows):
-// vector v covers flat indices [8v, 8v + 8) of the (rows, cols) buffer, whatever
-// the row boundaries, so narrow layers (cols = 20, 50: a partial vector at the
-// end of every row) run on full vectors. The lanes starting at column `col` take
-// tile[col .. col + size), tile[j] = s[j % cols]; a walk steps col by `size`
-// modulo cols (next()).
+// A FLAT walk over a channels-last grid (not on_rows) in full vectors: vector v
+// covers flat indices [L v, L v + L) of the (rows, cols) buffer (L lanes),
+// whatever the row boundaries, so that narrow layers (cols = 20, 50: a partial
+// vector at the end of every row otherwise) run on full vectors. The columns of
+// v's lanes repeat every `period` = lcm(cols, L) / L vectors; at phase
+// p = v % period they are (L p + l) % cols. So per-lane slopes come from
+// tile[L p, L p + L), tile[j] = s[j % cols], and per-column sums go to aligned
+// slots (PhaseSums), every load and store at the same address as the last one
+// of that phase (no store-forwarding stalls). Walks are worth it for narrow
+// grids only (kMaxFlatCols); wider ones go row by row.
+constexpr int64_t kMaxFlatCols = 512;
+
+inline int64_t flat_period(int64_t cols, int64_t lanes) {
+  return std::max<int64_t>(1, cols) / std::gcd(std::max<int64_t>(1, cols), lanes);
+}
+
 template <typename C>
-class ColumnLanes {
+class FlatWalk {
  public:
   using V = Vectorized<C>;
-  explicit ColumnLanes(const Grid<C>& grid) : cols_(std::max<int64_t>(1, grid.cols)) {
+  explicit FlatWalk(const Grid<C>& grid) : period_(flat_period(grid.cols, V::size())) {
     if (grid.kind == kVector) {
-      tile_.resize(cols_ + V::size());
-      for (int64_t j = 0; j < cols_ + V::size(); ++j) tile_[j] = grid.s[j % cols_];
+      tile_.resize(period_ * V::size());
+      for (size_t j = 0; j < tile_.size(); ++j) tile_[j] = grid.s[j % grid.cols];
     } else {
       constant_ = grid.kind == kScalar ? grid.s[0] : C(1);
     }
   }
-  V at(int64_t col) const { return tile_.empty() ? V(constant_) : V::loadu(tile_.data() + col); }
-  int64_t column_of(int64_t flat) const { return flat % cols_; }
-  int64_t next(int64_t col) const {
-    col += V::size();
-    while (col >= cols_) col -= cols_;
-    return col;
+  int64_t period() const { return period_; }
+  int64_t phase_of(int64_t v) const { return v % period_; }
+  int64_t next(int64_t p) const { return p + 1 == period_ ? 0 : p + 1; }
+  V slope(int64_t p) const {
+    return tile_.empty() ? V(constant_) : V::loadu(tile_.data() + p * V::size());
   }
 
  private:
-  int64_t cols_;
+  int64_t period_;
   std::vector<C> tile_;
   C constant_ = C(1);
 };
 
-// Per-column sums over a flat walk: add(col, v) adds lane l of v to the sum of
-// column (col + l) % cols. Lanes past the row end land in slots [cols, cols + size)
-// and fold() adds them back, in a fixed order (deterministic).
+// Per-column sums of a flat walk: add(p, v) at phase p; fold() writes the column
+// sums, slot j going to column j % cols, in slot order (deterministic).
 template <typename C>
-class ColumnSums {
+class PhaseSums {
  public:
   using V = Vectorized<C>;
-  explicit ColumnSums(int64_t cols) : cols_(std::max<int64_t>(1, cols)), slots_(cols_ + V::size()) {}
+  PhaseSums(int64_t cols, int64_t period) : cols_(cols), slots_(period * V::size()) {}
   void clear() { std::fill(slots_.begin(), slots_.end(), C(0)); }
-  void add(int64_t col, const V& v) { (V::loadu(slots_.data() + col) + v).store(slots_.data() + col); }
-  // The column sums, written to out[0, cols) as double.
-  void fold(double* out) {
-    for (int64_t j = cols_; j < cols_ + V::size(); ++j) slots_[j % cols_] += slots_[j];
-    for (int64_t c = 0; c < cols_; ++c) out[c] = slots_[c];
+  void add(int64_t p, const V& v) {
+    C* slot = slots_.data() + p * V::size();
+    (V::loadu(slot) + v).store(slot);
+  }
+  void fold(double* out) const {
+    std::fill(out, out + cols_, 0.0);
+    for (size_t j = 0; j < slots_.size(); ++j) out[j % cols_] += slots_[j];
   }
 
  private:

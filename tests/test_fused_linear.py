@@ -33,8 +33,9 @@ TRITON_SHAPES = {
 
 
 def _inputs(case, kind, seed, dtype, device):
-    x, w, b, a = linear_inputs(TRITON_SHAPES[case], kind, seed, SCALE, dtype, device)
-    assert x.is_contiguous() != TRITON_SHAPES[case][3]
+    shape = TRITON_SHAPES[case] if isinstance(case, str) else case
+    x, w, b, a = linear_inputs(shape, kind, seed, SCALE, dtype, device)
+    assert x.is_contiguous() != shape[3]
     return x, w, b, a
 
 
@@ -195,6 +196,22 @@ def test_reductions_give_the_same_bits_with_one_or_two_threads(target):
         finally:
             torch.set_num_threads(2)
     assert all(torch.equal(p, q) for p, q in zip(*results))
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0] == ("cpp", "cpu")])
+@pytest.mark.parametrize("kind", SLOPE_KINDS)
+@pytest.mark.parametrize("n_out", [5, 20, 521])
+def test_cpp_flat_and_row_walks(target, kind, n_out):
+    """The C++ epilogues walk narrow grids flat (the lanes' columns repeat every
+    lcm(N, 8) / 8 vectors) and wide ones (N > 512) row by row; both over several
+    64-row chunks, the last one partial."""
+    backend, device = target
+    x, w, b, a = _inputs(((139,), 6, n_out, False), kind, seed=17, dtype=torch.float64,
+                         device=device)
+    compare_linear(backend, x, w, b, a, "tanh", SCALE)
+    x, w, b, a = _inputs(((139,), 6, n_out, False), kind, seed=18, dtype=torch.float32,
+                         device=device)
+    compare_linear(backend, x, w, b, a, "sigmoid", SCALE, ", float32")
 
 
 @pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0] == ("cpp", "cpu")])

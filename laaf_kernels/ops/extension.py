@@ -53,8 +53,9 @@ def _openmp_flags() -> list:
 
     ``at::parallel_for`` is a header template: whether it runs on threads is decided
     by the flags *this* library is compiled with, not torch's. Without ``-fopenmp``
-    every loop of ours silently runs on one thread. The GOMP symbols resolve to the
-    libgomp that libtorch_cpu already loads (no second OpenMP runtime is linked).
+    every loop of ours silently runs on one thread. The library's libgomp.so.1
+    dependency is the one libtorch_cpu has already loaded (ldd shows torch/lib's copy),
+    so there is one OpenMP runtime.
     ``torch.ops.laaf.cpp_parallel_threads()`` reports what the build got.
     """
     openmp = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()

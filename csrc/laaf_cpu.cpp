@@ -75,6 +75,7 @@ void forward_flat(const T* z, T* y, const Grid<Compute<T>>& grid) {
 
 template <typename T, int ACT>
 void forward_pass(const T* z, T* y, const Grid<Compute<T>>& grid) {
+  if (grid.rows * grid.cols == 0) return;  // (a flat walk takes columns modulo cols)
   if (grid.on_rows || grid.cols > kMaxFlatCols) {
     forward_rows<T, ACT>(z, y, grid);
   } else {
@@ -192,6 +193,7 @@ void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
 template <typename T, int ACT>
 void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, double* ds_part,
                    const Grid<Compute<T>>& grid) {
+  if (grid.rows * grid.cols == 0) return;  // nothing to sum: the partials stay empty
   if (grid.on_rows) {
     backward_rows<T, ACT>(g, z, y, gz, ds_part, grid);
   } else if (grid.cols > kMaxFlatCols) {

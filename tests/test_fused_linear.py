@@ -152,6 +152,20 @@ def test_empty_batch(target, kind):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("kind", SLOPE_KINDS)
+def test_zero_output_features(target, kind):
+    """N = 0 (an empty layer): y is (M, 0) and every gradient is zero, no crash
+    (the C++ flat walk takes columns modulo N)."""
+    backend, device = target
+    x, w, b, a = _inputs(((9,), 5, 0, False), kind, seed=19, dtype=torch.float32, device=device)
+    y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
+    assert y.shape == (9, 0)
+    params = [t for t in (x, w, b, a) if t is not None]
+    for p, g in zip(params, torch.autograd.grad(y.sum(), params, materialize_grads=True)):
+        assert g.shape == p.shape and torch.count_nonzero(g) == 0
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", ["m37_k13_n11", "wide_n"])
 @pytest.mark.parametrize("kind", ["scalar", "vector"])
 def test_backward_is_deterministic(target, case, kind):

@@ -176,9 +176,10 @@ class _EagerCall(torch.autograd.Function):
         return (*ctx.rule_backward(ctx, *grads), None)
 
 
-def _requires_grad(args) -> bool:
+def _needs_grad(*values) -> bool:
+    """Whether autograd records a call on ``values`` (tensors among other arguments)."""
     return torch.is_grad_enabled() and any(
-        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        isinstance(v, torch.Tensor) and v.requires_grad for v in values)
 
 
 def call_op(qualname: str, *args):
@@ -190,7 +191,7 @@ def call_op(qualname: str, *args):
     rule = _RULES[qualname]
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return rule.op(*args)
-    if _requires_grad(args):
+    if _needs_grad(*args):
         return _EagerCall.apply(*args, rule)
     with torch._C._AutoDispatchBelowAutograd():
         return rule.op(*args)
@@ -303,8 +304,6 @@ def _autocast(device_type: str, *tensors):
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def make_linear(prefix: str, dtypes=None, fallback=None):

@@ -25,10 +25,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "laaf_activations.h"
 #include "laaf_cpu_common.h"
+#include "laaf_cpu_gemm.h"
 
 namespace laaf {
 namespace {
@@ -56,6 +59,19 @@ void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
   });
 }
 
+// Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = act(s z).
+template <typename T, int ACT>
+void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
+                        int64_t v1, int64_t total) {
+  using V = Vectorized<Compute<T>>;
+  for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
+    const int64_t at = v * V::size();
+    const int64_t n = std::min<int64_t>(V::size(), total - at);
+    const V h = Io<T>::load(z + at, n) * walk.slope(p);
+    Io<T>::store(Act<ACT>::value(h), y + at, n);
+  }
+}
+
 // Narrow grids with slopes per column, one or none: a flat walk (FlatWalk).
 template <typename T, int ACT>
 void forward_flat(const T* z, T* y, const Grid<Compute<T>>& grid) {
@@ -64,12 +80,7 @@ void forward_flat(const T* z, T* y, const Grid<Compute<T>>& grid) {
   const int64_t total = grid.rows * grid.cols;
   const int64_t vectors = (total + V::size() - 1) / V::size();
   at::parallel_for(0, vectors, grain(V::size()), [&](int64_t v0, int64_t v1) {
-    for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
-      const int64_t at = v * V::size();
-      const int64_t n = std::min<int64_t>(V::size(), total - at);
-      const V h = Io<T>::load(z + at, n) * walk.slope(p);
-      Io<T>::store(Act<ACT>::value(h), y + at, n);
-    }
+    forward_flat_range<T, ACT>(z, y, walk, v0, v1, total);
   });
 }
 
@@ -154,14 +165,35 @@ void backward_columns(const T* g, const T* z, const T* y, T* gz, double* db_part
   });
 }
 
+// Elements [at0, end) of a flat backward walk (FlatWalk), at0 a whole number of
+// vectors: gz to gz_out[at - at0] (unless null), column sums of gz and gh z into
+// db and ds (unless null).
+template <typename T, int ACT>
+void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t at0, int64_t end,
+                         const FlatWalk<Compute<T>>& walk, PhaseSums<Compute<T>>* db,
+                         PhaseSums<Compute<T>>* ds) {
+  using C = Compute<T>;
+  using V = Vectorized<C>;
+  int64_t p = walk.phase_of(at0 / V::size());
+  for (int64_t at = at0; at < end; at += V::size(), p = walk.next(p)) {
+    const int64_t n = std::min<int64_t>(V::size(), end - at);
+    const V s = walk.slope(p);
+    const V zv = Io<T>::load(z + at, n);
+    const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
+    const V gzv = gh * s;
+    if (gz_out != nullptr) Io<T>::store(gzv, gz_out + (at - at0), n);
+    // (V::set keeps the n live lanes: the rest must not reach the sums.)
+    if (db != nullptr) db->add(p, V::set(V(C(0)), gzv, n));
+    if (ds != nullptr) ds->add(p, V::set(V(C(0)), gh * zv, n));
+  }
+}
+
 // Narrow grids with slopes per column, one or none: chunk k of kRowsPerChunk rows
-// is one flat walk (FlatWalk), whose column sums (PhaseSums) become db_part[k, :]
-// and ds_part[k, :].
+// is one flat walk, whose column sums (PhaseSums) become db_part[k, :] and ds_part[k, :].
 template <typename T, int ACT>
 void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
                    double* ds_part, const Grid<Compute<T>>& grid) {
   using C = Compute<T>;
-  using V = Vectorized<C>;
   const FlatWalk<C> walk(grid);
   const int64_t total = grid.rows * grid.cols;
   const int64_t per_chunk = kRowsPerChunk * grid.cols;  // a multiple of the lanes
@@ -169,21 +201,13 @@ void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
   at::parallel_for(0, chunks, grain(per_chunk), [&](int64_t k0, int64_t k1) {
     PhaseSums<C> db(grid.cols, walk.period()), ds(grid.cols, walk.period());
     for (int64_t k = k0; k < k1; ++k) {
+      const int64_t at0 = k * per_chunk;
       db.clear();
       ds.clear();
-      const int64_t end = std::min(total, (k + 1) * per_chunk);
-      int64_t p = walk.phase_of(k * per_chunk / V::size());
-      for (int64_t at = k * per_chunk; at < end; at += V::size(), p = walk.next(p)) {
-        const int64_t n = std::min<int64_t>(V::size(), end - at);
-        const V s = walk.slope(p);
-        const V zv = Io<T>::load(z + at, n);
-        const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
-        const V gzv = gh * s;
-        if (gz != nullptr) Io<T>::store(gzv, gz + at, n);
-        // (V::set keeps the n live lanes: the rest must not reach the sums.)
-        if (db_part != nullptr) db.add(p, V::set(V(C(0)), gzv, n));
-        if (ds_part != nullptr) ds.add(p, V::set(V(C(0)), gh * zv, n));
-      }
+      backward_flat_chunk<T, ACT>(g, z, y, gz == nullptr ? nullptr : gz + at0, at0,
+                                  std::min(total, at0 + per_chunk), walk,
+                                  db_part != nullptr ? &db : nullptr,
+                                  ds_part != nullptr ? &ds : nullptr);
       if (db_part != nullptr) db.fold(db_part + k * grid.cols);
       if (ds_part != nullptr) ds.fold(ds_part + k * grid.cols);
     }
@@ -205,6 +229,180 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
 
 
 // ---------------------------------------------------------------------------
+// Narrow layers (K, N <= kMaxNarrow; fp32, fp64): GEMMs fused with the epilogues
+// ---------------------------------------------------------------------------
+
+// Whether the linear layer takes the fused narrow path: fp32/fp64, K and N at
+// most kMaxNarrow, and LAAF_CPU_NARROW is not "0" (read at every call, so that
+// benchmarks and tests can compare the two paths in one process).
+inline bool narrow_fused(const Tensor& x, const Tensor& weight) {
+  const char* env = std::getenv("LAAF_CPU_NARROW");
+  const bool enabled = env == nullptr || std::string(env) != "0";
+  const auto dtype = x.scalar_type();
+  return enabled && (dtype == at::kFloat || dtype == at::kDouble) &&
+         weight.size(0) <= kMaxNarrow && weight.size(1) <= kMaxNarrow;
+}
+
+// Forward: chunk by chunk of kRowsPerChunk rows, z = x W^T + b (narrow_gemm, into
+// z_out) and at once y = act(s z) over the chunk, still in cache. z_out may be y
+// (inference: the epilogue runs in place).
+template <typename T, int ACT>
+void linear_forward_narrow(const T* x, int64_t K, const PackedPanel<T>& wt, const T* bias_row,
+                           T* z_out, T* y, const Grid<T>& grid) {
+  using V = Vectorized<T>;
+  const FlatWalk<T> walk(grid);
+  const int64_t total = grid.rows * grid.cols;
+  const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  at::parallel_for(0, chunks, grain(kRowsPerChunk * (K + grid.cols)), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t r0 = k * kRowsPerChunk;
+      const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
+      narrow_gemm(StridedA<T>{x + r0 * K, K, 1}, rows, wt, z_out + r0 * grid.cols, grid.cols,
+                  GemmInit<T>{bias_row, false});
+      const int64_t v0 = r0 * grid.cols / V::size();  // (64 cols is whole vectors)
+      const int64_t v1 = ((r0 + rows) * grid.cols + V::size() - 1) / V::size();
+      forward_flat_range<T, ACT>(z_out, y, walk, v0, v1, total);
+    }
+  });
+}
+
+// Chunks per dW partial: at least 4 (256 rows), and at most 256 partials in all.
+// A function of the row count only, so the sums do not depend on the threads.
+inline int64_t chunks_per_group(int64_t chunks) {
+  return std::max<int64_t>(4, (chunks + 255) / 256);
+}
+
+// Backward: chunk by chunk, gz (the flat epilogue, with the db / ds partials of
+// the chunk) into a chunk-sized buffer, then from that buffer, still in cache,
+// dx_chunk = gz W and dW_group += gz^T x_chunk. dW is summed per group of
+// chunks_per_group chunks (dw_parts[group], zeroed here); the caller folds the
+// groups in order. A null output is not computed.
+template <typename T, int ACT>
+void linear_backward_narrow(const T* g, const T* x, int64_t K, const T* z, const T* y,
+                            const PackedPanel<T>& w, T* dx, T* dw_parts, double* db_part,
+                            double* ds_part, const Grid<T>& grid) {
+  const FlatWalk<T> walk(grid);
+  const int64_t cols = grid.cols, total = grid.rows * cols;
+  const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  const int64_t per_group = chunks_per_group(chunks);
+  const int64_t groups = (chunks + per_group - 1) / per_group;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<T> gz(kRowsPerChunk * cols);
+    PackedPanel<T> x_chunk(kRowsPerChunk, K);
+    PhaseSums<T> db(cols, walk.period()), ds(cols, walk.period());
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      T* dw = dw_parts == nullptr ? nullptr : dw_parts + grp * cols * K;
+      if (dw != nullptr) std::fill(dw, dw + cols * K, T(0));
+      for (int64_t k = grp * per_group; k < std::min(chunks, (grp + 1) * per_group); ++k) {
+        const int64_t r0 = k * kRowsPerChunk;
+        const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
+        db.clear();
+        ds.clear();
+        backward_flat_chunk<T, ACT>(g, z, y, gz.data(), r0 * cols, std::min(total, (r0 + rows) * cols),
+                                    walk, db_part != nullptr ? &db : nullptr,
+                                    ds_part != nullptr ? &ds : nullptr);
+        if (db_part != nullptr) db.fold(db_part + k * cols);
+        if (ds_part != nullptr) ds.fold(ds_part + k * cols);
+        if (dx != nullptr) {  // dx(r, :) = sum_n gz(r, n) W(n, :)
+          narrow_gemm(StridedA<T>{gz.data(), cols, 1}, rows, w, dx + r0 * K, K, GemmInit<T>{});
+        }
+        if (dw != nullptr) {  // dW(n, :) += sum_r gz(r, n) x(r, :)
+          x_chunk.pack(x + r0 * K, rows, K, 1);
+          narrow_gemm(StridedA<T>{gz.data(), 1, cols}, cols, x_chunk, dw, K,
+                      GemmInit<T>{nullptr, true});
+        }
+      }
+    }
+  });
+}
+
+// The groups' dW partials (groups, N, K), summed in group order in double.
+template <typename T>
+Tensor fold_dw(const Tensor& dw_parts) {
+  const int64_t groups = dw_parts.size(0), width = dw_parts.size(1) * dw_parts.size(2);
+  Tensor out = at::zeros({dw_parts.size(1), dw_parts.size(2)},
+                         dw_parts.options().dtype(at::kDouble));
+  const T* p = dw_parts.data_ptr<T>();
+  double* o = out.data_ptr<double>();
+  for (int64_t k = 0; k < groups; ++k) {
+    for (int64_t j = 0; j < width; ++j) o[j] += p[k * width + j];
+  }
+  return out.to(dw_parts.scalar_type());
+}
+
+// B(k, n) = W(n, k): the forward's panel (x W^T); B(n, k) = W(n, k): the backward's (gz W).
+template <typename T>
+PackedPanel<T> pack_weight(const Tensor& weight, bool transposed) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  PackedPanel<T> panel(transposed ? K : N, transposed ? N : K);
+  const T* w = weight.data_ptr<T>();
+  if (transposed) {
+    panel.pack(w, K, weight.stride(1), weight.stride(0));
+  } else {
+    panel.pack(w, N, weight.stride(0), weight.stride(1));
+  }
+  return panel;
+}
+
+std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x_in, const Tensor& weight,
+                                             const c10::optional<Tensor>& bias, const Tensor& s_c,
+                                             int kind, int act, bool training) {
+  const Tensor x = x_in.contiguous();
+  const int64_t rows = x.size(0), K = x.size(1), N = weight.size(0);
+  Tensor y = at::empty({rows, N}, x.options());
+  Tensor z = training ? at::empty({rows, N}, x.options()) : y;
+  if (rows * N == 0) return {y, training ? z : at::empty({0}, x.options())};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_fwd_narrow", [&] {
+    const auto wt = pack_weight<scalar_t>(weight, true);
+    const auto bias_row = padded_row<scalar_t>(
+        bias.has_value() ? bias->contiguous().data_ptr<scalar_t>() : nullptr, N);
+    const auto grid = make_grid<scalar_t>(rows, N, s_c, kind, false, 0);
+    LAAF_ACT_SWITCH(act, [&] {
+      linear_forward_narrow<scalar_t, ACT>(x.data_ptr<scalar_t>(), K, wt, bias_row.data(),
+                                           z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
+    });
+  });
+  return {y, training ? z : at::empty({0}, x.options())};
+}
+
+struct Needs {
+  bool dx, dw, db, ds;
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
+    const Tensor& g, const Tensor& x_in, const Tensor& weight, const Tensor& z,
+    const c10::optional<Tensor>& s, const Tensor& s_c, const c10::optional<Tensor>& y, int act,
+    int64_t chunks, Needs need) {
+  const Tensor x = x_in.contiguous();
+  const int64_t rows = z.size(0), N = z.size(1), K = x.size(1);
+  const int64_t groups = (chunks + chunks_per_group(chunks) - 1) / chunks_per_group(chunks);
+  const auto dbl = x.options().dtype(at::kDouble);
+  Tensor dx = need.dx ? at::empty({rows, K}, x.options()) : Tensor();
+  Tensor dw_parts = need.dw ? at::empty({groups, N, K}, x.options()) : Tensor();
+  Tensor db_part = need.db ? at::empty({chunks, N}, dbl) : Tensor();
+  Tensor ds_part = need.ds ? at::empty({chunks, N}, dbl) : Tensor();
+  Tensor dw;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
+    const auto w = need.dx ? pack_weight<scalar_t>(weight, false) : PackedPanel<scalar_t>(0, K);
+    const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
+    LAAF_ACT_SWITCH(act, [&] {
+      linear_backward_narrow<scalar_t, ACT>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), K, z.data_ptr<scalar_t>(),
+          y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
+          w, need.dx ? dx.data_ptr<scalar_t>() : nullptr,
+          need.dw ? dw_parts.data_ptr<scalar_t>() : nullptr,
+          need.db ? db_part.data_ptr<double>() : nullptr,
+          need.ds ? ds_part.data_ptr<double>() : nullptr, grid);
+    });
+    if (need.dw) dw = fold_dw<scalar_t>(dw_parts);
+  });
+  const Tensor empty = at::empty({0}, x.options());
+  return {need.dx ? dx : empty, need.dw ? dw : empty,
+          need.db ? sum_parts(db_part, N).to(x.scalar_type()) : empty,
+          need.ds ? finish_ds(sum_parts(ds_part, N), *s) : empty};
+}
+
+// ---------------------------------------------------------------------------
 // The ops
 // ---------------------------------------------------------------------------
 
@@ -215,6 +413,9 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
   check_dtype(x, "x");
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, x.scalar_type());
+  if (narrow_fused(x, weight)) {
+    return linear_fwd_narrow(x, weight, bias, s_c, slope_kind(s), act, training);
+  }
   Tensor z = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
   // Inference: the epilogue runs in place, z's buffer becomes y.
   Tensor y = training ? at::empty_like(z) : z;
@@ -240,6 +441,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   const int64_t rows = z.size(0), cols = z.size(1);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const auto dbl = x.options().dtype(at::kDouble);
+  if (rows * cols > 0 && narrow_fused(x, weight)) {
+    return linear_bwd_narrow(g, x, weight, z, s, s_c, y, act, chunks,
+                             {need_dx, need_dw, need_db, need_ds});
+  }
   Tensor gz = (need_dx || need_dw) ? at::empty_like(z) : Tensor();
   Tensor db_part = need_db ? at::empty({chunks, cols}, dbl) : Tensor();
   Tensor ds_part = need_ds ? at::empty({chunks, cols}, dbl) : Tensor();

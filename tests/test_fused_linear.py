@@ -266,3 +266,72 @@ def test_bad_input_is_checked_before_the_kernels(target):
         laaf_kernels.laaf_linear(x, w, b[:3], a, backend=backend)
     with pytest.raises(ValueError, match="activation must be one of"):
         laaf_kernels.laaf_linear(x, w, b, a, activation="mish", backend=backend)
+
+
+CPP_TARGETS = [t for t in TARGETS if t.values[0] == ("cpp", "cpu")]
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("kind", SLOPE_KINDS)
+@pytest.mark.parametrize("shape", [((1031,), 50, 50, True), ((263,), 1, 1, False),
+                                   ((70,), 128, 128, False), ((67,), 3, 20, True)],
+                         ids=["many_groups_noncontig", "k1_n1", "k128_n128", "pinn_input"])
+def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
+    """Layers with K, N <= 128 (fp32, fp64) run the C++ extension's own GEMMs fused
+    with the epilogues (csrc/laaf_cpu_gemm.h): row tiles of 4 and 1, column panels
+    of 2 and 1 vectors, dW summed per group of 64-row chunks (1031 rows: 17 chunks,
+    5 groups, the last chunk partial). Against the reference, and against the
+    ATen-GEMM path of the same op (LAAF_CPU_NARROW=0), also with W transposed in
+    memory."""
+    backend, device = target
+    x, w, b, a = _inputs(shape, kind, seed=31, dtype=torch.float64, device=device)
+    compare_linear(backend, x, w, b, a, "tanh", SCALE)
+    w_t = w.detach().t().contiguous().t().requires_grad_()  # same values, strides (1, N)
+    compare_linear(backend, x, w_t, b, a, "gelu", SCALE)
+
+    def run():
+        y = laaf_kernels.laaf_linear(x, w_t, b, a, scale=SCALE, backend=backend)
+        params = [t for t in (x, w_t, b, a) if t is not None]
+        return (y, *torch.autograd.grad(y, params, torch.ones_like(y)))
+
+    fused = run()
+    monkeypatch.setenv("LAAF_CPU_NARROW", "0")
+    for p, q in zip(fused, run()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target):
+    """The narrow path's GEMMs are ours, so here even z, dx and dW are bit-identical
+    whatever the thread count: every sum runs in a fixed order over fixed chunks
+    and groups (cf. the test above it, where ATen's GEMMs must be held fixed)."""
+    gen = torch.Generator().manual_seed(37)
+    x, w = torch.randn(1031, 50, generator=gen), torch.randn(29, 50, generator=gen)
+    b, s, g = torch.randn(29, generator=gen), torch.rand(29, generator=gen), torch.randn(1031, 29, generator=gen)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            y, z = torch.ops.laaf.cpp_linear_fwd(x, w, b, s, "tanh", True)
+            grads = torch.ops.laaf.cpp_linear_bwd(g, x, w, b, z, s, y, "tanh", True, True, True, True)
+            results.append([y, z, *grads])
+        finally:
+            torch.set_num_threads(2)
+    assert all(torch.equal(p, q) for p, q in zip(*results))
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+def test_cpp_fp32_tanh_is_within_three_ulp(target):
+    """The C++ fp32 tanh (laaf_activations.h: fast_tanh, expm1-based, no Sleef) on a
+    dense grid over [-12, 12] and near 0, against float64: at most 3 ulp of the fp32
+    result (2.5 measured); it saturates to exactly +-1, and NaN propagates."""
+    z = torch.cat([torch.linspace(-12, 12, 400_003), torch.linspace(-0.3, 0.3, 100_003),
+                   torch.logspace(-30, 1, 10_007), -torch.logspace(-30, 1, 10_007)])
+    y = torch.ops.laaf.cpp_act_fwd(z, None, "tanh", -1)
+    truth = torch.tanh(z.double())
+    ulp = (torch.nextafter(truth.float().abs(), torch.tensor(float("inf"))) - truth.float().abs())
+    assert ((y.double() - truth).abs() / ulp.double()).max() <= 3.0
+    assert y.abs().max() == 1.0
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 30.0, -30.0])
+    got = torch.ops.laaf.cpp_act_fwd(special, None, "tanh", -1)
+    torch.testing.assert_close(got, torch.tanh(special), equal_nan=True, rtol=0, atol=0)

@@ -1,0 +1,153 @@
+// laaf_kernels: a small register-blocked GEMM for NARROW layers (K, N <= kMaxNarrow:
+// the PINN widths), used by laaf_cpu.cpp to fuse the linear layer's GEMMs with its
+// epilogues, chunk by chunk, while the chunk is still in cache:
+//
+//   forward:   z_chunk = x_chunk W^T + b     then y_chunk = act(s z_chunk)
+//   backward:  gz_chunk (epilogue)           then dx_chunk = gz_chunk W
+//                                             and  dW_group += gz_chunk^T x_chunk
+//
+// Why not ATen's GEMM: at these widths MKL's sgemm runs at ~60 % of this CPU's FMA
+// peak (its AVX2 kernels are tuned for large K), and each GEMM call is a separate
+// pass over memory: z written, then read back by the epilogue. Here each chunk of
+// rows goes GEMM -> epilogue in L1/L2, and z, gz never make an extra trip.
+//
+// The kernel: C(r, :) = init(r) + sum_d A(r, d) B(d, :), B packed row-major with
+// its width padded to whole vectors (zeros), A read through two strides so that
+// the same kernel takes x (A = x), gz (A = gz) and gz^T (dW). A tile of R = 4 rows
+// by P = 2 vectors keeps 8 accumulators, the two B vectors of depth d and one
+// broadcast A(r, d) in registers (11 of AVX2's 16): per depth step 2 loads,
+// 4 broadcasts, 8 FMAs, so the FMA units, not the loads, set the pace.
+// Every sum runs over d in order, whatever the thread count (deterministic).
+#pragma once
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace laaf {
+namespace cpu {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kMaxNarrow = 128;  // K and N at most this: the fused path
+
+// B(d, w) for d < depth, w < width, row-major in `depth` rows of `padded` lanes.
+template <typename T>
+class PackedPanel {
+ public:
+  static constexpr int64_t kLanes = Vectorized<T>::size();
+  PackedPanel(int64_t max_depth, int64_t width)
+      : width_(width), padded_((width + kLanes - 1) / kLanes * kLanes),
+        data_(std::max<int64_t>(1, max_depth) * padded_, T(0)) {}
+
+  // B(d, w) = src[d * sd + w * sw] for d < depth (the padding lanes stay zero).
+  void pack(const T* src, int64_t depth, int64_t sd, int64_t sw) {
+    depth_ = depth;
+    for (int64_t d = 0; d < depth; ++d) {
+      T* row = data_.data() + d * padded_;
+      if (sw == 1) {
+        std::copy(src + d * sd, src + d * sd + width_, row);
+      } else {
+        for (int64_t w = 0; w < width_; ++w) row[w] = src[d * sd + w * sw];
+      }
+    }
+  }
+  int64_t depth() const { return depth_; }
+  int64_t width() const { return width_; }
+  int64_t padded() const { return padded_; }
+  const T* row(int64_t d) const { return data_.data() + d * padded_; }
+
+ private:
+  int64_t width_, padded_, depth_ = 0;
+  std::vector<T> data_;
+};
+
+// The operand A(r, d) = a[r * row_stride + d * depth_stride].
+template <typename T>
+struct StridedA {
+  const T* a;
+  int64_t row_stride, depth_stride;
+  T at(int64_t r, int64_t d) const { return a[r * row_stride + d * depth_stride]; }
+  StridedA rows_from(int64_t r) const { return {a + r * row_stride, row_stride, depth_stride}; }
+};
+
+// Where C's accumulators start: a row vector broadcast down the rows (the bias;
+// zeros when it is null), or C itself (accumulate).
+template <typename T>
+struct GemmInit {
+  const T* row = nullptr;  // padded to whole vectors
+  bool accumulate = false;
+};
+
+// One R x P tile of C at columns [col, col + P lanes): `cols` of them are real
+// (C has ldc columns; lanes past `cols` are neither loaded nor stored).
+template <typename T, int R, int P>
+inline void gemm_tile(const StridedA<T>& A, const PackedPanel<T>& B, int64_t col, T* c,
+                      int64_t ldc, int64_t cols, const GemmInit<T>& init) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  int64_t live[P];
+  for (int p = 0; p < P; ++p) live[p] = std::clamp<int64_t>(cols - col - p * L, 0, L);
+  V acc[R][P];
+  for (int p = 0; p < P; ++p) {
+    for (int r = 0; r < R; ++r) {
+      T* cp = c + r * ldc + col + p * L;
+      acc[r][p] = init.accumulate ? V::loadu(cp, live[p])
+                  : init.row      ? V::loadu(init.row + col + p * L)
+                                  : V(T(0));
+    }
+  }
+  for (int64_t d = 0; d < B.depth(); ++d) {
+    V b[P];
+    for (int p = 0; p < P; ++p) b[p] = V::loadu(B.row(d) + col + p * L);
+    for (int r = 0; r < R; ++r) {
+      const V a(A.at(r, d));
+      for (int p = 0; p < P; ++p) acc[r][p] = at::vec::fmadd(a, b[p], acc[r][p]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int p = 0; p < P; ++p) {
+      T* cp = c + r * ldc + col + p * L;
+      if (live[p] == L) {
+        acc[r][p].store(cp);
+      } else if (live[p] > 0) {
+        acc[r][p].store(cp, live[p]);
+      }
+    }
+  }
+}
+
+// R rows of C, all of B's columns: panels of 2 vectors, then 1.
+template <typename T, int R>
+inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64_t ldc,
+                      const GemmInit<T>& init) {
+  constexpr int64_t L = Vectorized<T>::size();
+  int64_t col = 0;
+  for (; col + 2 * L <= B.padded(); col += 2 * L) {
+    gemm_tile<T, R, 2>(A, B, col, c, ldc, B.width(), init);
+  }
+  if (col < B.padded()) gemm_tile<T, R, 1>(A, B, col, c, ldc, B.width(), init);
+}
+
+// C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows; C row-major with ldc columns
+// (B.width() of them written). Serial: the callers run it on one chunk per task.
+template <typename T>
+void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
+                 int64_t ldc, const GemmInit<T>& init) {
+  constexpr int R = 4;
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) gemm_rows<T, R>(A.rows_from(r), B, c + r * ldc, ldc, init);
+  for (; r < rows; ++r) gemm_rows<T, 1>(A.rows_from(r), B, c + r * ldc, ldc, init);
+}
+
+// A row vector padded to whole vectors with zeros (the bias as a GemmInit row).
+template <typename T>
+std::vector<T> padded_row(const T* v, int64_t width) {
+  constexpr int64_t L = Vectorized<T>::size();
+  std::vector<T> out((width + L - 1) / L * L, T(0));
+  if (v != nullptr) std::copy(v, v + width, out.begin());
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace laaf

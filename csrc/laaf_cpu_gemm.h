@@ -129,15 +129,19 @@ inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64
   if (col < B.padded()) gemm_tile<T, R, 1>(A, B, col, c, ldc, B.width(), init);
 }
 
-// C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows; C row-major with ldc columns
-// (B.width() of them written). Serial: the callers run it on one chunk per task.
+// C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows, in tiles of 4 rows, then 2, then 1;
+// C row-major with ldc columns (B.width() of them written). Serial: the callers run it
+// on one chunk per task.
 template <typename T>
 void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
                  int64_t ldc, const GemmInit<T>& init) {
-  constexpr int R = 4;
   int64_t r = 0;
-  for (; r + R <= rows; r += R) gemm_rows<T, R>(A.rows_from(r), B, c + r * ldc, ldc, init);
-  for (; r < rows; ++r) gemm_rows<T, 1>(A.rows_from(r), B, c + r * ldc, ldc, init);
+  for (; r + 4 <= rows; r += 4) gemm_rows<T, 4>(A.rows_from(r), B, c + r * ldc, ldc, init);
+  if (r + 2 <= rows) {  // (dW's rows are N: 50 = 12 x 4 + 2, and 1-row tiles are load-bound)
+    gemm_rows<T, 2>(A.rows_from(r), B, c + r * ldc, ldc, init);
+    r += 2;
+  }
+  if (r < rows) gemm_rows<T, 1>(A.rows_from(r), B, c + r * ldc, ldc, init);
 }
 
 // A row vector padded to whole vectors with zeros (the bias as a GemmInit row).

@@ -1,18 +1,23 @@
 // laaf_kernels: fused CPU kernels of the "cpp" backend (torch.ops.laaf.cpp_*).
 //
 // Forward of the linear layer:
-//     z = x W^T + b            one ATen GEMM (at::addmm: MKL / oneDNN)
-//     y = act(s * z)           ONE pass over z, vectorised (at::vec) and threaded
+//     z = x W^T + b            narrow layers (K, N <= 128, fp32/fp64): our GEMM
+//                              (laaf_cpu_gemm.h), one 64-row chunk at a time;
+//                              otherwise one ATen GEMM (at::addmm: MKL / oneDNN)
+//     y = act(s * z)           ONE pass over z, vectorised (at::vec) and threaded;
+//                              narrow layers: on each chunk while it is in cache
 // Backward, given g = dL/dy:
 //     gh = g act'(h), gz = gh s          one pass over (g, z[, y]) that also forms the
 //     db = sum_rows gz, ds = sum gh z    partial column sums of this row chunk
-//     dx = gz W, dW = gz^T x             ATen GEMMs
+//     dx = gz W, dW = gz^T x             narrow layers: our GEMM on each chunk's gz
+//                                        buffer (dW per fixed group of chunks);
+//                                        otherwise ATen GEMMs
 //
-// Determinism: rows are cut into fixed chunks of kRowsPerChunk, whatever the
-// thread count; each chunk writes its own partial sums, and one thread adds
-// the partials in chunk order. The same inputs give the same bits with 1 or N
-// threads (ATen's GEMMs are thread-count-independent on these machines too;
-// tests/test_cpp.py checks the whole backward).
+// Determinism: rows are cut into fixed chunks of kRowsPerChunk (and dW's groups
+// depend on the row count alone), whatever the thread count; each chunk or group
+// writes its own partial sums, and one thread adds them in order. The same inputs
+// give the same bits with 1 or N threads (ATen's GEMMs are thread-count-independent
+// on these machines too; tests/test_fused_linear.py checks both paths).
 //
 // The activation math (Act<ID>::value / d1) comes from laaf_activations.h,
 // generated from the one table in laaf_kernels/activations.py.

@@ -252,8 +252,9 @@ inline bool narrow_fused(const Tensor& x, const Tensor& weight) {
 // z_out) and at once y = act(s z) over the chunk, still in cache. z_out may be y
 // (inference: the epilogue runs in place).
 template <typename T, int ACT>
-void linear_forward_narrow(const T* x, int64_t K, const PackedPanel<T>& wt, const T* bias_row,
-                           T* z_out, T* y, const Grid<T>& grid) {
+void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_stride, int64_t K,
+                           const PackedPanel<T>& wt, const T* bias_row, T* z_out, T* y,
+                           const Grid<T>& grid) {
   using V = Vectorized<T>;
   const FlatWalk<T> walk(grid);
   const int64_t total = grid.rows * grid.cols;
@@ -262,7 +263,8 @@ void linear_forward_narrow(const T* x, int64_t K, const PackedPanel<T>& wt, cons
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = k * kRowsPerChunk;
       const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
-      narrow_gemm(StridedA<T>{x + r0 * K, K, 1}, rows, wt, z_out + r0 * grid.cols, grid.cols,
+      narrow_gemm(StridedA<T>{x + r0 * x_row_stride, x_row_stride, x_col_stride}, rows, wt,
+                  z_out + r0 * grid.cols, grid.cols,
                   GemmInit<T>{bias_row, false});
       const int64_t v0 = r0 * grid.cols / V::size();  // (64 cols is whole vectors)
       const int64_t v1 = ((r0 + rows) * grid.cols + V::size() - 1) / V::size();
@@ -271,27 +273,32 @@ void linear_forward_narrow(const T* x, int64_t K, const PackedPanel<T>& wt, cons
   });
 }
 
-// Chunks per dW partial: at least 4 (256 rows), and at most 256 partials in all.
-// A function of the row count only, so the sums do not depend on the threads.
-inline int64_t chunks_per_group(int64_t chunks) {
-  return std::max<int64_t>(4, (chunks + 255) / 256);
-}
+// How dW's partial sums are grouped: per_group chunks per partial (at least 4, i.e.
+// 256 rows), at most 256 partials in all. A function of the row count only, so
+// the sums do not depend on the threads.
+struct DwGroups {
+  int64_t per_group, count;
+  explicit DwGroups(int64_t chunks)
+      : per_group(std::max<int64_t>(4, (chunks + 255) / 256)),
+        count((chunks + per_group - 1) / per_group) {}
+};
 
 // Backward: chunk by chunk, gz (the flat epilogue, with the db / ds partials of
 // the chunk) into a chunk-sized buffer, then from that buffer, still in cache,
 // dx_chunk = gz W and dW_group += gz^T x_chunk. dW is summed per group of
-// chunks_per_group chunks (dw_parts[group], zeroed here); the caller folds the
+// DwGroups::per_group chunks (dw_parts[group], zeroed here); the caller folds the
 // groups in order. A null output is not computed.
 template <typename T, int ACT>
-void linear_backward_narrow(const T* g, const T* x, int64_t K, const T* z, const T* y,
+void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_t x_col_stride,
+                            int64_t K, const T* z, const T* y,
                             const PackedPanel<T>& w, T* dx, T* dw_parts, double* db_part,
                             double* ds_part, const Grid<T>& grid) {
   const FlatWalk<T> walk(grid);
   const int64_t cols = grid.cols, total = grid.rows * cols;
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  const int64_t per_group = chunks_per_group(chunks);
-  const int64_t groups = (chunks + per_group - 1) / per_group;
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+  const DwGroups groups(chunks);
+  const int64_t per_group = groups.per_group;
+  at::parallel_for(0, groups.count, 1, [&](int64_t g0, int64_t g1) {
     std::vector<T> gz(kRowsPerChunk * cols);
     PackedPanel<T> x_chunk(kRowsPerChunk, K);
     PhaseSums<T> db(cols, walk.period()), ds(cols, walk.period());
@@ -312,27 +319,13 @@ void linear_backward_narrow(const T* g, const T* x, int64_t K, const T* z, const
           narrow_gemm(StridedA<T>{gz.data(), cols, 1}, rows, w, dx + r0 * K, K, GemmInit<T>{});
         }
         if (dw != nullptr) {  // dW(n, :) += sum_r gz(r, n) x(r, :)
-          x_chunk.pack(x + r0 * K, rows, K, 1);
+          x_chunk.pack(x + r0 * x_row_stride, rows, x_row_stride, x_col_stride);
           narrow_gemm(StridedA<T>{gz.data(), 1, cols}, cols, x_chunk, dw, K,
                       GemmInit<T>{nullptr, true});
         }
       }
     }
   });
-}
-
-// The groups' dW partials (groups, N, K), summed in group order in double.
-template <typename T>
-Tensor fold_dw(const Tensor& dw_parts) {
-  const int64_t groups = dw_parts.size(0), width = dw_parts.size(1) * dw_parts.size(2);
-  Tensor out = at::zeros({dw_parts.size(1), dw_parts.size(2)},
-                         dw_parts.options().dtype(at::kDouble));
-  const T* p = dw_parts.data_ptr<T>();
-  double* o = out.data_ptr<double>();
-  for (int64_t k = 0; k < groups; ++k) {
-    for (int64_t j = 0; j < width; ++j) o[j] += p[k * width + j];
-  }
-  return out.to(dw_parts.scalar_type());
 }
 
 // B(k, n) = W(n, k): the forward's panel (x W^T); B(n, k) = W(n, k): the backward's (gz W).
@@ -349,10 +342,9 @@ PackedPanel<T> pack_weight(const Tensor& weight, bool transposed) {
   return panel;
 }
 
-std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x_in, const Tensor& weight,
+std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weight,
                                              const c10::optional<Tensor>& bias, const Tensor& s_c,
                                              int kind, int act, bool training) {
-  const Tensor x = x_in.contiguous();
   const int64_t rows = x.size(0), K = x.size(1), N = weight.size(0);
   Tensor y = at::empty({rows, N}, x.options());
   Tensor z = training ? at::empty({rows, N}, x.options()) : y;
@@ -363,7 +355,8 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x_in, const Tensor& w
         bias.has_value() ? bias->contiguous().data_ptr<scalar_t>() : nullptr, N);
     const auto grid = make_grid<scalar_t>(rows, N, s_c, kind, false, 0);
     LAAF_ACT_SWITCH(act, [&] {
-      linear_forward_narrow<scalar_t, ACT>(x.data_ptr<scalar_t>(), K, wt, bias_row.data(),
+      linear_forward_narrow<scalar_t, ACT>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
+                                           wt, bias_row.data(),
                                            z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
     });
   });
@@ -375,12 +368,11 @@ struct Needs {
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
-    const Tensor& g, const Tensor& x_in, const Tensor& weight, const Tensor& z,
+    const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& z,
     const c10::optional<Tensor>& s, const Tensor& s_c, const c10::optional<Tensor>& y, int act,
     int64_t chunks, Needs need) {
-  const Tensor x = x_in.contiguous();
   const int64_t rows = z.size(0), N = z.size(1), K = x.size(1);
-  const int64_t groups = (chunks + chunks_per_group(chunks) - 1) / chunks_per_group(chunks);
+  const int64_t groups = DwGroups(chunks).count;
   const auto dbl = x.options().dtype(at::kDouble);
   Tensor dx = need.dx ? at::empty({rows, K}, x.options()) : Tensor();
   Tensor dw_parts = need.dw ? at::empty({groups, N, K}, x.options()) : Tensor();
@@ -392,14 +384,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
       linear_backward_narrow<scalar_t, ACT>(
-          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), K, z.data_ptr<scalar_t>(),
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
+          z.data_ptr<scalar_t>(),
           y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
           w, need.dx ? dx.data_ptr<scalar_t>() : nullptr,
           need.dw ? dw_parts.data_ptr<scalar_t>() : nullptr,
           need.db ? db_part.data_ptr<double>() : nullptr,
           need.ds ? ds_part.data_ptr<double>() : nullptr, grid);
     });
-    if (need.dw) dw = fold_dw<scalar_t>(dw_parts);
+    if (need.dw) dw = sum_parts<scalar_t>(dw_parts, N * K).view({N, K}).to(x.scalar_type());
   });
   const Tensor empty = at::empty({0}, x.options());
   return {need.dx ? dx : empty, need.dw ? dw : empty,

@@ -151,10 +151,12 @@ inline double lane_sum(const Vectorized<T>& v, int64_t n) {
 }
 
 
-// Fold per-chunk partials (parts, width) into width sums, in part order.
+// Fold per-chunk partials (parts, width), of element type P, into width double sums,
+// in part order.
+template <typename P = double>
 inline Tensor sum_parts(const Tensor& parts, int64_t width) {
-  Tensor out = at::zeros({width}, parts.options());
-  const double* p = parts.data_ptr<double>();
+  Tensor out = at::zeros({width}, parts.options().dtype(at::kDouble));
+  const P* p = parts.data_ptr<P>();
   double* o = out.data_ptr<double>();
   for (int64_t k = 0; k < parts.numel() / std::max<int64_t>(1, width); ++k) {
     for (int64_t j = 0; j < width; ++j) o[j] += p[k * width + j];

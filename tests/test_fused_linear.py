@@ -278,7 +278,7 @@ CPP_TARGETS = [t for t in TARGETS if t.values[0] == ("cpp", "cpu")]
                          ids=["many_groups_noncontig", "k1_n1", "k128_n128", "pinn_input"])
 def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
     """Layers with K, N <= 128 (fp32, fp64) run the C++ extension's own GEMMs fused
-    with the epilogues (csrc/laaf_cpu_gemm.h): row tiles of 4 and 1, column panels
+    with the epilogues (csrc/laaf_cpu_gemm.h): row tiles of 4, 2 and 1, column panels
     of 2 and 1 vectors, dW summed per group of 64-row chunks (1031 rows: 17 chunks,
     5 groups, the last chunk partial). Against the reference, and against the
     ATen-GEMM path of the same op (LAAF_CPU_NARROW=0), also with W transposed in

@@ -2,7 +2,8 @@
 // Do not edit: change the table and run `python -m laaf_kernels.kernels.codegen`.
 //
 // Act<ID>::value / d1 / d2 give act(h), act'(h), act''(h) on at::vec::Vectorized<T>
-// lanes; where kD1FromY, d1_y(y) gives act'(h) from y = act(h) alone.
+// lanes; where kD1FromY, d1_y(y) gives act'(h) from y = act(h) alone, and
+// d1_y_dy(y), d1_y_dyy(y) its first and second derivatives in y.
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 
@@ -85,6 +86,14 @@ struct Act<0> {
   static inline V d1_y(const V& y) {
     return (V(1.0) - (y * y));
   }
+  template <typename V>
+  static inline V d1_y_dy(const V& y) {
+    return (V(-2.0) * y);
+  }
+  template <typename V>
+  static inline V d1_y_dyy(const V& y) {
+    return V(-2.0);
+  }
 };
 
 template <>  // sigmoid
@@ -109,6 +118,14 @@ struct Act<1> {
   static inline V d1_y(const V& y) {
     return (y * (V(1.0) - y));
   }
+  template <typename V>
+  static inline V d1_y_dy(const V& y) {
+    return (V(1.0) - (V(2.0) * y));
+  }
+  template <typename V>
+  static inline V d1_y_dyy(const V& y) {
+    return V(-2.0);
+  }
 };
 
 template <>  // relu
@@ -130,6 +147,14 @@ struct Act<2> {
   static inline V d1_y(const V& y) {
     return V::blendv(V(0.0), V(1.0), (y > V(0.0)));
   }
+  template <typename V>
+  static inline V d1_y_dy(const V& y) {
+    return V(0.0);
+  }
+  template <typename V>
+  static inline V d1_y_dyy(const V& y) {
+    return V(0.0);
+  }
 };
 
 template <>  // leaky_relu
@@ -150,6 +175,14 @@ struct Act<3> {
   template <typename V>
   static inline V d1_y(const V& y) {
     return V::blendv(V(0.01), V(1.0), (y > V(0.0)));
+  }
+  template <typename V>
+  static inline V d1_y_dy(const V& y) {
+    return V(0.0);
+  }
+  template <typename V>
+  static inline V d1_y_dyy(const V& y) {
+    return V(0.0);
   }
 };
 
@@ -265,6 +298,14 @@ struct Act<9> {
   template <typename V>
   static inline V d1_y(const V& y) {
     return V(1.0);
+  }
+  template <typename V>
+  static inline V d1_y_dy(const V& y) {
+    return V(0.0);
+  }
+  template <typename V>
+  static inline V d1_y_dyy(const V& y) {
+    return V(0.0);
   }
 };
 

@@ -3,7 +3,7 @@
 //
 // gpu::Act<ID>::value / d1 / d2 give act(h), act'(h), act''(h) for one float or
 // double h (half and bf16 compute in float); where kD1FromY, d1_y(y) gives act'(h)
-// from y = act(h) alone.
+// from y = act(h) alone, and d1_y_dy(y), d1_y_dyy(y) its derivatives in y.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -66,6 +66,14 @@ struct Act<0> {
   static LAAF_DEVICE T d1_y(const T& y) {
     return (T(1.0) - (y * y));
   }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dy(const T& y) {
+    return (T(-2.0) * y);
+  }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dyy(const T& y) {
+    return T(-2.0);
+  }
 };
 
 template <>  // sigmoid
@@ -90,6 +98,14 @@ struct Act<1> {
   static LAAF_DEVICE T d1_y(const T& y) {
     return (y * (T(1.0) - y));
   }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dy(const T& y) {
+    return (T(1.0) - (T(2.0) * y));
+  }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dyy(const T& y) {
+    return T(-2.0);
+  }
 };
 
 template <>  // relu
@@ -111,6 +127,14 @@ struct Act<2> {
   static LAAF_DEVICE T d1_y(const T& y) {
     return ((y > T(0.0)) ? T(1.0) : T(0.0));
   }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dy(const T& y) {
+    return T(0.0);
+  }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dyy(const T& y) {
+    return T(0.0);
+  }
 };
 
 template <>  // leaky_relu
@@ -131,6 +155,14 @@ struct Act<3> {
   template <typename T>
   static LAAF_DEVICE T d1_y(const T& y) {
     return ((y > T(0.0)) ? T(1.0) : T(0.01));
+  }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dy(const T& y) {
+    return T(0.0);
+  }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dyy(const T& y) {
+    return T(0.0);
   }
 };
 
@@ -246,6 +278,14 @@ struct Act<9> {
   template <typename T>
   static LAAF_DEVICE T d1_y(const T& y) {
     return T(1.0);
+  }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dy(const T& y) {
+    return T(0.0);
+  }
+  template <typename T>
+  static LAAF_DEVICE T d1_y_dyy(const T& y) {
+    return T(0.0);
   }
 };
 

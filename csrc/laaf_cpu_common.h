@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <array>
 #include <numeric>
 #include <vector>
 
@@ -162,6 +163,114 @@ inline Tensor sum_parts(const Tensor& parts, int64_t width) {
     for (int64_t j = 0; j < width; ++j) o[j] += p[k * width + j];
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------
+// channel_pass: one element-wise pass that also sums terms per channel
+// ---------------------------------------------------------------------------
+
+// The per-channel values at the lanes of one vector: a (the slope s, a flexible
+// kind's p0) and b (a second per-channel tensor: p1, or a cotangent of ds).
+template <typename C>
+struct ChannelLanes {
+  Vectorized<C> a, b;
+};
+
+// One vectorised, threaded pass over the (rows, cols) grid of `a` (b has the same
+// layout). At every vector of lanes [at, at + n) of the contiguous buffer,
+// body(at, n, lanes) stores its element-wise outputs itself and returns NSUMS
+// vectors of terms whose per-channel sums are wanted; sum j goes to parts[j]
+// (null: not wanted) as deterministic partials:
+//   channels last: parts[j][k * cols + c] for chunk k of kRowsPerChunk rows
+//                  ((chunks, cols) doubles; a flat walk when cols <= kMaxFlatCols);
+//   on_rows:       parts[j][r] += the sum over row r ((rows,) doubles, zeroed).
+// Fold them with sum_parts(parts, width) (width: cols, or the channels for on_rows).
+template <typename C, size_t NSUMS, typename Body>
+void channel_pass(const Grid<C>& a, const Grid<C>& b, const std::array<double*, NSUMS>& parts,
+                  const Body& body) {
+  using V = Vectorized<C>;
+  const int64_t rows = a.rows, cols = a.cols;
+  if (rows * cols == 0) return;
+  if (a.on_rows) {  // slopes per row: row r adds the lane sums of its terms to parts[j][r]
+    at::parallel_for(0, rows, grain(cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = 0; c < cols; c += V::size()) {
+          const int64_t n = std::min<int64_t>(V::size(), cols - c);
+          const auto terms = body(r * cols + c, n, ChannelLanes<C>{a.slope(r, c, n), b.slope(r, c, n)});
+          for (size_t j = 0; j < NSUMS; ++j) {
+            if (parts[j] != nullptr) parts[j][r] += lane_sum(terms[j], n);
+          }
+        }
+      }
+    });
+    return;
+  }
+  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  if (cols > kMaxFlatCols) {  // wide: each column vector summed down the chunk's rows
+    at::parallel_for(0, chunks, grain(kRowsPerChunk * cols), [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t r_end = std::min(rows, (k + 1) * kRowsPerChunk);
+        for (int64_t c = 0; c < cols; c += V::size()) {
+          const int64_t n = std::min<int64_t>(V::size(), cols - c);
+          const ChannelLanes<C> lanes{a.slope(0, c, n), b.slope(0, c, n)};
+          std::array<V, NSUMS> acc;
+          acc.fill(V(C(0)));
+          for (int64_t r = k * kRowsPerChunk; r < r_end; ++r) {
+            const auto terms = body(r * cols + c, n, lanes);
+            for (size_t j = 0; j < NSUMS; ++j) acc[j] = acc[j] + terms[j];
+          }
+          for (size_t j = 0; j < NSUMS; ++j) {
+            if (parts[j] == nullptr) continue;
+            C sums[V::size()];
+            acc[j].store(sums);
+            for (int64_t i = 0; i < n; ++i) parts[j][k * cols + c + i] = sums[i];
+          }
+        }
+      }
+    });
+    return;
+  }
+  // Narrow: each chunk is one flat walk on full vectors (FlatWalk, PhaseSums).
+  const FlatWalk<C> walk_a(a), walk_b(b);
+  const int64_t total = rows * cols, per_chunk = kRowsPerChunk * cols;  // whole vectors
+  at::parallel_for(0, chunks, grain(per_chunk), [&](int64_t k0, int64_t k1) {
+    std::vector<PhaseSums<C>> sums(NSUMS, PhaseSums<C>(cols, walk_a.period()));
+    for (int64_t k = k0; k < k1; ++k) {
+      for (auto& s : sums) s.clear();
+      const int64_t end = std::min(total, (k + 1) * per_chunk);
+      int64_t p = walk_a.phase_of(k * per_chunk / V::size());
+      for (int64_t at = k * per_chunk; at < end; at += V::size(), p = walk_a.next(p)) {
+        const int64_t n = std::min<int64_t>(V::size(), end - at);
+        const auto terms = body(at, n, ChannelLanes<C>{walk_a.slope(p), walk_b.slope(p)});
+        for (size_t j = 0; j < NSUMS; ++j) {  // (V::set keeps the n live lanes only)
+          if (parts[j] != nullptr) sums[j].add(p, V::set(V(C(0)), terms[j], n));
+        }
+      }
+      for (size_t j = 0; j < NSUMS; ++j) {
+        if (parts[j] != nullptr) sums[j].fold(parts[j] + k * cols);
+      }
+    }
+  });
+}
+
+// The partials buffer of channel_pass for `count` sums: (count, chunks, cols) for
+// channels last, (count, rows) zeroed for on_rows; undefined when not wanted.
+inline Tensor channel_partials(bool wanted, int64_t count, int64_t rows, int64_t cols, bool on_rows,
+                               const at::TensorOptions& like) {
+  if (!wanted) return Tensor();
+  const auto dbl = like.dtype(at::kDouble);
+  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  return on_rows ? at::zeros({count, rows}, dbl) : at::empty({count, chunks, cols}, dbl);
+}
+
+// The data of each of the `count` sums of a channel_partials buffer (nulls if undefined).
+template <size_t NSUMS>
+std::array<double*, NSUMS> partial_slots(const Tensor& partials) {
+  std::array<double*, NSUMS> slots{};
+  for (size_t j = 0; j < NSUMS && partials.defined(); ++j) {
+    slots[j] = partials.select(0, static_cast<int64_t>(j)).data_ptr<double>();
+  }
+  return slots;
 }
 
 // The grid of a T tensor; s_c is the slope already in T's compute type (see slope_in).

@@ -3,7 +3,7 @@
 // p1 = params[1] along `dim`.
 //
 // Forward: one vectorised, threaded pass over z.
-// Backward, given g = dL/dy, one pass over (g, z):
+// Backward, given g = dL/dy, one pass over (g, z) (channel_pass):
 //     dz = g f_z                       written when asked for
 //     dp_k = sum of g f_{p_k}          per-chunk (columns) or per-row (rows) partials,
 //                                      folded in a fixed order: the same bits whatever
@@ -54,47 +54,18 @@ void flex_forward_pass(const T* z, T* y, const ParamGrids<Compute<T>>& p) {
   });
 }
 
-// Columns: chunk k of rows writes dp_part[k, :] (k < chunks) and
-// dp_part[chunks + k, :]; rows: row r writes dp_part[r] and dp_part[rows + r].
+// Given g = dL/dy: dz = g f_z (unless dz is null) and the channel_pass partials of
+// dp_k = sum g f_{p_k} in parts[k] (null: not wanted).
 template <typename T, int KIND>
-void flex_backward_pass(const T* g, const T* z, T* dz, double* dp_part,
+void flex_backward_pass(const T* g, const T* z, T* dz, const std::array<double*, 2>& parts,
                         const ParamGrids<Compute<T>>& p) {
-  using C = Compute<T>;
-  using V = Vectorized<C>;
-  const int64_t rows = p.p0.rows, cols = p.p0.cols;
-  const bool on_rows = p.p0.on_rows;
-  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  at::parallel_for(0, chunks, grain(kRowsPerChunk * cols), [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r_begin = k * kRowsPerChunk, r_end = std::min(rows, r_begin + kRowsPerChunk);
-      for (int64_t c = 0; c < cols; c += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), cols - c);
-        V acc0(C(0)), acc1(C(0));
-        for (int64_t r = r_begin; r < r_end; ++r) {
-          const int64_t at = r * cols + c;
-          const V zv = Io<T>::load(z + at, n), gv = Io<T>::load(g + at, n);
-          const V p0 = p.p0.slope(r, c, n), p1 = p.p1.slope(r, c, n);
-          if (dz != nullptr) Io<T>::store(gv * Flex<KIND>::dz(zv, p0, p1), dz + at, n);
-          if (dp_part == nullptr) continue;
-          const V g0 = gv * Flex<KIND>::dp0(zv, p0, p1), g1 = gv * Flex<KIND>::dp1(zv, p0, p1);
-          if (on_rows) {
-            dp_part[r] += lane_sum(g0, n);
-            dp_part[rows + r] += lane_sum(g1, n);
-          } else {
-            acc0 = acc0 + g0;
-            acc1 = acc1 + g1;
-          }
-        }
-        if (on_rows || dp_part == nullptr) continue;
-        C lanes0[V::size()], lanes1[V::size()];
-        acc0.store(lanes0);
-        acc1.store(lanes1);
-        for (int64_t i = 0; i < n; ++i) {
-          dp_part[k * cols + c + i] = lanes0[i];
-          dp_part[(chunks + k) * cols + c + i] = lanes1[i];
-        }
-      }
-    }
+  using V = Vectorized<Compute<T>>;
+  channel_pass<Compute<T>, 2>(p.p0, p.p1, parts, [&](int64_t at, int64_t n,
+                                                     const ChannelLanes<Compute<T>>& ch) {
+    const V zv = Io<T>::load(z + at, n), gv = Io<T>::load(g + at, n);
+    if (dz != nullptr) Io<T>::store(gv * Flex<KIND>::dz(zv, ch.a, ch.b), dz + at, n);
+    return std::array<V, 2>{gv * Flex<KIND>::dp0(zv, ch.a, ch.b),
+                            gv * Flex<KIND>::dp1(zv, ch.a, ch.b)};
   });
 }
 
@@ -127,18 +98,14 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   }
   const ActLayout L = act_layout(z, params.select(0, 0), dim);
   const Tensor params_c = slope_in(params, z.scalar_type());
-  const int64_t chunks = (L.rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  const auto dbl = z.options().dtype(at::kDouble);
   Tensor dz = need_dz ? at::empty_like(z) : Tensor();
-  // Rows: one partial per row and parameter (zeroed: rows accumulate); columns: per chunk.
-  Tensor dp_part = !need_dp ? Tensor()
-                   : L.on_rows ? at::zeros({2, L.rows}, dbl) : at::empty({2, chunks, L.cols}, dbl);
+  Tensor dp_part = channel_partials(need_dp, 2, L.rows, L.cols, L.on_rows, z.options());
   LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_flex_bwd", [&] {
     const auto grids = param_grids<scalar_t>(params_c, L);
     LAAF_FLEX_SWITCH(kind_id, [&] {
       flex_backward_pass<scalar_t, KIND>(g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
                                          need_dz ? dz.data_ptr<scalar_t>() : nullptr,
-                                         need_dp ? dp_part.data_ptr<double>() : nullptr, grids);
+                                         partial_slots<2>(dp_part), grids);
     });
   });
   Tensor dp = empty;

@@ -20,7 +20,10 @@ each backend provides:
 
 ``d1_y`` is act' written in ``y = act(h)`` alone, where that is cheap and
 exact (tanh: 1 - y^2): a backend that saves y then needs no transcendental in
-its backward. It is None where act' is not such a function of y.
+its backward. It is None where act' is not such a function of y. Where it is
+given, so are its derivatives in y, ``d1_y_dy`` and ``d1_y_dyy`` (tanh: -2 y
+and -2): the fused double and triple backward of g act'(h) s
+(:mod:`laaf_kernels.ops.grad_y`) take them, as a PINN's u_xx does.
 ``torch_grad_y(g, y)`` is PyTorch's own fused op for g * d1_y(y) where one
 exists (aten.tanh_backward, ...): one kernel, with its own double backward.
 
@@ -44,8 +47,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Activation", "TABLE", "ACTIVATIONS", "get", "evaluate", "grad_from_y", "PRIMITIVES",
-           "formula_function", "lets_needed", "cbrt", "cbrt_d1", "CBRT_EPS"]
+__all__ = ["Activation", "TABLE", "FORMULAS", "Y_FORMULAS", "ACTIVATIONS", "get", "evaluate", "grad_from_y", "PRIMITIVES",
+           "formula_function", "lets_needed", "is_constant", "cbrt", "cbrt_d1", "CBRT_EPS"]
 
 #: The names a formula may call, beside arithmetic and comparisons.
 PRIMITIVES = (
@@ -53,6 +56,11 @@ PRIMITIVES = (
     "where", "maximum", "minimum",
 )
 CONSTANTS = {"SQRT1_2": 1.0 / math.sqrt(2.0), "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi)}
+
+
+#: The formulas of a table row: in h, and (the last three) in y = act(h).
+Y_FORMULAS = ("d1_y", "d1_y_dy", "d1_y_dyy")
+FORMULAS = ("value", "d1", "d2") + Y_FORMULAS
 
 
 @dataclass(frozen=True)
@@ -71,13 +79,15 @@ class Activation:
     d2: str
     let: Tuple[Tuple[str, str], ...] = field(default=())
     d1_y: Optional[str] = None
+    d1_y_dy: Optional[str] = None
+    d1_y_dyy: Optional[str] = None
     torch_grad_y: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
     def formula(self, which: str) -> str:
-        """The formula string for ``which`` in {"value", "d1", "d2", "d1_y"}."""
-        if which not in ("value", "d1", "d2", "d1_y"):
-            raise ValueError(f"which must be 'value', 'd1', 'd2' or 'd1_y', got {which!r}")
-        if which == "d1_y" and self.d1_y is None:
+        """The formula string for ``which``, one of ``FORMULAS``."""
+        if which not in FORMULAS:
+            raise ValueError(f"which must be one of {', '.join(FORMULAS)}, got {which!r}")
+        if which in Y_FORMULAS and self.d1_y is None:
             raise ValueError(f"{self.name}'s act' is not a function of y alone (no d1_y)")
         return getattr(self, which)
 
@@ -110,21 +120,22 @@ TABLE: Dict[str, Activation] = {a.name: a for a in (
         "tanh", torch.tanh,
         let=(("t", "tanh(h)"),),
         value="t", d1="1.0 - t * t", d2="-2.0 * t * (1.0 - t * t)", d1_y="1.0 - y * y",
-        torch_grad_y=torch.ops.aten.tanh_backward),
+        d1_y_dy="-2.0 * y", d1_y_dyy="-2.0", torch_grad_y=torch.ops.aten.tanh_backward),
     Activation(
         "sigmoid", torch.sigmoid,
         let=(("s", "sigmoid(h)"),),
         value="s", d1="s * (1.0 - s)", d2="s * (1.0 - s) * (1.0 - 2.0 * s)",
-        d1_y="y * (1.0 - y)", torch_grad_y=torch.ops.aten.sigmoid_backward),
+        d1_y="y * (1.0 - y)", d1_y_dy="1.0 - 2.0 * y", d1_y_dyy="-2.0",
+        torch_grad_y=torch.ops.aten.sigmoid_backward),
     Activation(
         "relu", torch.relu,
         value="maximum(h, 0.0)", d1="where(h > 0.0, 1.0, 0.0)", d2="0.0",
-        d1_y="where(y > 0.0, 1.0, 0.0)",
+        d1_y="where(y > 0.0, 1.0, 0.0)", d1_y_dy="0.0", d1_y_dyy="0.0",
         torch_grad_y=lambda g, y: torch.ops.aten.threshold_backward(g, y, 0)),
     Activation(
         "leaky_relu", _leaky_relu,
         value="where(h > 0.0, h, 0.01 * h)", d1="where(h > 0.0, 1.0, 0.01)", d2="0.0",
-        d1_y="where(y > 0.0, 1.0, 0.01)"),
+        d1_y="where(y > 0.0, 1.0, 0.01)", d1_y_dy="0.0", d1_y_dyy="0.0"),
     Activation(
         "elu", F.elu,
         let=(("e", "exp(minimum(h, 0.0))"),),
@@ -150,7 +161,7 @@ TABLE: Dict[str, Activation] = {a.name: a for a in (
         value="sin(h)", d1="cos(h)", d2="-sin(h)"),
     Activation(
         "identity", lambda h: h,
-        value="h", d1="1.0", d2="0.0", d1_y="1.0"),
+        value="h", d1="1.0", d2="0.0", d1_y="1.0", d1_y_dy="0.0", d1_y_dyy="0.0"),
 )}
 
 #: The supported activation names, core first.
@@ -242,9 +253,18 @@ class _PassVariable(ast.NodeTransformer):
         return node
 
 
+def is_constant(source: str) -> bool:
+    """Whether a formula is a bare number (``0.0``, ``-2.0``), which renderers
+    broadcast to the shape of the formula's variable."""
+    body = ast.parse(source, mode="eval").body
+    if isinstance(body, ast.UnaryOp) and isinstance(body.op, (ast.USub, ast.UAdd)):
+        body = body.operand
+    return isinstance(body, ast.Constant)
+
+
 def _torch_source(source: str, var: str) -> str:
     tree = ast.parse(source, mode="eval")
-    if isinstance(tree.body, ast.Constant):
+    if is_constant(source):
         return f"full_like({var}, {source})"
     return ast.unparse(_PassVariable(var).visit(tree))
 
@@ -266,7 +286,7 @@ def _torch_function(name: str, which: str):
     torch tensors, compiled once."""
     act = get(name)
     formula = act.formula(which)
-    if which == "d1_y":
+    if which in Y_FORMULAS:
         return formula_function(f"{name}.{which}", ("y",), (), formula)
     return formula_function(f"{name}.{which}", ("h",), act.lets_for(formula), formula)
 
@@ -282,7 +302,8 @@ def grad_from_y(name: str, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def evaluate(name: str, which: str, h: torch.Tensor) -> torch.Tensor:
     """Evaluate act(h), act'(h) or act''(h) (``which`` = value/d1/d2) from the
-    table; with ``which="d1_y"``, ``h`` is y = act(h) and the result act'(h).
+    table; with ``which`` one of ``Y_FORMULAS``, ``h`` is y = act(h) and the
+    result act'(h) (d1_y) or its first or second derivative in y.
 
     The result is differentiable by autograd wherever the formula is, and has
     the shape, dtype and device of ``h``.

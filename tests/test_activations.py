@@ -159,6 +159,36 @@ def test_grad_from_y_matches_formula_and_its_derivative(name):
         torch.testing.assert_close(d_fused, d_formula, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS if TABLE[n].d1_y is not None])
+def test_d1_y_derivatives_are_those_of_d1_y(name):
+    """d1_y_dy and d1_y_dyy (the fused double and triple backward's phi', phi'')
+    equal autograd's first and second derivatives of d1_y in y, kinks excluded."""
+    y = get(name).torch_fn(torch.tensor(_grid(), dtype=torch.float64)).requires_grad_()
+    def derivative(f):  # df/dy; zero where f has no graph (piecewise-constant: relu)
+        if not f.requires_grad:
+            return torch.zeros_like(y)
+        (d,) = torch.autograd.grad(f.sum(), y, create_graph=True, allow_unused=True)
+        return torch.zeros_like(y) if d is None else d
+
+    d1 = derivative(evaluate(name, "d1_y", y))
+    d2 = derivative(d1).detach()
+    torch.testing.assert_close(evaluate(name, "d1_y_dy", y.detach()), d1.detach(),
+                               rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(evaluate(name, "d1_y_dyy", y.detach()), d2, rtol=1e-12, atol=1e-13)
+
+
+def test_y_formulas_come_together():
+    """d1_y, d1_y_dy and d1_y_dyy are all given or all absent, and each renders as
+    a tensor of y's shape (constants are broadcast)."""
+    y = torch.rand(5, dtype=torch.float64)
+    for act in TABLE.values():
+        given = [getattr(act, which) is not None for which in ("d1_y", "d1_y_dy", "d1_y_dyy")]
+        assert len(set(given)) == 1, act.name
+        if act.d1_y:
+            for which in ("d1_y", "d1_y_dy", "d1_y_dyy"):
+                assert evaluate(act.name, which, y).shape == y.shape, (act.name, which)
+
+
 def test_d1_y_only_where_defined():
     assert {n for n in ACTIVATIONS if TABLE[n].d1_y} == {
         "tanh", "sigmoid", "relu", "leaky_relu", "identity"}
@@ -176,10 +206,10 @@ def test_formulas_use_only_the_vocabulary():
         for source in [s for _, s in act.let] + [act.value, act.d1, act.d2]:
             used = {n.id for n in ast.walk(ast.parse(source, mode="eval")) if isinstance(n, ast.Name)}
             assert used <= names, (act.name, source, used - names)
-        if act.d1_y:  # in y alone
-            used = {n.id for n in ast.walk(ast.parse(act.d1_y, mode="eval"))
+        for source in filter(None, (act.d1_y, act.d1_y_dy, act.d1_y_dyy)):  # in y alone
+            used = {n.id for n in ast.walk(ast.parse(source, mode="eval"))
                     if isinstance(n, ast.Name)}
-            assert used <= set(PRIMITIVES) | {"y"}, (act.name, act.d1_y)
+            assert used <= set(PRIMITIVES) | {"y"}, (act.name, source)
 
 
 def test_unknown_activation_lists_valid_names():

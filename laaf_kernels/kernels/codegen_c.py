@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 from typing import Dict, Tuple
 
-from ..activations import ACTIVATIONS, CONSTANTS, TABLE
+from ..activations import ACTIVATIONS, CONSTANTS, TABLE, Y_FORMULAS
 from ..flexible import FLEXIBLE, FLEXIBLE_KINDS
 
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -104,10 +104,11 @@ def _function(row, which: str, style, qualifiers: str, args=("h",)) -> str:
     the formula's let-bindings; ``row`` is a table row (activation or flexible kind)."""
     source = row.formula(which)
     t = style.var_type
-    lets = () if which == "d1_y" else row.lets_for(source)
+    in_y = which in Y_FORMULAS
+    lets = () if in_y else row.lets_for(source)
     body = [f"    const {t} {var} = {render_expr(expr, style)};" for var, expr in lets]
     body.append(f"    return {render_expr(source, style)};")
-    params = ", ".join(f"const {t}& {a}" for a in (("y",) if which == "d1_y" else args))
+    params = ", ".join(f"const {t}& {a}" for a in (("y",) if in_y else args))
     return (f"  template <typename {t}>\n  static {qualifiers} {t} {which}({params}) {{\n"
             + "\n".join(body) + "\n  }")
 
@@ -116,7 +117,7 @@ def _act_structs(style, qualifiers: str) -> list:
     parts = ["template <int ACT>", "struct Act;"]
     for act_id, name in enumerate(ACTIVATIONS):
         act = TABLE[name]
-        kinds = ("value", "d1", "d2") + (("d1_y",) if act.d1_y else ())
+        kinds = ("value", "d1", "d2") + (Y_FORMULAS if act.d1_y else ())
         funcs = "\n".join(_function(act, which, style, qualifiers) for which in kinds)
         flag = f"  static constexpr bool kD1FromY = {'true' if act.d1_y else 'false'};"
         parts += ["", f"template <>  // {name}", f"struct Act<{act_id}> {{", flag, funcs, "};"]
@@ -209,7 +210,8 @@ def render_cpp() -> str:
     return "\n".join(_HEADER + [
         "//",
         "// Act<ID>::value / d1 / d2 give act(h), act'(h), act''(h) on at::vec::Vectorized<T>",
-        "// lanes; where kD1FromY, d1_y(y) gives act'(h) from y = act(h) alone.",
+        "// lanes; where kD1FromY, d1_y(y) gives act'(h) from y = act(h) alone, and",
+        "// d1_y_dy(y), d1_y_dyy(y) its first and second derivatives in y.",
         "#pragma once",
         "#include <ATen/cpu/vec/vec.h>",
         "",
@@ -309,7 +311,7 @@ def render_cuda() -> str:
         "//",
         "// gpu::Act<ID>::value / d1 / d2 give act(h), act'(h), act''(h) for one float or",
         "// double h (half and bf16 compute in float); where kD1FromY, d1_y(y) gives act'(h)",
-        "// from y = act(h) alone.",
+        "// from y = act(h) alone, and d1_y_dy(y), d1_y_dyy(y) its derivatives in y.",
         "#pragma once",
         "#include <cuda_runtime.h>",
         "",

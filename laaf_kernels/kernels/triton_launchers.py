@@ -14,6 +14,7 @@ import triton
 from .triton_activation import MIN_BLOCK, act_bwd_kernel, act_fwd_kernel
 from .triton_activations import ACT_IDS
 from .triton_flexible import flex_bwd_kernel, flex_fwd_kernel
+from .triton_grad_y import grad_y_kernel, grad_y_vjp2_kernel, grad_y_vjp_kernel
 from .triton_flexible_formulas import KIND_IDS
 from .triton_linear import linear_bwd_narrow_kernel, linear_fwd_kernel
 from .triton_utils import (device_guard, dot_precision, next_pow2_at_least_16,
@@ -199,6 +200,100 @@ def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need
             SLOPE=slope_kind(s), SLOPE_ON_ROWS=slope_on_rows, ACT=ACT_IDS[activation],
             NEED_DZ=need_dz, NEED_DB=need_db, NEED_DS=need_ds, ACC_FP64=acc == torch.float64)
     return dz, db_part, ds_part
+
+
+# ---------------------------------------------------------------------------
+# gz = g act'(h) s from y, and its vector-Jacobian products (ops.grad_y)
+# ---------------------------------------------------------------------------
+
+def _grad_y_frame(y: torch.Tensor, s: Optional[torch.Tensor], dim: int):
+    """y (contiguous) as the (R, C) grid, with slope_on_rows, channels and the launch grid
+    (``dim`` may be negative, as in the C++ ops)."""
+    y2, on_rows, channels = _as_grid(y.contiguous(), s, dim % max(1, y.dim()))
+    R, C = y2.shape
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    return y2, on_rows, channels, grid
+
+
+def _grad_y_flags(y2, s, activation, on_rows) -> dict:
+    return dict(SLOPE=slope_kind(s), ON_ROWS=on_rows, ACT=ACT_IDS[activation],
+                ACC_FP64=y2.dtype == torch.float64)
+
+
+def _ds_partials(need: bool, y2: torch.Tensor, on_rows: bool) -> Optional[torch.Tensor]:
+    """Zeroed per-program-block partials of ds: (column blocks, R) or (row blocks, C)."""
+    if not need:
+        return None
+    R, C = y2.shape
+    shape = (triton.cdiv(C, MIN_BLOCK), R) if on_rows else (triton.cdiv(R, MIN_BLOCK), C)
+    return y2.new_zeros(shape, dtype=_acc_dtype(y2))
+
+
+def _finish_ds(part: Optional[torch.Tensor], s, on_rows: bool, channels: int):
+    if part is None:
+        return None
+    return _reduce_ds(part.reshape(-1, channels) if on_rows else part, s)
+
+
+def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(like.shape)
+
+
+def grad_y(g, y, s, activation: str, dim: int) -> torch.Tensor:
+    """gz = g act'(h) s, act' from y = act(h)."""
+    gz = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+    if y.numel() == 0:
+        return gz
+    y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
+    with device_guard(y):
+        grad_y_kernel[grid](_as(g, y2), y2, y2 if s is None else s, gz, *y2.shape, channels,
+                            **_grad_y_flags(y2, s, activation, on_rows))
+    return gz
+
+
+def grad_y_vjp(u, g, y, s, activation: str, dim: int, need_g: bool, need_y: bool,
+               need_s: bool):
+    """(dg, dy, ds) of gz = g act'(h) s given u = dL/dgz; None where not needed."""
+    need_s = need_s and s is not None
+    if y.numel() == 0:
+        return (torch.zeros_like(y) if need_g else None, torch.zeros_like(y) if need_y else None,
+                torch.zeros_like(s) if need_s else None)
+    y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
+    dg = torch.empty_like(y2) if need_g else None
+    dy = torch.empty_like(y2) if need_y else None
+    ds_part = _ds_partials(need_s, y2, on_rows)
+    with device_guard(y):
+        grad_y_vjp_kernel[grid](
+            _as(u, y2), _as(g, y2), y2, y2 if s is None else s, y2 if dg is None else dg,
+            y2 if dy is None else dy, y2 if ds_part is None else ds_part, *y2.shape, channels,
+            NEED_G=need_g, NEED_Y=need_y, NEED_S=need_s,
+            **_grad_y_flags(y2, s, activation, on_rows))
+    return (None if dg is None else dg.reshape(y.shape), None if dy is None else dy.reshape(y.shape),
+            _finish_ds(ds_part, s, on_rows, channels))
+
+
+def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool, need_g: bool,
+                need_y: bool, need_s: bool):
+    """(du, dg, dy, ds) of grad_y_vjp's outputs given their cotangents ug, uy, us
+    (None: zero); None where not needed."""
+    need_s = need_s and s is not None
+    if y.numel() == 0:
+        return (*(torch.zeros_like(y) if n else None for n in (need_u, need_g, need_y)),
+                torch.zeros_like(s) if need_s else None)
+    y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
+    du, dg, dy = (torch.empty_like(y2) if n else None for n in (need_u, need_g, need_y))
+    ds_part = _ds_partials(need_s, y2, on_rows)
+    either = lambda t, fallback: fallback if t is None else t  # noqa: E731
+    with device_guard(y):
+        grad_y_vjp2_kernel[grid](
+            y2 if ug is None else _as(ug, y2), y2 if uy is None else _as(uy, y2),
+            y2 if us is None else us.contiguous(), _as(u, y2), _as(g, y2), y2, either(s, y2),
+            either(du, y2), either(dg, y2), either(dy, y2), either(ds_part, y2),
+            *y2.shape, channels, HAS_UG=ug is not None, HAS_UY=uy is not None,
+            HAS_US=us is not None, NEED_U=need_u, NEED_G=need_g, NEED_Y=need_y, NEED_S=need_s,
+            **_grad_y_flags(y2, s, activation, on_rows))
+    return (*(None if t is None else t.reshape(y.shape) for t in (du, dg, dy)),
+            _finish_ds(ds_part, s, on_rows, channels))
 
 
 # ---------------------------------------------------------------------------

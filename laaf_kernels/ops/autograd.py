@@ -24,8 +24,10 @@ Backward (``shared/notes/math.md``)::
 
 When the backward itself is being differentiated (``create_graph=True``, as
 a PINN does for u_x, u_xx), the fused backward op is not used: the gradients
-are formed from differentiable torch ops and the table's act' formula, so
-derivatives of any order stay correct.
+are formed from differentiable ops, so derivatives of any order stay correct:
+gz = g act'(h) s from the backend's fused ``grad_y`` op where it has one (its
+derivatives fused too, :mod:`laaf_kernels.ops.grad_y`), else from torch ops and
+the table's act' formula; dx = gz W and dW = gz^T x as torch matmuls.
 """
 from __future__ import annotations
 
@@ -65,23 +67,39 @@ def _gh(g, activation, h_fn, y):
     return g * evaluate(activation, "d1", h_fn())
 
 
-def differentiable_activation_grads(g, z, s, activation, dim, need, y=None):
-    """(dz, ds) of y = act(s z) from differentiable torch ops."""
+def differentiable_activation_grads(g, z, s, activation, dim, need, y=None, grad_y=None):
+    """(dz, ds) of y = act(s z) from differentiable ops. With the backend's fused
+    ``grad_y`` (g act'(h) s from y, its derivatives fused too), where the table
+    writes act' in y: from the saved y, or from y = act(s z) recomputed by torch
+    (a backend that does not save y); otherwise from torch ops alone."""
     s_b = None if s is None else along(s, z.dim(), dim)
-    gh = _gh(g, activation, lambda: z if s is None else z * s_b, y)
+    need_ds = need[1] and s is not None
+    h_fn = lambda: z if s is None else z * s_b  # noqa: E731
+    if grad_y is not None and get_activation(activation).d1_y is not None:
+        if y is None:
+            y = get_activation(activation).torch_fn(h_fn())
+        if not need_ds:
+            return (grad_y(g, y, s, activation, dim) if need[0] else None), None
+        gh = grad_y(g, y, None, activation, dim)
+    else:
+        gh = _gh(g, activation, h_fn, y)
     dz = (gh if s is None else gh * s_b) if need[0] else None
-    ds = _sum_like_slope(gh * z, s, dim) if (need[1] and s is not None) else None
+    ds = _sum_like_slope(gh * z, s, dim) if need_ds else None
     return dz, ds
 
 
-def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None):
-    """(dx, dW, db, ds) of y = act(s (x W^T + b)) from differentiable torch ops.
+def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None, grad_y=None):
+    """(dx, dW, db, ds) of y = act(s (x W^T + b)) from differentiable ops.
     z is recomputed with F.linear (so that the graph reaches x, W and b) unless
     neither act' (given y) nor ds needs it, as for a PINN's u_x; act' comes
-    from y whenever the table allows, even when z is recomputed for ds."""
+    from y whenever the table allows, even when z is recomputed for ds, through
+    the backend's fused ``grad_y`` where given."""
     if need[3] or y is None or get_activation(activation).d1_y is None:
         z = F.linear(x, weight, bias)
-        gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]), y)
+        gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]), y,
+                                                 grad_y)
+    elif grad_y is not None:
+        gz, ds = grad_y(g, y, s, activation, 1), None
     else:
         gh = grad_from_y(activation, g, y)
         gz, ds = (gh if s is None else gh * s), None
@@ -197,7 +215,7 @@ def call_op(qualname: str, *args):
         return rule.op(*args)
 
 
-def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
+def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None) -> None:
     """Autograd of ``fwd_name`` (y, z) via ``bwd_op``; z is a saved, non-differentiable output."""
 
     def setup_context(ctx, inputs, output):
@@ -214,7 +232,8 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
         if gy is None or not any(need):
             return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
-            grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need, y)
+            grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need, y,
+                                                grad_y)
         else:
             grads = bwd_op(gy, x, weight, bias, z, s, y, ctx.activation, *need)
             grads = [t if n else None for t, n in zip(grads, need)]
@@ -223,7 +242,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
     _register_autograd(fwd_name, backward, setup_context)
 
 
-def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
+def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None) -> None:
     """Autograd of ``fwd_name`` y = act(s z) via ``bwd_op``."""
 
     def setup_context(ctx, inputs, output):
@@ -237,7 +256,8 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool) -> None:
         if not any(need):
             return None, None, None, None
         if torch.is_grad_enabled():
-            grads = differentiable_activation_grads(gy, z, s, ctx.activation, ctx.dim, need, y)
+            grads = differentiable_activation_grads(gy, z, s, ctx.activation, ctx.dim, need, y,
+                                                    grad_y)
         else:
             grads = bwd_op(gy, z, s, y, ctx.activation, ctx.dim, *need)
             grads = [t if n else None for t, n in zip(grads, need)]
@@ -282,14 +302,17 @@ def _register_fakes(prefix: str, stores_z) -> None:
                 s.new_empty(s.shape) if need_ds else z.new_empty((0,)))
 
 
-def register_backend_ops(prefix: str, stores_z, saves_y: bool = False) -> None:
-    """Fakes and autograd for a backend's four ops, torch.ops.laaf.<prefix>_*."""
+def register_backend_ops(prefix: str, stores_z, saves_y: bool = False,
+                         grad_y: Optional[Callable] = None) -> None:
+    """Fakes and autograd for a backend's four ops, torch.ops.laaf.<prefix>_*.
+    ``grad_y`` (:func:`laaf_kernels.ops.grad_y.make_grad_y`) makes the create_graph
+    backward run on the backend's fused derivatives of g act'(h) s."""
     _register_fakes(prefix, stores_z)
     ops = torch.ops.laaf
     _register_linear_autograd(f"laaf::{prefix}_linear_fwd", getattr(ops, f"{prefix}_linear_bwd"),
-                              saves_y)
+                              saves_y, grad_y)
     _register_activation_autograd(f"laaf::{prefix}_act_fwd", getattr(ops, f"{prefix}_act_bwd"),
-                                  saves_y)
+                                  saves_y, grad_y)
 
 
 # ---------------------------------------------------------------------------

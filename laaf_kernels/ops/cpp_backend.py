@@ -13,6 +13,7 @@ import torch
 from .. import reference
 from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
                        register_flexible_ops)
+from .grad_y import make_grad_y, register_grad_y_ops
 
 __all__ = ["linear", "activation", "flexible", "DTYPES"]
 
@@ -25,8 +26,10 @@ def stores_z(n_out: int, k_in: int, training: bool) -> bool:
 
 
 # Saving y (where act' is a function of y) spares the backward a second tanh /
-# sigmoid per element, which on a CPU costs more than the memory passes.
-register_backend_ops("cpp", stores_z, saves_y=True)
+# sigmoid per element, which on a CPU costs more than the memory passes; the
+# create_graph passes (a PINN's) then run on the fused grad_y ops.
+register_grad_y_ops("cpp")
+register_backend_ops("cpp", stores_z, saves_y=True, grad_y=make_grad_y("cpp"))
 
 linear = make_linear("cpp", DTYPES, reference.linear_impl)
 activation = make_activation("cpp", DTYPES, reference.activation_impl)

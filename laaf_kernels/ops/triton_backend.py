@@ -16,6 +16,7 @@ from torch import Tensor
 from ..kernels import triton_launchers as launch
 from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
                        register_flexible_ops)
+from .grad_y import check_grad_y_args, make_grad_y, register_grad_y_ops
 
 __all__ = ["linear", "activation", "flexible"]
 
@@ -61,7 +62,44 @@ def act_bwd(g: Tensor, z: Tensor, s: Optional[Tensor], y: Optional[Tensor], acti
     return (z.new_empty((0,)) if dz is None else dz, z.new_empty((0,)) if ds is None else ds)
 
 
-register_backend_ops("triton", launch.stores_z)
+# ---------------------------------------------------------------------------
+# gz = g act'(h) s from y and its derivatives: the create_graph passes (ops.grad_y)
+# ---------------------------------------------------------------------------
+
+@torch.library.custom_op("laaf::triton_grad_y", mutates_args=())
+def grad_y(g: Tensor, y: Tensor, s: Optional[Tensor], activation: str, dim: int) -> Tensor:
+    """gz = g act'(h) s, act' from y = act(h)."""
+    check_grad_y_args(activation, y, g)
+    return launch.grad_y(g, y, s, activation, dim)
+
+
+def _or_empty(grads, like: Tensor):
+    return tuple(like.new_empty((0,)) if t is None else t for t in grads)
+
+
+@torch.library.custom_op("laaf::triton_grad_y_vjp", mutates_args=())
+def grad_y_vjp(u: Tensor, g: Tensor, y: Tensor, s: Optional[Tensor], activation: str, dim: int,
+               need_g: bool, need_y: bool, need_s: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dg, dy, ds) given u = dL/dgz; an output not asked for is an empty tensor."""
+    check_grad_y_args(activation, y, u, g)
+    return _or_empty(launch.grad_y_vjp(u, g, y, s, activation, dim, need_g, need_y, need_s), y)
+
+
+@torch.library.custom_op("laaf::triton_grad_y_vjp2", mutates_args=())
+def grad_y_vjp2(ug: Optional[Tensor], uy: Optional[Tensor], us: Optional[Tensor], u: Tensor,
+                g: Tensor, y: Tensor, s: Optional[Tensor], activation: str, dim: int,
+                need_u: bool, need_g: bool, need_y: bool,
+                need_s: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(du, dg, dy, ds) given the cotangents of grad_y_vjp's outputs."""
+    check_grad_y_args(activation, y, ug, uy, u, g, s=s, us=us)
+    return _or_empty(launch.grad_y_vjp2(ug, uy, us, u, g, y, s, activation, dim, need_u, need_g,
+                                        need_y, need_s), y)
+
+
+register_grad_y_ops("triton")
+# y is not saved (the memory budget: x and s only, for narrow layers); the
+# create_graph passes recompute z and y = act(s z) with torch, then run on grad_y.
+register_backend_ops("triton", launch.stores_z, grad_y=make_grad_y("triton"))
 
 linear = make_linear("triton")
 activation = make_activation("triton")

@@ -17,7 +17,7 @@ import subprocess
 import pytest
 import torch
 
-from laaf_kernels.activations import ACTIVATIONS, TABLE, evaluate
+from laaf_kernels.activations import ACTIVATIONS, TABLE, Y_FORMULAS, evaluate
 from laaf_kernels.flexible import FLEXIBLE_KINDS, evaluate_flexible
 from laaf_kernels.ops import extension
 
@@ -74,7 +74,8 @@ def _edge_inputs() -> list:
 
 @pytest.fixture(scope="module")
 def functor_table(tmp_path_factory):
-    """{(type, name): (h, value, d1, d2, d1_y)} from the host build of the functors."""
+    """{(type, name): (h, value, d1, d2, d1_y, d1_y_dy, d1_y_dyy)} from the host build
+    of the functors."""
     program = tmp_path_factory.mktemp("functors") / "functors"
     source = HERE / "cuda" / "activation_functors.cu"
     build = subprocess.run([NVCC, "-std=c++20", "-x", "cu", str(source), "-o", str(program),
@@ -105,16 +106,17 @@ TYPES = {"double": (torch.float64, dict(rtol=1e-13, atol=1e-14)),
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_generated_cuda_functors_match_the_table(functor_table, type_name, name):
     dtype, tol = TYPES[type_name]
-    h, value, d1, d2, d1_y = functor_table[(type_name, name)]
+    h, value, d1, d2, *in_y = functor_table[(type_name, name)]
     h_t = h.to(dtype)
     for which, got in (("value", value), ("d1", d1), ("d2", d2)):
         want = evaluate(name, which, h_t).double()
         torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}.{which}: {m}")
-    if TABLE[name].d1_y is None:
-        assert torch.isnan(d1_y).all()
-    else:
-        want = evaluate(name, "d1_y", value.to(dtype)).double()
-        torch.testing.assert_close(d1_y, want, **tol, msg=lambda m: f"{name}.d1_y: {m}")
+    for which, got in zip(Y_FORMULAS, in_y):
+        if TABLE[name].d1_y is None:
+            assert torch.isnan(got).all()
+        else:
+            want = evaluate(name, which, value.to(dtype)).double()
+            torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}.{which}: {m}")
 
 
 @needs_nvcc

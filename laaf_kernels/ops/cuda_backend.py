@@ -15,6 +15,7 @@ import torch
 
 from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
                        register_flexible_ops)
+from .grad_y import make_grad_y, register_grad_y_ops
 
 __all__ = ["linear", "activation", "flexible", "DTYPES"]
 
@@ -26,7 +27,10 @@ def stores_z(n_out: int, k_in: int, training: bool) -> bool:
     return training
 
 
-register_backend_ops("cuda", stores_z, saves_y=False)
+# The create_graph passes (a PINN's) recompute y = act(s z) with torch and run
+# on the fused grad_y ops (csrc/laaf_cuda_grad_y.cu).
+register_grad_y_ops("cuda")
+register_backend_ops("cuda", stores_z, saves_y=False, grad_y=make_grad_y("cuda"))
 
 linear = make_linear("cuda")
 activation = make_activation("cuda")

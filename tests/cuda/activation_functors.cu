@@ -1,6 +1,8 @@
-// Prints gpu::Act<ID>::value / d1 / d2 (and d1_y at y = value) of every activation
-// for the inputs h read from stdin, in double and in float, one line per (type, id, h):
-//   <type> <id> <h> <value> <d1> <d2> <d1_y or nan>
+// Prints gpu::Act<ID>::value / d1 / d2 (and d1_y, d1_y_dy, d1_y_dyy at y = value) of
+// every activation for the inputs h read from stdin, in double and in float, one line
+// per (type, id, h):
+//   <type> <id> <h> <value> <d1> <d2> <d1_y> <d1_y_dy> <d1_y_dyy>   (the last three nan
+//                                                                    without kD1FromY)
 // and gpu::Flex<KIND>::value / dz / dp0 / dp1 of every flexible kind at z = h for each
 // parameter pair of kParams:
 //   flex-<type> <kind> <z> <p0> <p1> <value> <dz> <dp0> <dp1>
@@ -18,11 +20,15 @@ void print_one(const char* type, double h_in) {
   using F = laaf::gpu::Act<ACT>;
   const T h = static_cast<T>(h_in);
   const T y = F::value(h);
-  double d1_y = NAN;
-  if constexpr (F::kD1FromY) d1_y = static_cast<double>(F::d1_y(y));
-  std::printf("%s %d %.17g %.17g %.17g %.17g %.17g\n", type, ACT, static_cast<double>(h),
-              static_cast<double>(y), static_cast<double>(F::d1(h)),
-              static_cast<double>(F::d2(h)), d1_y);
+  double in_y[3] = {NAN, NAN, NAN};
+  if constexpr (F::kD1FromY) {
+    in_y[0] = static_cast<double>(F::d1_y(y));
+    in_y[1] = static_cast<double>(F::d1_y_dy(y));
+    in_y[2] = static_cast<double>(F::d1_y_dyy(y));
+  }
+  std::printf("%s %d %.17g %.17g %.17g %.17g %.17g %.17g %.17g\n", type, ACT,
+              static_cast<double>(h), static_cast<double>(y), static_cast<double>(F::d1(h)),
+              static_cast<double>(F::d2(h)), in_y[0], in_y[1], in_y[2]);
 }
 
 constexpr double kParams[][2] = {{0.3, 0.2}, {1.2, -0.4}, {1.0, 0.1}};

@@ -24,7 +24,6 @@
 #include <torch/library.h>
 
 #include <array>
-#include <type_traits>
 #include <tuple>
 
 #include "laaf_activations.h"
@@ -86,23 +85,6 @@ Tensor empty_if(bool need, const Tensor& like) {
   return need ? at::empty_like(like) : Tensor();
 }
 
-// f(std::integral_constant<int, ACT>) for the activation id `act`, which must be one
-// whose act' is a function of y (kD1FromY); f's body is compiled for those only.
-template <int ACT, typename F>
-void call_if_from_y(const F& f) {
-  if constexpr (Act<ACT>::kD1FromY) {
-    f(std::integral_constant<int, ACT>{});
-  } else {
-    TORCH_CHECK(false, "laaf cpp_grad_y: the activation's act' is not a function of y "
-                "(the table has no d1_y for it)");
-  }
-}
-
-template <typename F>
-void with_y_activation(int act, const F& f) {
-  LAAF_ACT_SWITCH(act, [&] { call_if_from_y<ACT>(f); });
-}
-
 void check_grad_y_args(const Tensor& y, std::initializer_list<const Tensor*> same) {
   check_dtype(y, "y");
   for (const Tensor* t : same) {
@@ -128,7 +110,7 @@ Tensor grad_y(const Tensor& g_in, const Tensor& y_in, const c10::optional<Tensor
     const auto grid = grid_of<scalar_t>(f, f.s_c);
     const scalar_t *gp = g.data_ptr<scalar_t>(), *yp = y.data_ptr<scalar_t>();
     scalar_t* out = gz.data_ptr<scalar_t>();
-    with_y_activation(act, [&](auto act_c) {
+    with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       channel_pass<Compute<scalar_t>, 0>(grid, grid, {}, [&](int64_t at, int64_t n,
                                                              const auto& ch) {
@@ -161,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor> grad_y_vjp(const Tensor& u_in, const Tensor& 
     const auto grid = grid_of<T>(f, f.s_c);
     const T *up = u.data_ptr<T>(), *gp = g.data_ptr<T>(), *yp = y.data_ptr<T>();
     T *dg_out = out_or_null<T>(dg), *dy_out = out_or_null<T>(dy);
-    with_y_activation(act, [&](auto act_c) {
+    with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       channel_pass<Compute<T>, 1>(grid, grid, partial_slots<1>(f.parts),
                                   [&](int64_t at, int64_t n, const auto& ch) {
@@ -211,7 +193,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grad_y_vjp2(
     const T *ugp = data_or_null<T>(ug), *uyp = data_or_null<T>(uy);
     T *du_out = out_or_null<T>(du), *dg_out = out_or_null<T>(dg), *dy_out = out_or_null<T>(dy);
     const bool has_us = us_c.defined();
-    with_y_activation(act, [&](auto act_c) {
+    with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       channel_pass<C, 1>(grid, us_grid, partial_slots<1>(f.parts),
                          [&](int64_t at, int64_t n, const auto& ch) {

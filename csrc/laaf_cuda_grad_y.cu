@@ -21,7 +21,6 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <type_traits>
 
 #include "laaf_activations_cuda.cuh"
 #include "laaf_cuda_common.cuh"
@@ -172,22 +171,6 @@ struct Vjp2Body {
 // Host side
 // ===========================================================================
 
-// f(std::integral_constant<int, ACT>) for an activation whose act' is a function of y.
-template <int ACT, typename F>
-void call_if_from_y(const F& f) {
-  if constexpr (gpu::Act<ACT>::kD1FromY) {
-    f(std::integral_constant<int, ACT>{});
-  } else {
-    TORCH_CHECK(false, "laaf cuda_grad_y: the activation's act' is not a function of y "
-                "(the table has no d1_y for it)");
-  }
-}
-
-template <typename F>
-void with_y_activation(int act, const F& f) {
-  LAAF_ACT_SWITCH(act, [&] { call_if_from_y<ACT>(f); });
-}
-
 void check_args(const Tensor& y, std::initializer_list<const Tensor*> same) {
   check_cuda(y, "y");
   for (const Tensor* t : same) {
@@ -216,7 +199,7 @@ Tensor grad_y(const Tensor& g_in, const Tensor& y_in, const c10::optional<Tensor
   if (y.numel() == 0) return gz;
   const Frame f = make_frame(y, s, c10::nullopt, dim, false);
   LAAF_DISPATCH_CUDA_TYPES(y.scalar_type(), "laaf_cuda_grad_y", [&] {
-    with_y_activation(act, [&](auto act_c) {
+    with_y_activation<gpu::Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       const GradYBody<scalar_t, ACT> body{g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                           gz.data_ptr<scalar_t>()};
@@ -243,7 +226,7 @@ std::tuple<Tensor, Tensor, Tensor> grad_y_vjp(const Tensor& u_in, const Tensor& 
   Tensor dg = empty_if(need_g, y), dy = empty_if(need_y, y);
   const Frame f = make_frame(y, s, c10::nullopt, dim, need_s);
   LAAF_DISPATCH_CUDA_TYPES(y.scalar_type(), "laaf_cuda_grad_y_vjp", [&] {
-    with_y_activation(act, [&](auto act_c) {
+    with_y_activation<gpu::Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       const VjpBody<scalar_t, ACT> body{u.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                         y.data_ptr<scalar_t>(), out_or_null<scalar_t>(dg),
@@ -280,7 +263,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grad_y_vjp2(
   const Frame f = make_frame(y, s, us, dim, need_s);
   LAAF_DISPATCH_CUDA_TYPES(y.scalar_type(), "laaf_cuda_grad_y_vjp2", [&] {
     using T = scalar_t;
-    with_y_activation(act, [&](auto act_c) {
+    with_y_activation<gpu::Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       const Vjp2Body<T, ACT> body{ug.defined() ? ug.data_ptr<T>() : nullptr,
                                   uy.defined() ? uy.data_ptr<T>() : nullptr,

@@ -1,8 +1,13 @@
-// laaf_kernels: host-side helpers shared by the CPU (laaf_cpu.cpp) and CUDA
-// (laaf_cuda.cu) sources: the slope kinds, and how an activation's input is
-// seen as the 2-D (rows, cols) grid that the kernels walk.
+// laaf_kernels: host-side helpers shared by the CPU (laaf_cpu*.cpp) and CUDA
+// (laaf_cuda*.cu) sources: the slope kinds, how an activation's input is seen as
+// the 2-D (rows, cols) grid that the kernels walk, and the dispatch over the
+// activations whose act' is written in y (the grad_y ops).
 #pragma once
 #include <ATen/ATen.h>
+
+#include <type_traits>
+
+#include "laaf_activation_ids.h"
 
 namespace laaf {
 
@@ -52,6 +57,24 @@ inline ActLayout act_layout(const at::Tensor& z, const c10::optional<at::Tensor>
 inline at::Tensor finish_ds(const at::Tensor& per_channel, const at::Tensor& s) {
   at::Tensor ds = s.dim() == 0 ? per_channel.sum() : per_channel;
   return ds.to(s.scalar_type());
+}
+
+// f(std::integral_constant<int, ACT>) for the activation id `act`, where the table
+// writes its act' in y (ActT<ACT>::kD1FromY, ActT = Act or gpu::Act): f's body is
+// compiled for those activations only; any other is an error that says so.
+template <template <int> class ActT, int ACT, typename F>
+void call_if_from_y(const F& f) {
+  if constexpr (ActT<ACT>::kD1FromY) {
+    f(std::integral_constant<int, ACT>{});
+  } else {
+    TORCH_CHECK(false, "laaf grad_y: the activation's act' is not a function of y "
+                "(the table has no d1_y for it)");
+  }
+}
+
+template <template <int> class ActT, typename F>
+void with_y_activation(int act, const F& f) {
+  LAAF_ACT_SWITCH(act, [&] { call_if_from_y<ActT, ACT>(f); });
 }
 
 }  // namespace laaf

@@ -40,13 +40,28 @@ def _store(ptr, offs, mask, value):
 
 
 @triton.jit
-def _store_sum(part_ptr, terms, pid_r, pid_c, rr, rc, row_ok, col_ok, R, C,
-               ON_ROWS: tl.constexpr):
-    """This tile's sums of ``terms`` along the axis the slope does not run on."""
+def _store_sum(part_ptr, terms, rr, rc, row_ok, col_ok, R, C, ON_ROWS: tl.constexpr):
+    """This tile's sums of ``terms`` along the axis the slope does not run on, as
+    row tl.program_id(1) (on rows) or tl.program_id(0) (on columns) of the partials."""
     if ON_ROWS:  # row sums: partials (column blocks, R)
-        tl.store(part_ptr + pid_c * R + rr, tl.sum(terms, axis=1), mask=row_ok)
+        tl.store(part_ptr + tl.program_id(1) * R + rr, tl.sum(terms, axis=1), mask=row_ok)
     else:  # column sums: partials (row blocks, C)
-        tl.store(part_ptr + pid_r * C + rc, tl.sum(terms, axis=0), mask=col_ok)
+        tl.store(part_ptr + tl.program_id(0) * C + rc, tl.sum(terms, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _tile_of_u_g_y(u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE: tl.constexpr,
+                   ON_ROWS: tl.constexpr, dtype: tl.constexpr, BLOCK_R: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """This program's tile (indices, masks and slopes of ``_tile``, offsets) and u, g,
+    y loaded once in the arithmetic dtype; padding reads zeros and adds nothing to ds."""
+    rr, rc, row_ok, col_ok, s = _tile(tl.program_id(0), tl.program_id(1), R, C, CH, s_ptr,
+                                      SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
+    offs, mask = _offsets_and_mask(rr, rc, row_ok, col_ok, C)
+    u = _load(u_ptr, offs, mask, dtype)
+    g = _load(g_ptr, offs, mask, dtype)
+    y = _load(y_ptr, offs, mask, dtype)
+    return rr, rc, row_ok, col_ok, s, offs, mask, u, g, y
 
 
 @autotune(configs=_CONFIGS, key=["R", "C"], interpreter_config=_INTERPRETER_CONFIG)
@@ -74,24 +89,17 @@ def grad_y_vjp_kernel(
     NEED_G: tl.constexpr, NEED_Y: tl.constexpr, NEED_S: tl.constexpr, ACC_FP64: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    # dg, dy and the ds partials of one tile.
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr, SLOPE, ON_ROWS, dtype,
-                                      BLOCK_R, BLOCK_C)
-    offs, mask = _offsets_and_mask(rr, rc, row_ok, col_ok, C)
-    # -- u, g, y once; padding loads zeros and adds nothing to ds. --------------
-    u = _load(u_ptr, offs, mask, dtype)
-    g = _load(g_ptr, offs, mask, dtype)
-    y = _load(y_ptr, offs, mask, dtype)
+    rr, rc, row_ok, col_ok, s, offs, mask, u, g, y = _tile_of_u_g_y(
+        u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     us = u * s
     if NEED_G:
         _store(dg_ptr, offs, mask, us * act_d1_y(y, ACT))
     if NEED_Y:
         _store(dy_ptr, offs, mask, us * g * act_d1_y_dy(y, ACT))
     if NEED_S:
-        _store_sum(ds_part_ptr, u * g * act_d1_y(y, ACT), pid_r, pid_c, rr, rc, row_ok, col_ok,
-                   R, C, ON_ROWS)
+        _store_sum(ds_part_ptr, u * g * act_d1_y(y, ACT), rr, rc, row_ok, col_ok, R, C, ON_ROWS)
 
 
 @autotune(configs=_CONFIGS, key=["R", "C"], interpreter_config=_INTERPRETER_CONFIG,
@@ -105,15 +113,10 @@ def grad_y_vjp2_kernel(
     NEED_U: tl.constexpr, NEED_G: tl.constexpr, NEED_Y: tl.constexpr, NEED_S: tl.constexpr,
     ACC_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    # du, dg, dy and the ds partials of one tile.
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr, SLOPE, ON_ROWS, dtype,
-                                      BLOCK_R, BLOCK_C)
-    offs, mask = _offsets_and_mask(rr, rc, row_ok, col_ok, C)
-    u = _load(u_ptr, offs, mask, dtype)
-    g = _load(g_ptr, offs, mask, dtype)
-    y = _load(y_ptr, offs, mask, dtype)
+    rr, rc, row_ok, col_ok, s, offs, mask, u, g, y = _tile_of_u_g_y(
+        u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     # -- The cotangents of (dg, dy, ds); an absent one is zero. -----------------
     zero = tl.zeros((BLOCK_R, BLOCK_C), dtype)
     ug = zero
@@ -141,4 +144,4 @@ def grad_y_vjp2_kernel(
         inner = ug * s * phi1 + uy * g * s * act_d1_y_dyy(y, ACT) + us * g * phi1
         _store(dy_ptr, offs, mask, u * inner)
     if NEED_S:
-        _store_sum(ds_part_ptr, u * mix, pid_r, pid_c, rr, rc, row_ok, col_ok, R, C, ON_ROWS)
+        _store_sum(ds_part_ptr, u * mix, rr, rc, row_ok, col_ok, R, C, ON_ROWS)

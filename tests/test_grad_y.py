@@ -102,6 +102,35 @@ def test_ops_match_autograd_of_the_formula(target, dtype, layout, kind, activati
         _check(name, got, want, dtype)
 
 
+@pytest.mark.parametrize("target", GRAD_Y_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_half_precision_inputs_with_a_float32_slope(target, dtype):
+    """As under autocast: y, g, u and the cotangents in 16 bits, s (and us) in fp32.
+    The ops compute in fp32 and round each output once; the truth is float64 of the
+    same (rounded) inputs. Tolerance: 2 units in the last place of the 16-bit format
+    at the output's magnitude (8 bits of mantissa for bf16, 11 for fp16)."""
+    backend, device = target
+    (y, g, u, ug, uy, us, s), dim = _inputs("narrow", "vector", "tanh", seed=15, device=device)
+    low = [t.to(dtype) for t in (y, g, u, ug, uy)]
+    s32, us32 = s.float(), us.float()
+    gz_want, first_want, second_want = _truth(*low, us32, s32, "tanh", dim)
+    grad_y, vjp, vjp2 = _ops(backend)
+    got = [grad_y(low[1], low[0], s32, "tanh", dim),
+           *vjp(low[2], low[1], low[0], s32, "tanh", dim, True, True, True),
+           *vjp2(low[3], low[4], us32, low[2], low[1], low[0], s32, "tanh", dim,
+                 True, True, True, True)]
+    want = [gz_want, *first_want, *second_want]
+    eps = torch.finfo(dtype).eps
+    for name, a, b in zip(["gz", "dg", "dy", "ds", "du", "dg'", "dy'", "ds'"], got, want):
+        tol = 2 * eps * max(1.0, b.abs().max().item())
+        if name.startswith("ds"):  # fp32 sums of 37 terms, rounded once to s's fp32
+            assert a.dtype == torch.float32, name
+            tol = 1e-5 * max(1.0, b.abs().max().item())
+        else:
+            assert a.dtype == dtype, name
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("activation", FROM_Y)
 def test_torch_formulas_match_autograd(kind, activation):

@@ -44,7 +44,7 @@ from ..reference import along
 
 __all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
            "make_flexible", "differentiable_linear_grads", "differentiable_activation_grads",
-           "differentiable_flexible_grads"]
+           "differentiable_flexible_grads", "present"]
 
 
 # ---------------------------------------------------------------------------
@@ -145,6 +145,11 @@ def _needed(ctx, count: int):
     return tuple(need)
 
 
+def present(grads, need):
+    """An op's outputs with None where not needed (the ops return empty tensors there)."""
+    return [t if n else None for t, n in zip(grads, need)]
+
+
 def _saved_y(saves_y: bool, activation: str, y: torch.Tensor) -> Optional[torch.Tensor]:
     return y if saves_y and get_activation(activation).d1_y is not None else None
 
@@ -235,8 +240,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None)
             grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need, y,
                                                 grad_y)
         else:
-            grads = bwd_op(gy, x, weight, bias, z, s, y, ctx.activation, *need)
-            grads = [t if n else None for t, n in zip(grads, need)]
+            grads = present(bwd_op(gy, x, weight, bias, z, s, y, ctx.activation, *need), need)
         return (*grads, None, None)
 
     _register_autograd(fwd_name, backward, setup_context)
@@ -259,8 +263,7 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=N
             grads = differentiable_activation_grads(gy, z, s, ctx.activation, ctx.dim, need, y,
                                                     grad_y)
         else:
-            grads = bwd_op(gy, z, s, y, ctx.activation, ctx.dim, *need)
-            grads = [t if n else None for t, n in zip(grads, need)]
+            grads = present(bwd_op(gy, z, s, y, ctx.activation, ctx.dim, *need), need)
         return (*grads, None, None)
 
     _register_autograd(fwd_name, backward, setup_context)
@@ -391,8 +394,7 @@ def register_flexible_ops(prefix: str) -> None:
         if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
             grads = differentiable_flexible_grads(gy, z, params, ctx.kind, ctx.dim, need)
         else:
-            grads = bwd_op(gy, z, params, ctx.kind, ctx.dim, *need)
-            grads = [t if n else None for t, n in zip(grads, need)]
+            grads = present(bwd_op(gy, z, params, ctx.kind, ctx.dim, *need), need)
         return (*grads, None, None)
 
     _register_autograd(f"laaf::{prefix}_flex_fwd", backward, setup_context)

@@ -37,7 +37,7 @@ import torch
 from ..activations import evaluate
 from ..activations import get as get_activation
 from ..reference import along
-from .autograd import _needed, _register_autograd, _sum_like_slope, call_op
+from .autograd import _needed, _register_autograd, _sum_like_slope, call_op, present
 
 __all__ = ["register_grad_y_ops", "make_grad_y", "grad_y_torch", "vjp_torch", "vjp2_torch",
            "check_grad_y_args"]
@@ -103,18 +103,12 @@ def vjp2_torch(ug, uy, us, u, g, y, s, activation: str, dim: int, need=(True,) *
 # Fakes and autograd of a backend's three ops
 # ---------------------------------------------------------------------------
 
-def _like_or_empty(need: bool, like: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return (torch.empty_like(like, memory_format=torch.contiguous_format) if need
-            else ref.new_empty((0,)))
+def _like_y_or_empty(need: bool, y: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(y, memory_format=torch.contiguous_format) if need else y.new_empty((0,))
 
 
-def _slope_grad_or_empty(need: bool, s, ref: torch.Tensor) -> torch.Tensor:
-    return s.new_empty(s.shape) if need and s is not None else ref.new_empty((0,))
-
-
-def _present(grads, need):
-    """The op's outputs with None where not needed (the op returns empty tensors there)."""
-    return [t if n else None for t, n in zip(grads, need)]
+def _slope_grad_or_empty(need: bool, s, y: torch.Tensor) -> torch.Tensor:
+    return s.new_empty(s.shape) if need and s is not None else y.new_empty((0,))
 
 
 def _register_fakes(prefix: str) -> None:
@@ -124,13 +118,13 @@ def _register_fakes(prefix: str) -> None:
 
     @torch.library.register_fake(f"laaf::{prefix}_grad_y_vjp")
     def _(u, g, y, s, activation, dim, need_g, need_y, need_s):
-        return (_like_or_empty(need_g, y, y), _like_or_empty(need_y, y, y),
+        return (_like_y_or_empty(need_g, y), _like_y_or_empty(need_y, y),
                 _slope_grad_or_empty(need_s, s, y))
 
     @torch.library.register_fake(f"laaf::{prefix}_grad_y_vjp2")
     def _(ug, uy, us, u, g, y, s, activation, dim, need_u, need_g, need_y, need_s):
-        return (_like_or_empty(need_u, y, y), _like_or_empty(need_g, y, y),
-                _like_or_empty(need_y, y, y), _slope_grad_or_empty(need_s, s, y))
+        return (_like_y_or_empty(need_u, y), _like_y_or_empty(need_g, y),
+                _like_y_or_empty(need_y, y), _slope_grad_or_empty(need_s, s, y))
 
 
 def register_grad_y_ops(prefix: str) -> None:
@@ -153,7 +147,7 @@ def register_grad_y_ops(prefix: str) -> None:
             return None, None, None, None, None
         args = (u, g, y, s, ctx.activation, ctx.dim, *need)
         grads = call_op(vjp_name, *args) if torch.is_grad_enabled() else vjp_op(*args)
-        return (*_present(grads, need), None, None)
+        return (*present(grads, need), None, None)
 
     def vjp_setup_context(ctx, inputs, output):
         ctx.set_materialize_grads(False)
@@ -169,8 +163,8 @@ def register_grad_y_ops(prefix: str) -> None:
         if torch.is_grad_enabled():  # differentiated again: differentiable torch ops
             grads = vjp2_torch(ug, uy, us, u, g, y, s, ctx.activation, ctx.dim, need)
         else:
-            grads = _present(vjp2_op(ug, uy, us, u, g, y, s, ctx.activation, ctx.dim, *need),
-                             need)
+            grads = present(vjp2_op(ug, uy, us, u, g, y, s, ctx.activation, ctx.dim, *need),
+                            need)
         return (*grads, *nothing[4:])
 
     _register_autograd(f"laaf::{prefix}_grad_y", grad_y_backward, setup_context)

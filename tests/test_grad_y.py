@@ -166,6 +166,28 @@ def test_only_the_asked_outputs_and_absent_cotangents(target):
 
 
 @pytest.mark.parametrize("target", GRAD_Y_TARGETS)
+def test_non_contiguous_inputs(target):
+    """Transposed and expanded views (autograd hands the grad of u.sum() over as an
+    expanded tensor) give the bits of their contiguous copies."""
+    backend, device = target
+    (y, g, u, ug, uy, us, s), dim = _inputs("narrow", "vector", "tanh", seed=16, device=device)
+    grad_y, vjp, vjp2 = _ops(backend)
+    g_t = g.t().contiguous().t()  # same values, column-major
+    ones = torch.ones((), dtype=y.dtype, device=device).expand(y.shape)
+    for strided in (g_t, ones):
+        dense = strided.contiguous()
+        assert not strided.is_contiguous()
+        assert torch.equal(grad_y(strided, y, s, "tanh", dim), grad_y(dense, y, s, "tanh", dim))
+        for a, b in zip(vjp(strided, strided, y, s, "tanh", dim, True, True, True),
+                        vjp(dense, dense, y, s, "tanh", dim, True, True, True)):
+            assert torch.equal(a, b)
+        for a, b in zip(vjp2(strided, strided, us, u, strided, y, s, "tanh", dim, True, True, True,
+                             True),
+                        vjp2(dense, dense, us, u, dense, y, s, "tanh", dim, True, True, True, True)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("target", GRAD_Y_TARGETS)
 @pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
 def test_gradcheck_and_gradgradcheck_through_the_ops(target, kind):
     """float64 gradcheck / gradgradcheck of gz = grad_y(g, y, s) with the ops'
@@ -304,3 +326,19 @@ def test_fourth_derivative_of_tanh_layer(target, kind):
         return torch.autograd.grad(d, x)[0]
 
     torch.testing.assert_close(fourth(backend), fourth("reference"), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("rows, cols", [(10_000, 20), (1 << 20, 50), (3, 601), (1, 1), (7, 3)])
+def test_compiled_tile_heuristic(rows, cols, monkeypatch):
+    """The Triton grad_y kernels' tile on a GPU (the interpreter uses a fixed 16 x 16):
+    powers of two, at least MIN_BLOCK each way (the partial-sum buffers hold one row
+    per MIN_BLOCK rows or columns), the row covered up to 128 columns, 2048 elements."""
+    pytest.importorskip("triton")
+    from laaf_kernels.kernels import triton_grad_y
+
+    monkeypatch.setattr(triton_grad_y, "interpreting", lambda: False)
+    meta = triton_grad_y.blocks(rows, cols)
+    for block in (meta["BLOCK_R"], meta["BLOCK_C"]):
+        assert block >= triton_grad_y.MIN_BLOCK and block & (block - 1) == 0
+    assert meta["BLOCK_C"] >= min(cols, 128)
+    assert meta["BLOCK_R"] * meta["BLOCK_C"] == 2048 or meta["BLOCK_R"] == triton_grad_y.MIN_BLOCK

@@ -15,13 +15,30 @@ Each program owns one (BLOCK_R x BLOCK_C) tile of the (R, C) grid of
 ``triton_activation`` (slope on columns, or on rows with channel r % CH), reads
 each input once and writes each output once; ds goes to one partial row per
 program block, added on the host in a fixed order (deterministic, no atomics).
+
+The tile comes from the shape (:func:`blocks`), not from autotuning: these are
+memory-bound passes, and a PINN's create_graph passes call them with many
+constexpr combinations (activation, slope kind, which outputs), each of which
+autotuning would compile four times.
 """
 import triton
 import triton.language as tl
 
-from .triton_activation import _CONFIGS, _INTERPRETER_CONFIG, _tile, load_slope
+from .triton_activation import _INTERPRETER_CONFIG, MIN_BLOCK, _tile, load_slope
 from .triton_activations import act_d1_y, act_d1_y_dy, act_d1_y_dyy
-from .triton_utils import autotune
+from .triton_utils import interpreting
+
+
+def blocks(R: int, C: int) -> dict:
+    """The launch meta-parameters for an (R, C) grid: the row covered up to 128
+    columns, 2048 elements per program on 8 warps, i.e. 8 per thread (vjp2 keeps ~12
+    tiles live: ~100 registers in fp32), at least MIN_BLOCK each way (which the
+    host's partial-sum buffers assume); the interpreter's small fixed tile there."""
+    if interpreting():
+        return dict(_INTERPRETER_CONFIG)
+    block_c = min(128, max(MIN_BLOCK, triton.next_power_of_2(C)))
+    block_r = max(MIN_BLOCK, 2048 // block_c)
+    return dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
 
 
 @triton.jit
@@ -64,7 +81,6 @@ def _tile_of_u_g_y(u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE: tl.constexpr,
     return rr, rc, row_ok, col_ok, s, offs, mask, u, g, y
 
 
-@autotune(configs=_CONFIGS, key=["R", "C"], interpreter_config=_INTERPRETER_CONFIG)
 @triton.jit
 def grad_y_kernel(
     g_ptr, y_ptr, s_ptr, gz_ptr, R, C, CH,
@@ -80,8 +96,6 @@ def grad_y_kernel(
     _store(gz_ptr, offs, mask, _load(g_ptr, offs, mask, dtype) * phi * s)
 
 
-@autotune(configs=_CONFIGS, key=["R", "C"], interpreter_config=_INTERPRETER_CONFIG,
-          reset_to_zero=["ds_part_ptr"])
 @triton.jit
 def grad_y_vjp_kernel(
     u_ptr, g_ptr, y_ptr, s_ptr, dg_ptr, dy_ptr, ds_part_ptr, R, C, CH,
@@ -102,8 +116,6 @@ def grad_y_vjp_kernel(
         _store_sum(ds_part_ptr, u * g * act_d1_y(y, ACT), rr, rc, row_ok, col_ok, R, C, ON_ROWS)
 
 
-@autotune(configs=_CONFIGS, key=["R", "C"], interpreter_config=_INTERPRETER_CONFIG,
-          reset_to_zero=["ds_part_ptr"])
 @triton.jit
 def grad_y_vjp2_kernel(
     ug_ptr, uy_ptr, us_ptr, u_ptr, g_ptr, y_ptr, s_ptr, du_ptr, dg_ptr, dy_ptr, ds_part_ptr,

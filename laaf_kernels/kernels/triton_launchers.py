@@ -14,6 +14,7 @@ import triton
 from .triton_activation import MIN_BLOCK, act_bwd_kernel, act_fwd_kernel
 from .triton_activations import ACT_IDS
 from .triton_flexible import flex_bwd_kernel, flex_fwd_kernel
+from .triton_grad_y import blocks as grad_y_blocks
 from .triton_grad_y import grad_y_kernel, grad_y_vjp2_kernel, grad_y_vjp_kernel
 from .triton_flexible_formulas import KIND_IDS
 from .triton_linear import linear_bwd_narrow_kernel, linear_fwd_kernel
@@ -211,13 +212,14 @@ def _grad_y_frame(y: torch.Tensor, s: Optional[torch.Tensor], dim: int):
     (``dim`` may be negative, as in the C++ ops)."""
     y2, on_rows, channels = _as_grid(y.contiguous(), s, dim % max(1, y.dim()))
     R, C = y2.shape
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
-    return y2, on_rows, channels, grid
+    meta = grad_y_blocks(R, C)
+    return y2, on_rows, channels, (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
 
 
 def _grad_y_flags(y2, s, activation, on_rows) -> dict:
+    """The constexprs of a grad_y kernel launch, its block sizes included."""
     return dict(SLOPE=slope_kind(s), ON_ROWS=on_rows, ACT=ACT_IDS[activation],
-                ACC_FP64=y2.dtype == torch.float64)
+                ACC_FP64=y2.dtype == torch.float64, **grad_y_blocks(*y2.shape))
 
 
 def _ds_partials(need: bool, y2: torch.Tensor, on_rows: bool) -> Optional[torch.Tensor]:

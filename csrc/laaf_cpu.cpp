@@ -29,6 +29,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -114,65 +115,19 @@ Vectorized<Compute<T>> act_d1(const T* y, const Vectorized<Compute<T>>& h, int64
   return Act<ACT>::d1(h);
 }
 
-// Slopes per row: row r adds the sum of gh * z over its columns to ds_part[r].
+// gh = g act'(h) and gz = gh s at lanes [at, at + n), s the lanes' slopes:
+// {gz, gh z}, the terms of db and ds.
 template <typename T, int ACT>
-void backward_rows(const T* g, const T* z, const T* y, T* gz, double* ds_part,
-                   const Grid<Compute<T>>& grid) {
-  using V = Vectorized<Compute<T>>;
-  at::parallel_for(0, grid.rows, grain(grid.cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = 0; c < grid.cols; c += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
-        const int64_t at = r * grid.cols + c;
-        const V s = grid.slope(r, c, n);
-        const V zv = Io<T>::load(z + at, n);
-        const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
-        if (gz != nullptr) Io<T>::store(gh * s, gz + at, n);
-        if (ds_part != nullptr) ds_part[r] += lane_sum(gh * zv, n);
-      }
-    }
-  });
-}
-
-// Wide grids with slopes per column: chunk k of kRowsPerChunk rows sums each
-// column vector over its rows into db_part[k, :] and ds_part[k, :].
-template <typename T, int ACT>
-void backward_columns(const T* g, const T* z, const T* y, T* gz, double* db_part,
-                      double* ds_part, const Grid<Compute<T>>& grid) {
-  using C = Compute<T>;
-  using V = Vectorized<C>;
-  const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  at::parallel_for(0, chunks, grain(kRowsPerChunk * grid.cols), [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r_end = std::min(grid.rows, (k + 1) * kRowsPerChunk);
-      for (int64_t c = 0; c < grid.cols; c += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
-        const V s = grid.slope(0, c, n);
-        V db_acc(C(0)), ds_acc(C(0));
-        for (int64_t r = k * kRowsPerChunk; r < r_end; ++r) {
-          const int64_t at = r * grid.cols + c;
-          const V zv = Io<T>::load(z + at, n);
-          const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
-          const V gzv = gh * s;
-          if (gz != nullptr) Io<T>::store(gzv, gz + at, n);
-          db_acc = db_acc + gzv;
-          ds_acc = ds_acc + gh * zv;
-        }
-        C db_lanes[V::size()], ds_lanes[V::size()];
-        db_acc.store(db_lanes);
-        ds_acc.store(ds_lanes);
-        for (int64_t i = 0; i < n; ++i) {
-          if (db_part != nullptr) db_part[k * grid.cols + c + i] = db_lanes[i];
-          if (ds_part != nullptr) ds_part[k * grid.cols + c + i] = ds_lanes[i];
-        }
-      }
-    }
-  });
+inline __attribute__((always_inline)) std::array<Vectorized<Compute<T>>, 2> grad_terms(const T* g, const T* z, const T* y, int64_t at,
+                                                 int64_t n, const Vectorized<Compute<T>>& s) {
+  const auto zv = Io<T>::load(z + at, n);
+  const auto gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
+  return {gh * s, gh * zv};
 }
 
 // Elements [at0, end) of a flat backward walk (FlatWalk), at0 a whole number of
 // vectors: gz to gz_out[at - at0] (unless null), column sums of gz and gh z into
-// db and ds (unless null).
+// db and ds (unless null). The narrow linear backward's epilogue, chunk by chunk.
 template <typename T, int ACT>
 void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t at0, int64_t end,
                          const FlatWalk<Compute<T>>& walk, PhaseSums<Compute<T>>* db,
@@ -182,19 +137,17 @@ void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t 
   int64_t p = walk.phase_of(at0 / V::size());
   for (int64_t at = at0; at < end; at += V::size(), p = walk.next(p)) {
     const int64_t n = std::min<int64_t>(V::size(), end - at);
-    const V s = walk.slope(p);
-    const V zv = Io<T>::load(z + at, n);
-    const V gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
-    const V gzv = gh * s;
-    if (gz_out != nullptr) Io<T>::store(gzv, gz_out + (at - at0), n);
+    const auto terms = grad_terms<T, ACT>(g, z, y, at, n, walk.slope(p));
+    if (gz_out != nullptr) Io<T>::store(terms[0], gz_out + (at - at0), n);
     // (V::set keeps the n live lanes: the rest must not reach the sums.)
-    if (db != nullptr) db->add(p, V::set(V(C(0)), gzv, n));
-    if (ds != nullptr) ds->add(p, V::set(V(C(0)), gh * zv, n));
+    if (db != nullptr) db->add(p, V::set(V(C(0)), terms[0], n));
+    if (ds != nullptr) ds->add(p, V::set(V(C(0)), terms[1], n));
   }
 }
 
 // Narrow grids with slopes per column, one or none: chunk k of kRowsPerChunk rows
-// is one flat walk, whose column sums (PhaseSums) become db_part[k, :] and ds_part[k, :].
+// is one flat walk (backward_flat_chunk), whose column sums become db_part[k, :]
+// and ds_part[k, :].
 template <typename T, int ACT>
 void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
                    double* ds_part, const Grid<Compute<T>>& grid) {
@@ -219,16 +172,46 @@ void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
   });
 }
 
+// Slopes per row: row r adds the sum of gh * z over its columns to ds_part[r].
+template <typename T, int ACT>
+void backward_rows(const T* g, const T* z, const T* y, T* gz, double* ds_part,
+                   const Grid<Compute<T>>& grid) {
+  using V = Vectorized<Compute<T>>;
+  at::parallel_for(0, grid.rows, grain(grid.cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const V s = grid.slope(r, 0, V::size());
+      for (int64_t c = 0; c < grid.cols; c += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
+        const auto terms = grad_terms<T, ACT>(g, z, y, r * grid.cols + c, n, s);
+        if (gz != nullptr) Io<T>::store(terms[0], gz + r * grid.cols + c, n);
+        if (ds_part != nullptr) ds_part[r] += lane_sum(terms[1], n);
+      }
+    }
+  });
+}
+
+// gz (unless null) and the per-chunk (per-row for slopes per row) partials of
+// db = sum gz and ds = sum gh z (each unless null; db only for slopes per column),
+// laid out as channel_pass lays them out. Narrow channels-last grids: backward_flat;
+// wide ones: channel_pass (row-major, column sums in a chunk buffer). (channel_pass's
+// own per-row and flat walks take the body through a lambda, which measured 12 % and,
+// with silu's non-inlined Sleef exp, 25 % slower than these two.)
 template <typename T, int ACT>
 void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, double* ds_part,
                    const Grid<Compute<T>>& grid) {
   if (grid.rows * grid.cols == 0) return;  // nothing to sum: the partials stay empty
   if (grid.on_rows) {
     backward_rows<T, ACT>(g, z, y, gz, ds_part, grid);
-  } else if (grid.cols > kMaxFlatCols) {
-    backward_columns<T, ACT>(g, z, y, gz, db_part, ds_part, grid);
-  } else {
+  } else if (grid.cols <= kMaxFlatCols) {
     backward_flat<T, ACT>(g, z, y, gz, db_part, ds_part, grid);
+  } else {
+    channel_pass<Compute<T>, 2>(grid, grid, {db_part, ds_part},
+                                [&](int64_t at, int64_t n, const ChannelLanes<Compute<T>>& ch)
+                                    __attribute__((always_inline)) {
+      const auto terms = grad_terms<T, ACT>(g, z, y, at, n, ch.a);
+      if (gz != nullptr) Io<T>::store(terms[0], gz + at, n);
+      return terms;
+    });
   }
 }
 
@@ -499,12 +482,8 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
     return {need_dz ? at::zeros_like(z) : empty, need_ds ? at::zeros_like(*s) : empty};
   }
   const ActLayout L = act_layout(z, s, dim);
-  const int64_t chunks = (L.rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  const auto dbl = z.options().dtype(at::kDouble);
   Tensor dz = need_dz ? at::empty_like(z) : Tensor();
-  // Row slopes: one partial per row (zeroed: rows accumulate); column slopes: per chunk.
-  Tensor ds_part = !need_ds ? Tensor()
-                   : L.on_rows ? at::zeros({L.rows}, dbl) : at::empty({chunks, L.cols}, dbl);
+  Tensor ds_part = channel_partials(need_ds, 1, L.rows, L.cols, L.on_rows, z.options());
   LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_act_bwd", [&] {
     const auto grid = make_grid<scalar_t>(L.rows, L.cols, s_c, slope_kind(s), L.on_rows,
                                           L.channels);
@@ -515,13 +494,9 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
                                    need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
     });
   });
-  Tensor ds = empty;
-  if (need_ds) {
-    // Rows of the on_rows layout are (outer, C): fold them onto channels in order.
-    ds = L.on_rows ? finish_ds(sum_parts(ds_part, L.channels), *s)
-                   : finish_ds(sum_parts(ds_part, L.cols), *s);
-  }
-  return {need_dz ? dz : empty, ds};
+  return {need_dz ? dz : empty,
+          need_ds ? finish_ds(fold_channel_partials(ds_part, L.on_rows, L.channels, L.cols), *s)
+                  : empty};
 }
 
 // How many threads at::parallel_for really runs this library's loops on. ATen's

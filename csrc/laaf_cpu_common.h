@@ -191,12 +191,13 @@ void channel_pass(const Grid<C>& a, const Grid<C>& b, const std::array<double*, 
   using V = Vectorized<C>;
   const int64_t rows = a.rows, cols = a.cols;
   if (rows * cols == 0) return;
-  if (a.on_rows) {  // slopes per row: row r adds the lane sums of its terms to parts[j][r]
+  if (a.on_rows) {  // one slope per row (hoisted): row r adds its lane sums to parts[j][r]
     at::parallel_for(0, rows, grain(cols), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
+        const ChannelLanes<C> lanes{a.slope(r, 0, V::size()), b.slope(r, 0, V::size())};
         for (int64_t c = 0; c < cols; c += V::size()) {
           const int64_t n = std::min<int64_t>(V::size(), cols - c);
-          const auto terms = body(r * cols + c, n, ChannelLanes<C>{a.slope(r, c, n), b.slope(r, c, n)});
+          const auto terms = body(r * cols + c, n, lanes);
           for (size_t j = 0; j < NSUMS; ++j) {
             if (parts[j] != nullptr) parts[j][r] += lane_sum(terms[j], n);
           }
@@ -206,24 +207,25 @@ void channel_pass(const Grid<C>& a, const Grid<C>& b, const std::array<double*, 
     return;
   }
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  if (cols > kMaxFlatCols) {  // wide: each column vector summed down the chunk's rows
+  if (cols > kMaxFlatCols) {  // wide: row by row, column sums in a per-chunk buffer
     at::parallel_for(0, chunks, grain(kRowsPerChunk * cols), [&](int64_t k0, int64_t k1) {
+      std::vector<C> acc(NSUMS * cols);
       for (int64_t k = k0; k < k1; ++k) {
-        const int64_t r_end = std::min(rows, (k + 1) * kRowsPerChunk);
-        for (int64_t c = 0; c < cols; c += V::size()) {
-          const int64_t n = std::min<int64_t>(V::size(), cols - c);
-          const ChannelLanes<C> lanes{a.slope(0, c, n), b.slope(0, c, n)};
-          std::array<V, NSUMS> acc;
-          acc.fill(V(C(0)));
-          for (int64_t r = k * kRowsPerChunk; r < r_end; ++r) {
-            const auto terms = body(r * cols + c, n, lanes);
-            for (size_t j = 0; j < NSUMS; ++j) acc[j] = acc[j] + terms[j];
+        std::fill(acc.begin(), acc.end(), C(0));
+        for (int64_t r = k * kRowsPerChunk; r < std::min(rows, (k + 1) * kRowsPerChunk); ++r) {
+          for (int64_t c = 0; c < cols; c += V::size()) {
+            const int64_t n = std::min<int64_t>(V::size(), cols - c);
+            const auto terms = body(r * cols + c, n,
+                                    ChannelLanes<C>{a.slope(0, c, n), b.slope(0, c, n)});
+            for (size_t j = 0; j < NSUMS; ++j) {
+              C* slot = acc.data() + j * cols + c;
+              (V::loadu(slot, n) + terms[j]).store(slot, n);
+            }
           }
-          for (size_t j = 0; j < NSUMS; ++j) {
-            if (parts[j] == nullptr) continue;
-            C sums[V::size()];
-            acc[j].store(sums);
-            for (int64_t i = 0; i < n; ++i) parts[j][k * cols + c + i] = sums[i];
+        }
+        for (size_t j = 0; j < NSUMS; ++j) {
+          if (parts[j] != nullptr) {
+            std::copy(acc.begin() + j * cols, acc.begin() + (j + 1) * cols, parts[j] + k * cols);
           }
         }
       }
@@ -261,6 +263,13 @@ inline Tensor channel_partials(bool wanted, int64_t count, int64_t rows, int64_t
   const auto dbl = like.dtype(at::kDouble);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   return on_rows ? at::zeros({count, rows}, dbl) : at::empty({count, chunks, cols}, dbl);
+}
+
+// The per-channel double sums of one sum's channel_pass partials (e.g. buffer.select(0, j)):
+// chunks folded in order; for on_rows, rows (outer, C) folded onto the C channels.
+inline Tensor fold_channel_partials(const Tensor& partials, bool on_rows, int64_t channels,
+                                    int64_t cols) {
+  return sum_parts(partials, on_rows ? channels : cols);
 }
 
 // The data of each of the `count` sums of a channel_partials buffer (nulls if undefined).

@@ -109,11 +109,11 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
     });
   });
   Tensor dp = empty;
-  if (need_dp) {  // rows of the on_rows layout are (outer, C): fold them onto the channels
-    const int64_t width = L.on_rows ? L.channels : L.cols;
-    dp = at::stack({sum_parts(dp_part.select(0, 0), width),
-                    sum_parts(dp_part.select(0, 1), width)})
-             .to(params.scalar_type());
+  if (need_dp) {
+    const auto fold = [&](int64_t j) {
+      return fold_channel_partials(dp_part.select(0, j), L.on_rows, L.channels, L.cols);
+    };
+    dp = at::stack({fold(0), fold(1)}).to(params.scalar_type());
   }
   return {need_dz ? dz : empty, dp};
 }

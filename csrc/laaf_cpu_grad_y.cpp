@@ -67,8 +67,9 @@ Grid<Compute<T>> grid_of(const Frame& f, const Tensor& values_c) {
 // ds folded from the partials, in the slope's shape and dtype (empty if not wanted).
 Tensor finish(const Frame& f, const c10::optional<Tensor>& s, const Tensor& empty) {
   if (!f.parts.defined()) return empty;
-  const int64_t width = f.layout.on_rows ? f.layout.channels : f.layout.cols;
-  return finish_ds(sum_parts(f.parts.select(0, 0), width), *s);
+  const ActLayout& L = f.layout;
+  return finish_ds(fold_channel_partials(f.parts.select(0, 0), L.on_rows, L.channels, L.cols),
+                   *s);
 }
 
 template <typename T>

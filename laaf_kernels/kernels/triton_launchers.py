@@ -241,6 +241,11 @@ def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(like.shape)
 
 
+def _or(t: Optional[torch.Tensor], stand_in: torch.Tensor) -> torch.Tensor:
+    """``t``, or a stand-in pointer for an argument the kernel's constexprs leave unread."""
+    return stand_in if t is None else t
+
+
 def grad_y(g, y, s, activation: str, dim: int) -> torch.Tensor:
     """gz = g act'(h) s, act' from y = act(h)."""
     gz = torch.empty(y.shape, dtype=y.dtype, device=y.device)
@@ -248,7 +253,7 @@ def grad_y(g, y, s, activation: str, dim: int) -> torch.Tensor:
         return gz
     y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
     with device_guard(y):
-        grad_y_kernel[grid](_as(g, y2), y2, y2 if s is None else s, gz, *y2.shape, channels,
+        grad_y_kernel[grid](_as(g, y2), y2, _or(s, y2), gz, *y2.shape, channels,
                             **_grad_y_flags(y2, s, activation, on_rows))
     return gz
 
@@ -266,8 +271,8 @@ def grad_y_vjp(u, g, y, s, activation: str, dim: int, need_g: bool, need_y: bool
     ds_part = _ds_partials(need_s, y2, on_rows)
     with device_guard(y):
         grad_y_vjp_kernel[grid](
-            _as(u, y2), _as(g, y2), y2, y2 if s is None else s, y2 if dg is None else dg,
-            y2 if dy is None else dy, y2 if ds_part is None else ds_part, *y2.shape, channels,
+            _as(u, y2), _as(g, y2), y2, _or(s, y2), _or(dg, y2), _or(dy, y2), _or(ds_part, y2),
+            *y2.shape, channels,
             NEED_G=need_g, NEED_Y=need_y, NEED_S=need_s,
             **_grad_y_flags(y2, s, activation, on_rows))
     return (None if dg is None else dg.reshape(y.shape), None if dy is None else dy.reshape(y.shape),
@@ -285,12 +290,11 @@ def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool,
     y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
     du, dg, dy = (torch.empty_like(y2) if n else None for n in (need_u, need_g, need_y))
     ds_part = _ds_partials(need_s, y2, on_rows)
-    either = lambda t, fallback: fallback if t is None else t  # noqa: E731
     with device_guard(y):
         grad_y_vjp2_kernel[grid](
             y2 if ug is None else _as(ug, y2), y2 if uy is None else _as(uy, y2),
-            y2 if us is None else us.contiguous(), _as(u, y2), _as(g, y2), y2, either(s, y2),
-            either(du, y2), either(dg, y2), either(dy, y2), either(ds_part, y2),
+            y2 if us is None else us.contiguous(), _as(u, y2), _as(g, y2), y2, _or(s, y2),
+            _or(du, y2), _or(dg, y2), _or(dy, y2), _or(ds_part, y2),
             *y2.shape, channels, HAS_UG=ug is not None, HAS_UY=uy is not None,
             HAS_US=us is not None, NEED_U=need_u, NEED_G=need_g, NEED_Y=need_y, NEED_S=need_s,
             **_grad_y_flags(y2, s, activation, on_rows))

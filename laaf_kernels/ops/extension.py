@@ -82,10 +82,12 @@ class _Part:
     problem: Optional[str] = "not built yet"
 
 
-CPU = _Part("laaf_cpu_ext", ("laaf_cpu.cpp", "laaf_cpu_flexible.cpp", "laaf_cpu_grad_y.cpp"), "cpp_linear_fwd",
+CPU = _Part("laaf_cpu_ext", ("laaf_cpu.cpp", "laaf_cpu_flexible.cpp", "laaf_cpu_grad_y.cpp"),
+            "cpp_linear_fwd",
             lambda: str(torch.backends.cpu.get_cpu_capability()),
             lambda: ["-O3", *_cpu_flags()], after_load="laaf_kernels.ops.cpp_backend")
-CUDA = _Part("laaf_cuda_ext", ("laaf_cuda.cu", "laaf_cuda_flexible.cu", "laaf_cuda_grad_y.cu"), "cuda_linear_fwd",
+CUDA = _Part("laaf_cuda_ext", ("laaf_cuda.cu", "laaf_cuda_flexible.cu", "laaf_cuda_grad_y.cu"),
+             "cuda_linear_fwd",
              _cuda_tag,
              lambda: ["-O3"], cuda_cflags=["-O3"], after_load="laaf_kernels.ops.cuda_backend")
 

@@ -134,9 +134,10 @@ void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t 
                          PhaseSums<Compute<T>>* ds) {
   using C = Compute<T>;
   using V = Vectorized<C>;
-  int64_t p = walk.phase_of(at0 / V::size());
-  for (int64_t at = at0; at < end; at += V::size(), p = walk.next(p)) {
-    const int64_t n = std::min<int64_t>(V::size(), end - at);
+  constexpr int64_t L = V::size();
+  int64_t p = walk.phase_of(at0 / L);
+  for (int64_t at = at0; at < end; at += L, p = walk.next(p)) {
+    const int64_t n = std::min<int64_t>(L, end - at);
     const auto terms = grad_terms<T, ACT>(g, z, y, at, n, walk.slope(p));
     if (gz_out != nullptr) Io<T>::store(terms[0], gz_out + (at - at0), n);
     // (V::set keeps the n live lanes: the rest must not reach the sums.)

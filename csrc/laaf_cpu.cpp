@@ -436,7 +436,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
       backward_pass<scalar_t, ACT>(
           g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
           y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
-          gz.defined() ? gz.data_ptr<scalar_t>() : nullptr,
+          data_or_null<scalar_t>(gz),
           need_db ? db_part.data_ptr<double>() : nullptr,
           need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
     });

@@ -293,7 +293,7 @@ std::array<double*, NSUMS> partial_slots(const Tensor& partials) {
 template <typename T>
 Grid<Compute<T>> make_grid(int64_t rows, int64_t cols, const Tensor& s_c, int kind,
                            bool on_rows, int64_t channels) {
-  return Grid<Compute<T>>{rows, cols, s_c.defined() ? s_c.data_ptr<Compute<T>>() : nullptr,
+  return Grid<Compute<T>>{rows, cols, data_or_null<Compute<T>>(s_c),
                           kind, on_rows, channels};
 }
 

@@ -72,20 +72,6 @@ Tensor finish(const Frame& f, const c10::optional<Tensor>& s, const Tensor& empt
                    *s);
 }
 
-template <typename T>
-const T* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-T* out_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-Tensor empty_if(bool need, const Tensor& like) {
-  return need ? at::empty_like(like) : Tensor();
-}
-
 void check_grad_y_args(const Tensor& y, std::initializer_list<const Tensor*> same) {
   check_dtype(y, "y");
   for (const Tensor* t : same) {
@@ -143,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor> grad_y_vjp(const Tensor& u_in, const Tensor& 
     using V = Vectorized<Compute<T>>;
     const auto grid = grid_of<T>(f, f.s_c);
     const T *up = u.data_ptr<T>(), *gp = g.data_ptr<T>(), *yp = y.data_ptr<T>();
-    T *dg_out = out_or_null<T>(dg), *dy_out = out_or_null<T>(dy);
+    T *dg_out = data_or_null<T>(dg), *dy_out = data_or_null<T>(dy);
     with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       channel_pass<Compute<T>, 1>(grid, grid, partial_slots<1>(f.parts),
@@ -192,7 +178,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grad_y_vjp2(
     const auto us_grid = grid_of<T>(f, us_c);
     const T *up = u.data_ptr<T>(), *gp = g.data_ptr<T>(), *yp = y.data_ptr<T>();
     const T *ugp = data_or_null<T>(ug), *uyp = data_or_null<T>(uy);
-    T *du_out = out_or_null<T>(du), *dg_out = out_or_null<T>(dg), *dy_out = out_or_null<T>(dy);
+    T *du_out = data_or_null<T>(du), *dg_out = data_or_null<T>(dg), *dy_out = data_or_null<T>(dy);
     const bool has_us = us_c.defined();
     with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;

@@ -318,9 +318,9 @@ void launch_backward_cols(const Tensor& g, const Tensor& z, const c10::optional<
   const dim3 grid((cols + 31) / 32, (rows + chunk - 1) / chunk);
   backward_cols_kernel<T, ACT><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       g.data_ptr<T>(), z.data_ptr<T>(), y.has_value() ? y->data_ptr<T>() : nullptr,
-      gz.defined() ? gz.data_ptr<T>() : nullptr,
-      db_part.defined() ? db_part.data_ptr<A>() : nullptr,
-      ds_part.defined() ? ds_part.data_ptr<A>() : nullptr, sg, rows, cols, chunk);
+      data_or_null<T>(gz),
+      data_or_null<A>(db_part),
+      data_or_null<A>(ds_part), sg, rows, cols, chunk);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

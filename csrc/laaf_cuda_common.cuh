@@ -94,7 +94,7 @@ Tensor slope_in(const c10::optional<Tensor>& s, at::ScalarType acc) {
 
 template <typename A>
 SlopeGrid<A> slope_grid(const Tensor& s_acc, int kind, bool on_rows, int64_t channels) {
-  return SlopeGrid<A>{s_acc.defined() ? s_acc.data_ptr<A>() : nullptr, kind, on_rows, channels};
+  return SlopeGrid<A>{data_or_null<A>(s_acc), kind, on_rows, channels};
 }
 
 // Rows per chunk of the column reductions: at least 256, and few enough chunks

@@ -98,7 +98,7 @@ void run_pass(const Frame& f, const Body& body, int device) {
   const auto s = slope_grid<A>(f.s_acc, f.kind, L.on_rows, L.channels);
   const auto us = slope_grid<A>(f.us_acc, f.us_acc.defined() ? f.kind : kNone, L.on_rows,
                                 L.channels);
-  A* part = f.part.defined() ? f.part.data_ptr<A>() : nullptr;
+  A* part = data_or_null<A>(f.part);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (L.on_rows) {
     channel_rows_kernel<A><<<blocks_for(L.rows * 32, device), kThreads, 0, stream>>>(
@@ -182,13 +182,6 @@ void check_args(const Tensor& y, std::initializer_list<const Tensor*> same) {
   }
 }
 
-template <typename T>
-T* out_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-Tensor empty_if(bool need, const Tensor& like) { return need ? at::empty_like(like) : Tensor(); }
-
 Tensor grad_y(const Tensor& g_in, const Tensor& y_in, const c10::optional<Tensor>& s,
               c10::string_view activation, int64_t dim) {
   check_args(y_in, {&g_in});
@@ -229,8 +222,8 @@ std::tuple<Tensor, Tensor, Tensor> grad_y_vjp(const Tensor& u_in, const Tensor& 
     with_y_activation<gpu::Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       const VjpBody<scalar_t, ACT> body{u.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                        y.data_ptr<scalar_t>(), out_or_null<scalar_t>(dg),
-                                        out_or_null<scalar_t>(dy)};
+                                        y.data_ptr<scalar_t>(), data_or_null<scalar_t>(dg),
+                                        data_or_null<scalar_t>(dy)};
       run_pass<at::opmath_type<scalar_t>>(f, body, y.get_device());
     });
   });
@@ -265,10 +258,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grad_y_vjp2(
     using T = scalar_t;
     with_y_activation<gpu::Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
-      const Vjp2Body<T, ACT> body{ug.defined() ? ug.data_ptr<T>() : nullptr,
-                                  uy.defined() ? uy.data_ptr<T>() : nullptr,
+      const Vjp2Body<T, ACT> body{data_or_null<T>(ug), data_or_null<T>(uy),
                                   u.data_ptr<T>(), g.data_ptr<T>(), y.data_ptr<T>(),
-                                  out_or_null<T>(du), out_or_null<T>(dg), out_or_null<T>(dy)};
+                                  data_or_null<T>(du), data_or_null<T>(dg), data_or_null<T>(dy)};
       run_pass<at::opmath_type<T>>(f, body, y.get_device());
     });
   });

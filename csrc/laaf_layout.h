@@ -59,6 +59,18 @@ inline at::Tensor finish_ds(const at::Tensor& per_channel, const at::Tensor& s) 
   return ds.to(s.scalar_type());
 }
 
+// A tensor's data, or null where it is undefined (an output not asked for, an
+// absent optional input).
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// An uninitialised tensor like `like` where `need`, else an undefined one.
+inline at::Tensor empty_if(bool need, const at::Tensor& like) {
+  return need ? at::empty_like(like) : at::Tensor();
+}
+
 // f(std::integral_constant<int, ACT>) for the activation id `act`, where the table
 // writes its act' in y (ActT<ACT>::kD1FromY, ActT = Act or gpu::Act): f's body is
 // compiled for those activations only; any other is an error that says so.

@@ -44,14 +44,15 @@ from ..reference import along
 
 __all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
            "make_flexible", "differentiable_linear_grads", "differentiable_activation_grads",
-           "differentiable_flexible_grads", "present"]
+           "differentiable_flexible_grads", "present", "call_op", "needed_inputs",
+           "register_autograd_rule", "sum_like_slope"]
 
 
 # ---------------------------------------------------------------------------
 # Differentiable backward (used under create_graph=True)
 # ---------------------------------------------------------------------------
 
-def _sum_like_slope(t: torch.Tensor, s: torch.Tensor, keep_dim: int) -> torch.Tensor:
+def sum_like_slope(t: torch.Tensor, s: torch.Tensor, keep_dim: int) -> torch.Tensor:
     """Reduce ``t`` to the shape of ``s``: all of it for a 0-d s, else all dims but ``keep_dim``."""
     if s.dim() == 0:
         return t.sum()
@@ -84,7 +85,7 @@ def differentiable_activation_grads(g, z, s, activation, dim, need, y=None, grad
     else:
         gh = _gh(g, activation, h_fn, y)
     dz = (gh if s is None else gh * s_b) if need[0] else None
-    ds = _sum_like_slope(gh * z, s, dim) if need_ds else None
+    ds = sum_like_slope(gh * z, s, dim) if need_ds else None
     return dz, ds
 
 
@@ -116,7 +117,7 @@ def differentiable_flexible_grads(g, z, params, kind, dim, need):
     dz = g * evaluate_flexible(kind, "dz", z, p0, p1) if need[0] else None
     dp = None
     if need[1]:
-        dp = torch.stack([_sum_like_slope(g * evaluate_flexible(kind, f"dp{k}", z, p0, p1),
+        dp = torch.stack([sum_like_slope(g * evaluate_flexible(kind, f"dp{k}", z, p0, p1),
                                           params[k], dim) for k in range(params.shape[0])])
     return dz, dp
 
@@ -125,7 +126,7 @@ def differentiable_flexible_grads(g, z, params, kind, dim, need):
 # Autograd registration for a backend's ops
 # ---------------------------------------------------------------------------
 
-def _needed(ctx, count: int):
+def needed_inputs(ctx, count: int):
     """ctx.needs_input_grad[:count] narrowed to the inputs this backward pass will
     use: autograd.grad(u, x) runs only what leads to x, and the engine knows
     which nodes those are (native ops skip the rest the same way). The nodes are
@@ -169,7 +170,7 @@ class _Rule:
 _RULES: Dict[str, _Rule] = {}
 
 
-def _register_autograd(qualname: str, backward, setup_context) -> None:
+def register_autograd_rule(qualname: str, backward, setup_context) -> None:
     """torch.library.register_autograd, keeping the rule for eager calls (call_op)."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     namespace, name = qualname.split("::")
@@ -233,7 +234,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None)
 
     def backward(ctx, gy, _gz):
         x, weight, bias, z, s, y = ctx.saved_tensors
-        need = _needed(ctx, 4)
+        need = needed_inputs(ctx, 4)
         if gy is None or not any(need):
             return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
@@ -243,7 +244,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None)
             grads = present(bwd_op(gy, x, weight, bias, z, s, y, ctx.activation, *need), need)
         return (*grads, None, None)
 
-    _register_autograd(fwd_name, backward, setup_context)
+    register_autograd_rule(fwd_name, backward, setup_context)
 
 
 def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None) -> None:
@@ -256,7 +257,7 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=N
 
     def backward(ctx, gy):
         z, s, y = ctx.saved_tensors
-        need = _needed(ctx, 2)
+        need = needed_inputs(ctx, 2)
         if not any(need):
             return None, None, None, None
         if torch.is_grad_enabled():
@@ -266,7 +267,7 @@ def _register_activation_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=N
             grads = present(bwd_op(gy, z, s, y, ctx.activation, ctx.dim, *need), need)
         return (*grads, None, None)
 
-    _register_autograd(fwd_name, backward, setup_context)
+    register_autograd_rule(fwd_name, backward, setup_context)
 
 
 # ---------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def register_flexible_ops(prefix: str) -> None:
 
     def backward(ctx, gy):
         z, params = ctx.saved_tensors
-        need = _needed(ctx, 2)
+        need = needed_inputs(ctx, 2)
         if not any(need):
             return None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
@@ -397,7 +398,7 @@ def register_flexible_ops(prefix: str) -> None:
             grads = present(bwd_op(gy, z, params, ctx.kind, ctx.dim, *need), need)
         return (*grads, None, None)
 
-    _register_autograd(f"laaf::{prefix}_flex_fwd", backward, setup_context)
+    register_autograd_rule(f"laaf::{prefix}_flex_fwd", backward, setup_context)
 
 
 def make_flexible(prefix: str, dtypes=None, fallback=None):

@@ -37,7 +37,7 @@ import torch
 from ..activations import evaluate
 from ..activations import get as get_activation
 from ..reference import along
-from .autograd import _needed, _register_autograd, _sum_like_slope, call_op, present
+from .autograd import call_op, needed_inputs, present, register_autograd_rule, sum_like_slope
 
 __all__ = ["register_grad_y_ops", "make_grad_y", "grad_y_torch", "vjp_torch", "vjp2_torch",
            "check_grad_y_args"]
@@ -81,7 +81,7 @@ def vjp_torch(u, g, y, s, activation: str, dim: int, need=(True, True, True)):
     s_b = _slope_along(s, y.dim(), dim)
     return (u * phi * s_b if need[0] else None,
             u * g * s_b * phi1 if need[1] else None,
-            _sum_like_slope(u * g * phi, s, dim) if need[2] and s is not None else None)
+            sum_like_slope(u * g * phi, s, dim) if need[2] and s is not None else None)
 
 
 def vjp2_torch(ug, uy, us, u, g, y, s, activation: str, dim: int, need=(True,) * 4):
@@ -96,7 +96,7 @@ def vjp2_torch(ug, uy, us, u, g, y, s, activation: str, dim: int, need=(True,) *
     return (s_b * mix + us_b * g * phi if need[0] else None,
             u * (uy * s_b * phi1 + us_b * phi) if need[1] else None,
             u * (ug * s_b * phi1 + uy * g * s_b * phi2 + us_b * g * phi1) if need[2] else None,
-            _sum_like_slope(u * mix, s, dim) if need[3] and s is not None else None)
+            sum_like_slope(u * mix, s, dim) if need[3] and s is not None else None)
 
 
 # ---------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def register_grad_y_ops(prefix: str) -> None:
 
     def grad_y_backward(ctx, u):
         g, y, s = ctx.saved_tensors
-        need = _needed(ctx, 3)
+        need = needed_inputs(ctx, 3)
         if u is None or not any(need):
             return None, None, None, None, None
         args = (u, g, y, s, ctx.activation, ctx.dim, *need)
@@ -156,7 +156,7 @@ def register_grad_y_ops(prefix: str) -> None:
 
     def vjp_backward(ctx, ug, uy, us):
         u, g, y, s = ctx.saved_tensors
-        need = _needed(ctx, 4)
+        need = needed_inputs(ctx, 4)
         nothing = (None,) * 9
         if (ug is None and uy is None and us is None) or not any(need):
             return nothing
@@ -167,8 +167,8 @@ def register_grad_y_ops(prefix: str) -> None:
                             need)
         return (*grads, *nothing[4:])
 
-    _register_autograd(f"laaf::{prefix}_grad_y", grad_y_backward, setup_context)
-    _register_autograd(vjp_name, vjp_backward, vjp_setup_context)
+    register_autograd_rule(f"laaf::{prefix}_grad_y", grad_y_backward, setup_context)
+    register_autograd_rule(vjp_name, vjp_backward, vjp_setup_context)
 
 
 def make_grad_y(prefix: str) -> Callable:

@@ -1,0 +1,105 @@
+// Times csrc/laaf_cpu_gemm.h's narrow GEMM alone, on one thread, the way
+// csrc/laaf_cpu.cpp calls it (64-row chunks over M = 100 000 rows):
+//
+//   fwd:  z_chunk = x_chunk W^T + b           (also the backward's dx = gz W)
+//   dW:   dW += gz_chunk^T x_chunk            (x_chunk packed per chunk)
+//
+// Timings here depend on how the compiler treats this file, not only the header:
+// in one such harness GCC 12 kept the 4 x 1 tile's accumulators on the stack
+// (N = 50: 10.8 ms where N = 48 took 5.3), which the extension's build did not.
+// Confirm a gain in the extension itself (bench.run) before keeping it.
+//
+// Build and run, from the repository root (TORCH = torch's include folder, e.g.
+// .venv/lib/python3.11/site-packages/torch/include):
+//
+//   FLAGS="-O3 -std=c++17 -mavx2 -mfma -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2"
+//   g++ $FLAGS -Icsrc -isystem $TORCH tools/narrow_gemm_bench.cpp -o /tmp/narrow_gemm_bench
+//   /tmp/narrow_gemm_bench 50 50        # N K
+//
+// It prints the median and minimum over 15 repetitions, and GFLOP/s over the real
+// (unpadded) FLOPs; compare with this CPU's FMA peak (2 x 8 x 2 flop a cycle per core, AVX2).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "laaf_cpu_gemm.h"
+
+using laaf::cpu::GemmInit;
+using laaf::cpu::narrow_gemm;
+using laaf::cpu::PackedPanel;
+using laaf::cpu::StridedA;
+
+namespace {
+
+constexpr int64_t kRows = 100000, kChunk = 64;
+
+struct Timing {
+  double median_ms, min_ms;
+};
+
+// Wall time of `run` over `reps` repetitions: median and minimum (this VM is noisy).
+Timing time_ms(const std::function<void()>& run, int reps = 15) {
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms[0]};
+}
+
+std::vector<float> random_vector(int64_t n, std::mt19937& gen) {
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& e : v) e = dist(gen);
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s N K   (the layer's widths, at most 128)\n", argv[0]);
+    return 2;
+  }
+  const int64_t N = std::atoll(argv[1]), K = std::atoll(argv[2]);
+  if (N < 1 || K < 1 || N > laaf::cpu::kMaxNarrow || K > laaf::cpu::kMaxNarrow) {
+    std::fprintf(stderr, "N and K must be in [1, %ld]\n", (long)laaf::cpu::kMaxNarrow);
+    return 2;
+  }
+  std::mt19937 gen(0);
+  const auto x = random_vector(kRows * K, gen), w = random_vector(N * K, gen);
+  const auto bias = random_vector(N, gen), gz = random_vector(kChunk * N, gen);
+  std::vector<float> z(kRows * N), dw(N * K, 0.f);
+
+  PackedPanel<float> wt(K, N);  // B(k, n) = W(n, k)
+  wt.pack(w.data(), K, 1, K);
+  const auto bias_row = laaf::cpu::padded_row(bias.data(), N);
+  const Timing fwd = time_ms([&] {
+    for (int64_t r0 = 0; r0 < kRows; r0 += kChunk) {
+      narrow_gemm(StridedA<float>{x.data() + r0 * K, K, 1}, std::min(kChunk, kRows - r0), wt,
+                  z.data() + r0 * N, N, GemmInit<float>{bias_row.data(), false});
+    }
+  });
+
+  PackedPanel<float> x_chunk(kChunk, K);
+  const Timing dw_time = time_ms([&] {
+    for (int64_t r0 = 0; r0 < kRows; r0 += kChunk) {
+      x_chunk.pack(x.data() + r0 * K, std::min(kChunk, kRows - r0), K, 1);
+      narrow_gemm(StridedA<float>{gz.data(), 1, N}, N, x_chunk, dw.data(), K,
+                  GemmInit<float>{nullptr, true});
+    }
+  });
+
+  const double gflop = 2.0 * kRows * N * K / 1e9;
+  std::printf("N=%ld K=%ld, M=%ld, one thread: median (min) ms, GFLOP/s of the median\n",
+              (long)N, (long)K, (long)kRows);
+  std::printf("  fwd %.3f (%.3f) ms  %.1f GFLOP/s\n", fwd.median_ms, fwd.min_ms, gflop / fwd.median_ms * 1e3);
+  std::printf("  dW  %.3f (%.3f) ms  %.1f GFLOP/s\n", dw_time.median_ms, dw_time.min_ms, gflop / dw_time.median_ms * 1e3);
+  return 0;
+}

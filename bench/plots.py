@@ -12,11 +12,9 @@ from collections import defaultdict
 
 
 def plot(path: pathlib.Path) -> list:
-    import matplotlib
+    from laaf_kernels.experiments.deps import agg_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     data = json.loads(path.read_text())
     rows = [r for r in data["rows"] if not r.get("error")]
     meta = data["meta"]

@@ -116,3 +116,46 @@ def test_flexible_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         flexible_cli.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def _without(monkeypatch, module: str) -> None:
+    """Makes `import module` fail as if it were not installed."""
+    import builtins
+    import importlib.util
+    import sys
+
+    real_import, real_find = builtins.__import__, importlib.util.find_spec
+    monkeypatch.delitem(sys.modules, module, raising=False)
+
+    def fake_import(name, *args, **kwargs):
+        if name.split(".")[0] == module:
+            raise ModuleNotFoundError(f"No module named {module!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.split(".")[0] == module else real_find(name, *a))
+
+
+def test_missing_optional_packages_fail_before_training(monkeypatch, tmp_path):
+    _without(monkeypatch, "matplotlib")
+    with pytest.raises(SystemExit, match=r"matplotlib.*laaf_kernels\[experiments\]"):
+        cli.main(["discontinuous", "--iters", "1", "--seeds", "1", "--out", str(tmp_path)])
+    _without(monkeypatch, "sklearn")
+    with pytest.raises(SystemExit, match=r"sklearn.*laaf_kernels\[experiments\]"):
+        cli.main(["autoencoder", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir()), "nothing may be written before the check"
+
+
+def test_runs_without_tqdm(monkeypatch, tmp_path, capsys):
+    from laaf_kernels.experiments.deps import progress_bar
+
+    _without(monkeypatch, "tqdm")
+    jobs = [1, 2, 3]
+    assert progress_bar(jobs, desc="runs") is jobs
+    bar = progress_bar(total=3)
+    bar.set_postfix(loss="1")
+    bar.close()
+    rc = cli.main(["discontinuous", "--variants", "standard", "--iters", "2", "--seeds", "1",
+                   "--log-every", "1", "--out", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "runs.csv").exists()

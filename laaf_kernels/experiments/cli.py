@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..pinn.problems import PROBLEMS, VARIANTS, train
+from .deps import progress_bar, require
 
 #: Relative L2 errors of the LAAF paper's Table 1 (Burgers, 2000 iterations).
 PAPER_TABLE_1 = {"standard": 1.913973e-01, "gaaf": 9.517134e-02, "l-laaf": 8.866356e-02,
@@ -63,6 +64,7 @@ def parse_args(argv=None):
     if device.type not in ("cpu", "cuda"):
         p.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     args.out = pathlib.Path(args.out or f"runs/{args.problem}")
+    require("matplotlib")
     return args
 
 
@@ -74,10 +76,7 @@ def run_one(job) -> dict:
     import laaf_kernels
 
     problem = PROBLEMS[problem_name](variant, seed, device=device)
-    bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=iters, desc=f"{variant} seed {seed}", leave=False, file=sys.stderr)
+    bar = progress_bar(total=iters, desc=f"{variant} seed {seed}", leave=False) if show else None
 
     def progress(it, loss):
         if bar is not None:
@@ -125,14 +124,11 @@ def main(argv=None) -> int:
     threads = 1 if args.jobs > 1 else 0
     jobs = [(args.problem, v, seed, args.iters, str(args.device), args.backend, args.log_every,
              threads, args.jobs == 1) for v in args.variants for seed in range(args.seeds)]
-    from tqdm import tqdm
-
     if args.jobs == 1:
-        results = [run_one(job) for job in tqdm(jobs, desc="runs", file=sys.stderr)]
+        results = [run_one(job) for job in progress_bar(jobs, desc="runs")]
     else:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            results = list(tqdm(pool.imap(run_one, jobs), total=len(jobs), desc="runs",
-                                file=sys.stderr))
+            results = list(progress_bar(pool.imap(run_one, jobs), total=len(jobs), desc="runs"))
     with open(args.out / "runs.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["variant", "seed", "relative_l2_error", "final_loss", "seconds"])

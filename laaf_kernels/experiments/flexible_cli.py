@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import flexible_tasks as T
+from .deps import agg_pyplot, require
 
 TASKS = ("autoencoder", "forecast")
 LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.2)   # the paper's [0.001, 0.2], log scale, in small
@@ -50,6 +51,7 @@ def parse_args(argv):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be > 0, got {getattr(args, name)}")
     args.out = pathlib.Path(args.out or f"runs/{args.task}")
+    require("matplotlib", *(["sklearn"] if args.task == "autoencoder" else []))
     return args
 
 
@@ -95,11 +97,7 @@ def summarize(runs) -> dict:
 
 
 def plot_curves(runs, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     groups = defaultdict(list)
     for r in runs:
         groups[r["model"]].append(r["val_curve"])

@@ -3,19 +3,13 @@ from __future__ import annotations
 
 import pathlib
 from collections import defaultdict
+from typing import Optional
 
 import numpy as np
 
 from ..pinn.burgers_exact import burgers_exact
 from ..pinn.problems import discontinuous_target
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from .deps import agg_pyplot
 
 
 def _by_variant(results):
@@ -27,7 +21,7 @@ def _by_variant(results):
 
 def plot_loss(results, out: pathlib.Path) -> pathlib.Path:
     """Training loss (mean over seeds) per variant."""
-    plt = _plt()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, runs in _by_variant(results).items():
         iters = runs[0]["history"]["iter"]
@@ -43,10 +37,13 @@ def plot_loss(results, out: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def plot_slopes(results, out: pathlib.Path) -> pathlib.Path:
-    """n*a per hidden layer over the iterations, seed 0 (mean +- std for N-LAAF)."""
-    plt = _plt()
+def plot_slopes(results, out: pathlib.Path) -> Optional[pathlib.Path]:
+    """n*a per hidden layer over the iterations, seed 0 (mean +- std for N-LAAF); None
+    when no run has a slope (only the standard activation)."""
     runs = [r for r in results if r["seed"] == 0 and r["history"]["slopes"][0]]
+    if not runs:  # only standard activations: no slopes to draw
+        return None
+    plt = agg_pyplot()
     fig, axes = plt.subplots(len(runs), 1, figsize=(7, 2.2 * max(1, len(runs))), squeeze=False)
     for ax, r in zip(axes[:, 0], runs):
         iters = np.array(r["history"]["iter"])
@@ -69,7 +66,7 @@ def plot_slopes(results, out: pathlib.Path) -> pathlib.Path:
 
 def plot_burgers_solution(results, out: pathlib.Path) -> list:
     """Heat maps of the prediction and its error, and u(x) at t = 0.25, 0.5, 0.75."""
-    plt = _plt()
+    plt = agg_pyplot()
     xs, ts = np.linspace(-1, 1, 256), np.arange(100) * 0.01
     exact = burgers_exact(*np.meshgrid(xs, ts, indexing="ij"))
     best = {v: min(runs, key=lambda r: r["error"]) for v, runs in _by_variant(results).items()}
@@ -108,7 +105,7 @@ def plot_burgers_solution(results, out: pathlib.Path) -> list:
 
 def plot_discontinuous_fit(results, out: pathlib.Path) -> list:
     """The fits (best seed) and their pointwise error."""
-    plt = _plt()
+    plt = agg_pyplot()
     x = np.linspace(-3, 3, 2001)
     exact = discontinuous_target(x)
     best = {v: min(runs, key=lambda r: r["error"]) for v, runs in _by_variant(results).items()}
@@ -129,11 +126,8 @@ def plot_discontinuous_fit(results, out: pathlib.Path) -> list:
 
 
 def plot_all(problem: str, results, out: pathlib.Path) -> list:
-    try:
-        paths = [plot_loss(results, out), plot_slopes(results, out)]
-    except ImportError:
-        print("matplotlib is not installed: no figures")
-        return []
+    """Every figure of the problem; returns the files written."""
+    paths = [p for p in (plot_loss(results, out), plot_slopes(results, out)) if p is not None]
     if problem == "burgers":
         paths += plot_burgers_solution(results, out)
     else:

@@ -301,6 +301,27 @@ def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("k_in, n_out", [(121, 119), (120, 120), (128, 128), (128, 20)],
+                         ids=["narrow_fwd_121x119", "narrow_fwd_120x120", "sgemm_fwd_128x128",
+                              "narrow_fwd_128x20"])
+def test_cpp_fp32_forward_crossover(target, k_in, n_out, monkeypatch):
+    """fp32 layers above K * N = 120^2 take ATen's sgemm forward and the narrow
+    backward (csrc/laaf_cpu.cpp: kMaxNarrowForwardArea); just below, the narrow path
+    both ways. Either way the op agrees with the float64 reference, and its forward
+    is the ATen path's exactly where the rule sends it there."""
+    backend, device = target
+    x, w, b, a = _inputs(((71,), k_in, n_out, True), "vector", seed=23, dtype=torch.float32,
+                         device=device)
+    compare_linear(backend, x, w, b, a, "tanh", SCALE, ", float32")
+    s = (SCALE * a).detach()
+    fwd = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s, "tanh", True)
+    monkeypatch.setenv("LAAF_CPU_NARROW", "0")
+    aten = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s, "tanh", True)
+    takes_sgemm = k_in * n_out > 120 * 120
+    assert torch.equal(fwd[1], aten[1]) == takes_sgemm, "z from the other GEMM than the rule says"
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
 def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target):
     """The narrow path's GEMMs are ours, so here even z, dx and dW are bit-identical
     whatever the thread count: every sum runs in a fixed order over fixed chunks

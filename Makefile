@@ -28,10 +28,12 @@ $(VENV)/.installed: requirements-dev.txt
 test: $(SETUP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# CPU timing: fixed glibc malloc thresholds, so that large tensors are reused from
-# the heap instead of mmap'd afresh (page faults) depending on allocator history.
+# CPU timing: glibc's malloc never mmaps (MALLOC_MMAP_MAX_=0) nor trims the heap, so
+# that large tensors are reused from the heap instead of mmap'd afresh, page faults
+# and all, at every allocation. (A fixed MALLOC_MMAP_THRESHOLD_ can be at most 32 MiB:
+# at 131072 x 128 fp32 both the cpp op and eager took twice as long with it.)
 bench: $(SETUP)
-	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 \
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 \
 	  $(PY) -m bench.run $(if $(filter 1,$(FULL)),--full,)
 
 clean:

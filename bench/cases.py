@@ -58,7 +58,8 @@ def parse_shape(text: str):
 
 #: The flexible activations (the ``activation`` field of a case holds the kind): the
 #: issue's shape, M = 2^20 rows and C = 256 channels (fp32). On CPU the quick suite
-#: uses M = 2^16 (eager PyTorch takes ~40 s a forward + backward at 2^20 there).
+#: uses M = 2^16: at 2^20 eager's 1 GiB temporaries ran a 23 GB VM out of memory with
+#: malloc's mmap off, and with it on they are page-faulted afresh at every step.
 FLEXIBLE_SHAPES = {"cuda": [(2 ** 20, 256, 256)], "cpu": [(2 ** 16, 256, 256)]}
 FLEXIBLE_KINDS = ("relu_poly", "sigmoid_ramp")
 

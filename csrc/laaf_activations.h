@@ -50,7 +50,7 @@ inline V fast_tanh(const V& x) {
 // Each refinement is a Halley step written as a correction,
 //   r <- r - r e / (2 r^3 + a),   e = r^3 - a (one FMA: r^2 r - a),
 // cubically convergent, and accurate since the correction, not r, carries the
-// rounding. fp32 on AVX2: the first guess comes from a's bits (bits / 3 +
+// rounding. fp32 on AVX2 / AVX-512: the first guess comes from a's bits (bits / 3 +
 // 0x2a5137a0, within ~4 %), two steps follow (4 % -> 1e-4 -> 1e-12), and a outside
 // [2^-100, 2^100] (denormals included) is scaled by 2^-+96 first and the root by
 // 2^+-32, so that nothing under- or overflows: within 0.73 ulp of the true root
@@ -65,14 +65,15 @@ inline V cbrt(const V& x) {
     const V e = at::vec::fmadd(r2, r, a.neg());
     return r - r * (e / at::vec::fmadd(r2 * r, V(2.0), a));
   };
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) {
+    using I = at::vec::Vectorized<int32_t>;
     const V tiny = a < V(0x1p-100f), huge = a > V(0x1p100f);
     const V as = V::blendv(V::blendv(a, a * V(0x1p-96f), huge), a * V(0x1p96f), tiny);
-    const __m256 third = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(as)),
-                                       _mm256_set1_ps(1.0f / 3.0f));
-    V r(_mm256_castsi256_ps(
-        _mm256_add_epi32(_mm256_cvttps_epi32(third), _mm256_set1_epi32(0x2a5137a0))));
+    // bits / 3 by way of float (the integer's low bits do not matter at 4 %).
+    const V third = at::vec::convert_to_fp_of_same_size<float>(at::vec::cast<int32_t>(as)) *
+                    V(1.0f / 3.0f);
+    V r = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(third) + I(0x2a5137a0));
     r = halley(halley(r, as), as);
     r = V::blendv(V::blendv(r, r * V(0x1p32f), huge), r * V(0x1p-32f), tiny);
     r = V::blendv(r, a, special);

@@ -118,8 +118,8 @@ Vectorized<Compute<T>> act_d1(const T* y, const Vectorized<Compute<T>>& h, int64
 // gh = g act'(h) and gz = gh s at lanes [at, at + n), s the lanes' slopes:
 // {gz, gh z}, the terms of db and ds.
 template <typename T, int ACT>
-inline __attribute__((always_inline)) std::array<Vectorized<Compute<T>>, 2> grad_terms(const T* g, const T* z, const T* y, int64_t at,
-                                                 int64_t n, const Vectorized<Compute<T>>& s) {
+inline __attribute__((always_inline)) std::array<Vectorized<Compute<T>>, 2> grad_terms(
+    const T* g, const T* z, const T* y, int64_t at, int64_t n, const Vectorized<Compute<T>>& s) {
   const auto zv = Io<T>::load(z + at, n);
   const auto gh = Io<T>::load(g + at, n) * act_d1<T, ACT>(y, zv * s, at, n);
   return {gh * s, gh * zv};
@@ -304,8 +304,9 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
         const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
         db.clear();
         ds.clear();
-        backward_flat_chunk<T, ACT>(g, z, y, gz.data(), r0 * cols, std::min(total, (r0 + rows) * cols),
-                                    walk, db_part != nullptr ? &db : nullptr,
+        backward_flat_chunk<T, ACT>(g, z, y, gz.data(), r0 * cols,
+                                    std::min(total, (r0 + rows) * cols), walk,
+                                    db_part != nullptr ? &db : nullptr,
                                     ds_part != nullptr ? &ds : nullptr);
         if (db_part != nullptr) db.fold(db_part + k * cols);
         if (ds_part != nullptr) ds.fold(ds_part + k * cols);
@@ -379,12 +380,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     LAAF_ACT_SWITCH(act, [&] {
       linear_backward_narrow<scalar_t, ACT>(
           g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
-          z.data_ptr<scalar_t>(),
-          y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
-          w, need.dx ? dx.data_ptr<scalar_t>() : nullptr,
-          need.dw ? dw_parts.data_ptr<scalar_t>() : nullptr,
-          need.db ? db_part.data_ptr<double>() : nullptr,
-          need.ds ? ds_part.data_ptr<double>() : nullptr, grid);
+          z.data_ptr<scalar_t>(), data_or_null<scalar_t>(y), w, data_or_null<scalar_t>(dx),
+          data_or_null<scalar_t>(dw_parts), data_or_null<double>(db_part),
+          data_or_null<double>(ds_part), grid);
     });
     if (need.dw) dw = sum_parts<scalar_t>(dw_parts, N * K).view({N, K}).to(x.scalar_type());
   });
@@ -437,18 +435,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     return linear_bwd_narrow(g, x, weight, z, s, s_c, y, act, chunks,
                              {need_dx, need_dw, need_db, need_ds});
   }
-  Tensor gz = (need_dx || need_dw) ? at::empty_like(z) : Tensor();
+  Tensor gz = empty_if(need_dx || need_dw, z);
   Tensor db_part = need_db ? at::empty({chunks, cols}, dbl) : Tensor();
   Tensor ds_part = need_ds ? at::empty({chunks, cols}, dbl) : Tensor();
   LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_linear_bwd", [&] {
     const auto grid = make_grid<scalar_t>(rows, cols, s_c, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
       backward_pass<scalar_t, ACT>(
-          g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-          y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
-          data_or_null<scalar_t>(gz),
-          need_db ? db_part.data_ptr<double>() : nullptr,
-          need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
+          g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), data_or_null<scalar_t>(y),
+          data_or_null<scalar_t>(gz), data_or_null<double>(db_part),
+          data_or_null<double>(ds_part), grid);
     });
   });
   const Tensor empty = at::empty({0}, x.options());
@@ -493,16 +489,15 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
     return {need_dz ? at::zeros_like(z) : empty, need_ds ? at::zeros_like(*s) : empty};
   }
   const ActLayout L = act_layout(z, s, dim);
-  Tensor dz = need_dz ? at::empty_like(z) : Tensor();
+  Tensor dz = empty_if(need_dz, z);
   Tensor ds_part = channel_partials(need_ds, 1, L.rows, L.cols, L.on_rows, z.options());
   LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_act_bwd", [&] {
     const auto grid = make_grid<scalar_t>(L.rows, L.cols, s_c, slope_kind(s), L.on_rows,
                                           L.channels);
     LAAF_ACT_SWITCH(act, [&] {
       backward_pass<scalar_t, ACT>(g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-                                   y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
-                                   need_dz ? dz.data_ptr<scalar_t>() : nullptr, nullptr,
-                                   need_ds ? ds_part.data_ptr<double>() : nullptr, grid);
+                                   data_or_null<scalar_t>(y), data_or_null<scalar_t>(dz),
+                                   nullptr, data_or_null<double>(ds_part), grid);
     });
   });
   return {need_dz ? dz : empty,

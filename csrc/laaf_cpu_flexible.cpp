@@ -98,13 +98,13 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   }
   const ActLayout L = act_layout(z, params.select(0, 0), dim);
   const Tensor params_c = slope_in(params, z.scalar_type());
-  Tensor dz = need_dz ? at::empty_like(z) : Tensor();
+  Tensor dz = empty_if(need_dz, z);
   Tensor dp_part = channel_partials(need_dp, 2, L.rows, L.cols, L.on_rows, z.options());
   LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_flex_bwd", [&] {
     const auto grids = param_grids<scalar_t>(params_c, L);
     LAAF_FLEX_SWITCH(kind_id, [&] {
       flex_backward_pass<scalar_t, KIND>(g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-                                         need_dz ? dz.data_ptr<scalar_t>() : nullptr,
+                                         data_or_null<scalar_t>(dz),
                                          partial_slots<2>(dp_part), grids);
     });
   });

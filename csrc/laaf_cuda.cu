@@ -289,7 +289,7 @@ void launch_narrow_nj(const Tensor& x, const Tensor& w, const c10::optional<Tens
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, x.get_device());
   const int64_t blocks = std::max<int64_t>(1, std::min(tiles, sms * std::max(per_sm, 1)));
   kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<T>(), w.data_ptr<T>(), b.has_value() ? b->data_ptr<T>() : nullptr, sg,
+      x.data_ptr<T>(), w.data_ptr<T>(), data_or_null<T>(b), sg,
       y.data_ptr<T>(), z_out, M, N, K);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -317,7 +317,7 @@ void launch_backward_cols(const Tensor& g, const Tensor& z, const c10::optional<
   const int64_t chunk = rows_per_chunk(rows);
   const dim3 grid((cols + 31) / 32, (rows + chunk - 1) / chunk);
   backward_cols_kernel<T, ACT><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      g.data_ptr<T>(), z.data_ptr<T>(), y.has_value() ? y->data_ptr<T>() : nullptr,
+      g.data_ptr<T>(), z.data_ptr<T>(), data_or_null<T>(y),
       data_or_null<T>(gz),
       data_or_null<A>(db_part),
       data_or_null<A>(ds_part), sg, rows, cols, chunk);
@@ -376,7 +376,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const Tensor s_acc = slope_in(s, acc);
   const auto part_options = x.options().dtype(acc);
-  Tensor gz = (need_dx || need_dw) ? at::empty_like(z) : Tensor();
+  Tensor gz = empty_if(need_dx || need_dw, z);
   Tensor db_part = need_db ? at::empty({chunks_of(rows), cols}, part_options) : Tensor();
   Tensor ds_part = need_ds ? at::empty({chunks_of(rows), cols}, part_options) : Tensor();
   LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_linear_bwd", [&] {
@@ -429,7 +429,7 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
   const ActLayout L = act_layout(z, s, dim);
   const at::ScalarType acc = at::toOpMathType(z.scalar_type());
   const Tensor s_acc = slope_in(s, acc);
-  Tensor dz = need_dz ? at::empty_like(z) : Tensor();
+  Tensor dz = empty_if(need_dz, z);
   Tensor ds_part;
   LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_act_bwd", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -441,9 +441,8 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
             <<<blocks_for(L.rows * 32, z.get_device()), kThreads, 0,
                c10::cuda::getCurrentCUDAStream()>>>(
                 g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-                y.has_value() ? y->data_ptr<scalar_t>() : nullptr,
-                need_dz ? dz.data_ptr<scalar_t>() : nullptr,
-                need_ds ? ds_part.data_ptr<A>() : nullptr, sg, L.rows, L.cols);
+                data_or_null<scalar_t>(y), data_or_null<scalar_t>(dz),
+                data_or_null<A>(ds_part), sg, L.rows, L.cols);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     } else {

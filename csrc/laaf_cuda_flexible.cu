@@ -151,7 +151,7 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   const ActLayout L = act_layout(z, params.select(0, 0), dim);
   const at::ScalarType acc = at::toOpMathType(z.scalar_type());
   const Tensor params_acc = slope_in(params, acc);
-  Tensor dz = need_dz ? at::empty_like(z) : Tensor();
+  Tensor dz = empty_if(need_dz, z);
   const int64_t chunk = rows_per_chunk(L.rows), chunks = chunks_of(L.rows);
   // Rows: (2, rows) row sums; columns: (2, chunks, cols) chunk partials.
   Tensor dp_part = !need_dp ? Tensor()
@@ -160,8 +160,8 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_flex_bwd", [&] {
     using A = at::opmath_type<scalar_t>;
     const auto grids = param_grids<A>(params_acc, L);
-    scalar_t* dz_ptr = need_dz ? dz.data_ptr<scalar_t>() : nullptr;
-    A* part_ptr = need_dp ? dp_part.data_ptr<A>() : nullptr;
+    scalar_t* dz_ptr = data_or_null<scalar_t>(dz);
+    A* part_ptr = data_or_null<A>(dp_part);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     LAAF_FLEX_SWITCH(kind_id, [&] {
       if (L.on_rows) {

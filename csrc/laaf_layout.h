@@ -65,6 +65,10 @@ template <typename T>
 T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
+template <typename T>
+T* data_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? data_or_null<T>(*t) : nullptr;
+}
 
 // An uninitialised tensor like `like` where `need`, else an undefined one.
 inline at::Tensor empty_if(bool need, const at::Tensor& like) {

@@ -328,13 +328,14 @@ def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target):
     and groups (cf. the test above it, where ATen's GEMMs must be held fixed)."""
     gen = torch.Generator().manual_seed(37)
     x, w = torch.randn(1031, 50, generator=gen), torch.randn(29, 50, generator=gen)
-    b, s, g = torch.randn(29, generator=gen), torch.rand(29, generator=gen), torch.randn(1031, 29, generator=gen)
+    b, s = torch.randn(29, generator=gen), torch.rand(29, generator=gen)
+    g = torch.randn(1031, 29, generator=gen)
     results = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
         try:
             y, z = torch.ops.laaf.cpp_linear_fwd(x, w, b, s, "tanh", True)
-            grads = torch.ops.laaf.cpp_linear_bwd(g, x, w, b, z, s, y, "tanh", True, True, True, True)
+            grads = torch.ops.laaf.cpp_linear_bwd(g, x, w, b, z, s, y, "tanh", *(True,) * 4)
             results.append([y, z, *grads])
         finally:
             torch.set_num_threads(2)

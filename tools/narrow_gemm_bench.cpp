@@ -47,7 +47,8 @@ Timing time_ms(const std::function<void()>& run, int reps = 15) {
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     run();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    const auto elapsed = std::chrono::steady_clock::now() - t0;
+    ms.push_back(std::chrono::duration<double, std::milli>(elapsed).count());
   }
   std::sort(ms.begin(), ms.end());
   return {ms[ms.size() / 2], ms[0]};
@@ -99,7 +100,9 @@ int main(int argc, char** argv) {
   const double gflop = 2.0 * kRows * N * K / 1e9;
   std::printf("N=%ld K=%ld, M=%ld, one thread: median (min) ms, GFLOP/s of the median\n",
               (long)N, (long)K, (long)kRows);
-  std::printf("  fwd %.3f (%.3f) ms  %.1f GFLOP/s\n", fwd.median_ms, fwd.min_ms, gflop / fwd.median_ms * 1e3);
-  std::printf("  dW  %.3f (%.3f) ms  %.1f GFLOP/s\n", dw_time.median_ms, dw_time.min_ms, gflop / dw_time.median_ms * 1e3);
+  for (const auto& [name, t] : {std::pair{"fwd", fwd}, std::pair{"dW ", dw_time}}) {
+    std::printf("  %s %.3f (%.3f) ms  %.1f GFLOP/s\n", name, t.median_ms, t.min_ms,
+                gflop / t.median_ms * 1e3);
+  }
   return 0;
 }

@@ -6,7 +6,7 @@ These functions take validated, already-flattened arguments; the custom ops in
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -207,19 +207,25 @@ def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need
 # gz = g act'(h) s from y, and its vector-Jacobian products (ops.grad_y)
 # ---------------------------------------------------------------------------
 
-def _grad_y_frame(y: torch.Tensor, s: Optional[torch.Tensor], dim: int):
-    """y (contiguous) as the (R, C) grid, with slope_on_rows, channels and the launch grid
-    (``dim`` may be negative, as in the C++ ops)."""
+class _GradYFrame(NamedTuple):
+    y2: torch.Tensor      # y (contiguous) as the (R, C) grid
+    on_rows: bool         # the slope is on rows (channel r % channels)
+    channels: int
+    grid: Tuple[int, int]  # the launch grid
+    flags: dict           # the constexprs every grad_y kernel takes, block sizes included
+
+
+def _grad_y_frame(y: torch.Tensor, s: Optional[torch.Tensor], dim: int,
+                  activation: str) -> _GradYFrame:
+    """The launch frame of a grad_y kernel (``dim`` may be negative, as in the C++ ops);
+    the tile comes from the shape once (triton_grad_y.blocks)."""
     y2, on_rows, channels = _as_grid(y.contiguous(), s, dim % max(1, y.dim()))
     R, C = y2.shape
     meta = grad_y_blocks(R, C)
-    return y2, on_rows, channels, (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
-
-
-def _grad_y_flags(y2, s, activation, on_rows) -> dict:
-    """The constexprs of a grad_y kernel launch, its block sizes included."""
-    return dict(SLOPE=slope_kind(s), ON_ROWS=on_rows, ACT=ACT_IDS[activation],
-                ACC_FP64=y2.dtype == torch.float64, **grad_y_blocks(*y2.shape))
+    flags = dict(SLOPE=slope_kind(s), ON_ROWS=on_rows, ACT=ACT_IDS[activation],
+                 ACC_FP64=y2.dtype == torch.float64, **meta)
+    grid = (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    return _GradYFrame(y2, on_rows, channels, grid, flags)
 
 
 def _ds_partials(need: bool, y2: torch.Tensor, on_rows: bool) -> Optional[torch.Tensor]:
@@ -251,10 +257,10 @@ def grad_y(g, y, s, activation: str, dim: int) -> torch.Tensor:
     gz = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     if y.numel() == 0:
         return gz
-    y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
+    f = _grad_y_frame(y, s, dim, activation)
     with device_guard(y):
-        grad_y_kernel[grid](_as(g, y2), y2, _or(s, y2), gz, *y2.shape, channels,
-                            **_grad_y_flags(y2, s, activation, on_rows))
+        grad_y_kernel[f.grid](_as(g, f.y2), f.y2, _or(s, f.y2), gz, *f.y2.shape, f.channels,
+                              **f.flags)
     return gz
 
 
@@ -265,18 +271,17 @@ def grad_y_vjp(u, g, y, s, activation: str, dim: int, need_g: bool, need_y: bool
     if y.numel() == 0:
         return (torch.zeros_like(y) if need_g else None, torch.zeros_like(y) if need_y else None,
                 torch.zeros_like(s) if need_s else None)
-    y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
+    f = _grad_y_frame(y, s, dim, activation)
+    y2 = f.y2
     dg = torch.empty_like(y2) if need_g else None
     dy = torch.empty_like(y2) if need_y else None
-    ds_part = _ds_partials(need_s, y2, on_rows)
+    ds_part = _ds_partials(need_s, y2, f.on_rows)
     with device_guard(y):
-        grad_y_vjp_kernel[grid](
+        grad_y_vjp_kernel[f.grid](
             _as(u, y2), _as(g, y2), y2, _or(s, y2), _or(dg, y2), _or(dy, y2), _or(ds_part, y2),
-            *y2.shape, channels,
-            NEED_G=need_g, NEED_Y=need_y, NEED_S=need_s,
-            **_grad_y_flags(y2, s, activation, on_rows))
+            *y2.shape, f.channels, NEED_G=need_g, NEED_Y=need_y, NEED_S=need_s, **f.flags)
     return (None if dg is None else dg.reshape(y.shape), None if dy is None else dy.reshape(y.shape),
-            _finish_ds(ds_part, s, on_rows, channels))
+            _finish_ds(ds_part, s, f.on_rows, f.channels))
 
 
 def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool, need_g: bool,
@@ -287,19 +292,20 @@ def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool,
     if y.numel() == 0:
         return (*(torch.zeros_like(y) if n else None for n in (need_u, need_g, need_y)),
                 torch.zeros_like(s) if need_s else None)
-    y2, on_rows, channels, grid = _grad_y_frame(y, s, dim)
+    f = _grad_y_frame(y, s, dim, activation)
+    y2 = f.y2
     du, dg, dy = (torch.empty_like(y2) if n else None for n in (need_u, need_g, need_y))
-    ds_part = _ds_partials(need_s, y2, on_rows)
+    ds_part = _ds_partials(need_s, y2, f.on_rows)
     with device_guard(y):
-        grad_y_vjp2_kernel[grid](
+        grad_y_vjp2_kernel[f.grid](
             y2 if ug is None else _as(ug, y2), y2 if uy is None else _as(uy, y2),
             y2 if us is None else us.contiguous(), _as(u, y2), _as(g, y2), y2, _or(s, y2),
             _or(du, y2), _or(dg, y2), _or(dy, y2), _or(ds_part, y2),
-            *y2.shape, channels, HAS_UG=ug is not None, HAS_UY=uy is not None,
+            *y2.shape, f.channels, HAS_UG=ug is not None, HAS_UY=uy is not None,
             HAS_US=us is not None, NEED_U=need_u, NEED_G=need_g, NEED_Y=need_y, NEED_S=need_s,
-            **_grad_y_flags(y2, s, activation, on_rows))
+            **f.flags)
     return (*(None if t is None else t.reshape(y.shape) for t in (du, dg, dy)),
-            _finish_ds(ds_part, s, on_rows, channels))
+            _finish_ds(ds_part, s, f.on_rows, f.channels))
 
 
 # ---------------------------------------------------------------------------

@@ -305,7 +305,8 @@ struct Flex<0> {
   template <typename T>
   static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
     const T step = ((z > T(0.0)) ? T(1.0) : T(0.0));
-    const T cm = prim_cbrt(prim_maximum(prim_abs(z), T(1e-06)));
+    const T c = prim_cbrt(z);
+    const T cm = prim_maximum(prim_abs(c), T(0.01));
     const T dc = (T(1.0) / ((T(3.0) * cm) * cm));
     return (((p0 * step) + (((T(3.0) * p1) * z) * z)) + (((T(1.0) - p0) - p1) * dc));
   }

@@ -86,10 +86,11 @@ _POLY_LETS = (
     ("step", "where(z > 0.0, 1.0, 0.0)"),
     ("cube", "z * z * z"),
 )
-#: cbrt'(z) = 1 / (3 cbrt(m)^2), m = max(|z|, CBRT_EPS = 1e-6).
+#: cbrt'(z) = 1 / (3 cbrt(m)^2), m = max(|z|, CBRT_EPS = 1e-6). cbrt is monotone, so
+#: cbrt(m) = max(|c|, cbrt(1e-6) = 0.01): one root serves the value and the derivative.
 _CBRT_LETS = (
     ("c", "cbrt(z)"),
-    ("cm", "cbrt(maximum(abs(z), 1e-06))"),
+    ("cm", "maximum(abs(c), 0.01)"),
     ("dc", "1.0 / (3.0 * cm * cm)"),
 )
 _RAMP_LETS = (("band", "where(u >= lo, where(u <= hi, 1.0, 0.0), 0.0)"),

@@ -47,7 +47,8 @@ def flex_dz(z, p0, p1, KIND: tl.constexpr):
     """The flexible kind KIND's dz at z, parameters p0, p1."""
     if KIND == 0:  # relu_poly
         step = where(z > 0.0, zeros_like(z) + 1.0, zeros_like(z) + 0.0)
-        cm = cbrt(maximum(abs(z), zeros_like(z) + 1e-06))
+        c = cbrt(z)
+        cm = maximum(abs(c), zeros_like(z) + 0.01)
         dc = 1.0 / (3.0 * cm * cm)
         out = p0 * step + 3.0 * p1 * z * z + (1.0 - p0 - p1) * dc
     elif KIND == 1:  # relu_tanh

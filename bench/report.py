@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -47,7 +48,19 @@ def metadata(device: str, ceilings: dict) -> dict:
         "laaf_kernels": laaf_kernels.__version__, "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
         "python": platform.python_version(), "ceilings": ceilings,
+        "allocator_env": allocator_env(),
     }
+
+
+#: Environment variables that change how tensors are allocated, and so CPU timings of
+#: large tensors (page faults): glibc's malloc tunables, PyTorch's THP switch.
+_ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                   "THP_MEM_ALLOC_ENABLE", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def allocator_env() -> dict:
+    """The allocator settings of this run (those set), recorded with its results."""
+    return {k: os.environ[k] for k in _ALLOCATOR_VARS if k in os.environ}
 
 
 def results_path(out_dir: pathlib.Path, meta: dict) -> pathlib.Path:

@@ -6,7 +6,8 @@ import pytest
 from bench import cases, roofline, run
 
 
-def test_one_tiny_case_writes_rows_with_metadata(tmp_path, capsys):
+def test_one_tiny_case_writes_rows_with_metadata(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
     rc = run.main(["--device", "cpu", "--ops", "linear", "--passes", "train_fwd,fwd_bwd",
                    "--shapes", "64x8x8", "--providers", "backend:reference,eager,mm",
                    "--no-models", "--out", str(tmp_path)])
@@ -15,6 +16,7 @@ def test_one_tiny_case_writes_rows_with_metadata(tmp_path, capsys):
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     assert {"device", "torch", "triton", "git_commit", "date", "ceilings"} <= set(data["meta"])
+    assert data["meta"]["allocator_env"]["MALLOC_MMAP_MAX_"] == "0"
     rows = data["rows"]
     assert {r["provider"] for r in rows} == {"backend:reference", "eager", "mm"}
     assert all(r["error"] is None and r["median_ms"] > 0 for r in rows)

@@ -59,7 +59,9 @@ def parse_shape(text: str):
 #: The flexible activations (the ``activation`` field of a case holds the kind): the
 #: issue's shape, M = 2^20 rows and C = 256 channels (fp32). On CPU the quick suite
 #: uses M = 2^16: at 2^20 eager's 1 GiB temporaries ran a 23 GB VM out of memory with
-#: malloc's mmap off, and with it on they are page-faulted afresh at every step.
+#: malloc's mmap off, and with it on they are page-faulted afresh at every step (4 KiB
+#: pages; eager relu_poly fwd + bwd took 22 s). The 2^20 rows are a separate run with
+#: THP_MEM_ALLOC_ENABLE=1 (PyTorch's 2 MiB pages): bench/README.md.
 FLEXIBLE_SHAPES = {"cuda": [(2 ** 20, 256, 256)], "cpu": [(2 ** 16, 256, 256)]}
 FLEXIBLE_KINDS = ("relu_poly", "sigmoid_ramp")
 

@@ -7,7 +7,6 @@
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 
-#include <array>
 #include <type_traits>
 
 #include "laaf_activation_ids.h"
@@ -18,9 +17,8 @@ namespace laaf {
 // n = round(x log2 e) and |r| <= ln2 / 2 (ln2 in two parts, so r is exact to ~1e-12),
 // exp(r) = 1 + r + r^2 P(r) with Cephes' degree-5 P (relative error ~1e-7), times 2^n
 // built from n's exponent bits; x < -87.33 (e^x below the normal range) gives 0.
-// Inline, so the compiler also shares it between formulas, where a call into Sleef
-// runs once per use: sigmoid_ramp's forward at 65536 x 256, 1 thread, went from
-// 24.1 to 17.8 ms. Other lanes: at::vec's exp.
+// Inline, where Sleef's exp is a call per vector: sigmoid_ramp's forward at
+// 65536 x 256, one thread, went from 24.1 to 17.8 ms. Other lanes: at::vec's exp.
 template <typename V>
 inline V exp_nonpositive(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
@@ -372,6 +370,12 @@ struct Act<9> {
 
 // Flex<KIND>::value and Flex<KIND>::grads = (dz, dp0, dp1): the flexible kinds of
 // laaf_kernels/flexible.py.
+// d value / d (z, p0, p1) at one z: what Flex<KIND>::grads returns.
+template <typename T>
+struct FlexGrads {
+  T dz, dp0, dp1;
+};
+
 template <int KIND>
 struct Flex;
 
@@ -385,7 +389,7 @@ struct Flex<0> {
     return (((p0 * r) + (p1 * cube)) + (((V(1.0) - p0) - p1) * c));
   }
   template <typename V>
-  static inline std::array<V, 3> grads(const V& z, const V& p0, const V& p1) {
+  static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
     const V r = at::vec::maximum(z, V(0.0));
     const V step = V::blendv(V(0.0), V(1.0), (z > V(0.0)));
     const V cube = ((z * z) * z);
@@ -408,7 +412,7 @@ struct Flex<1> {
     return (((p0 * r) + (p1 * cube)) + (((V(1.0) - p0) - p1) * t));
   }
   template <typename V>
-  static inline std::array<V, 3> grads(const V& z, const V& p0, const V& p1) {
+  static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
     const V r = at::vec::maximum(z, V(0.0));
     const V step = V::blendv(V(0.0), V(1.0), (z > V(0.0)));
     const V cube = ((z * z) * z);
@@ -429,7 +433,7 @@ struct Flex<2> {
     return ((p0 * sg) + ((V(1.0) - p0) * ramp));
   }
   template <typename V>
-  static inline std::array<V, 3> grads(const V& z, const V& p0, const V& p1) {
+  static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
     const V sg = sigmoid(z);
     const V u = ((p1 * z) + V(0.5));
     const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(0.0)));
@@ -450,7 +454,7 @@ struct Flex<3> {
     return ((p0 * t) + ((V(1.0) - p0) * ramp));
   }
   template <typename V>
-  static inline std::array<V, 3> grads(const V& z, const V& p0, const V& p1) {
+  static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
     const V t = fast_tanh(z);
     const V u = (p1 * z);
     const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(-1.0)));

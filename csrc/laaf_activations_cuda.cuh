@@ -289,7 +289,14 @@ struct Act<9> {
   }
 };
 
-// Flex<KIND>::value / dz / dp0 / dp1: the flexible kinds of laaf_kernels/flexible.py.
+// gpu::Flex<KIND>::value and gpu::Flex<KIND>::grads = (dz, dp0, dp1): the flexible
+// kinds of laaf_kernels/flexible.py.
+// d value / d (z, p0, p1) at one z: what Flex<KIND>::grads returns.
+template <typename T>
+struct FlexGrads {
+  T dz, dp0, dp1;
+};
+
 template <int KIND>
 struct Flex;
 
@@ -303,24 +310,16 @@ struct Flex<0> {
     return (((p0 * r) + (p1 * cube)) + (((T(1.0) - p0) - p1) * c));
   }
   template <typename T>
-  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
+  static LAAF_DEVICE FlexGrads<T> grads(const T& z, const T& p0, const T& p1) {
+    const T r = prim_maximum(z, T(0.0));
     const T step = ((z > T(0.0)) ? T(1.0) : T(0.0));
+    const T cube = ((z * z) * z);
     const T c = prim_cbrt(z);
     const T cm = prim_maximum(prim_abs(c), T(0.01));
     const T dc = (T(1.0) / ((T(3.0) * cm) * cm));
-    return (((p0 * step) + (((T(3.0) * p1) * z) * z)) + (((T(1.0) - p0) - p1) * dc));
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
-    const T r = prim_maximum(z, T(0.0));
-    const T c = prim_cbrt(z);
-    return (r - c);
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
-    const T cube = ((z * z) * z);
-    const T c = prim_cbrt(z);
-    return (cube - c);
+    return {(((p0 * step) + (((T(3.0) * p1) * z) * z)) + (((T(1.0) - p0) - p1) * dc)),
+            (r - c),
+            (cube - c)};
   }
 };
 
@@ -334,22 +333,14 @@ struct Flex<1> {
     return (((p0 * r) + (p1 * cube)) + (((T(1.0) - p0) - p1) * t));
   }
   template <typename T>
-  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
-    const T step = ((z > T(0.0)) ? T(1.0) : T(0.0));
-    const T t = prim_tanh(z);
-    return (((p0 * step) + (((T(3.0) * p1) * z) * z)) + (((T(1.0) - p0) - p1) * (T(1.0) - (t * t))));
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
+  static LAAF_DEVICE FlexGrads<T> grads(const T& z, const T& p0, const T& p1) {
     const T r = prim_maximum(z, T(0.0));
-    const T t = prim_tanh(z);
-    return (r - t);
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
+    const T step = ((z > T(0.0)) ? T(1.0) : T(0.0));
     const T cube = ((z * z) * z);
     const T t = prim_tanh(z);
-    return (cube - t);
+    return {(((p0 * step) + (((T(3.0) * p1) * z) * z)) + (((T(1.0) - p0) - p1) * (T(1.0) - (t * t)))),
+            (r - t),
+            (cube - t)};
   }
 };
 
@@ -363,24 +354,14 @@ struct Flex<2> {
     return ((p0 * sg) + ((T(1.0) - p0) * ramp));
   }
   template <typename T>
-  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
+  static LAAF_DEVICE FlexGrads<T> grads(const T& z, const T& p0, const T& p1) {
     const T sg = prim_sigmoid(z);
     const T u = ((p1 * z) + T(0.5));
     const T band = ((u >= T(0.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
-    return (((p0 * sg) * (T(1.0) - sg)) + (((T(1.0) - p0) * p1) * band));
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
-    const T sg = prim_sigmoid(z);
-    const T u = ((p1 * z) + T(0.5));
     const T ramp = prim_minimum(prim_maximum(u, T(0.0)), T(1.0));
-    return (sg - ramp);
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
-    const T u = ((p1 * z) + T(0.5));
-    const T band = ((u >= T(0.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
-    return (((T(1.0) - p0) * z) * band);
+    return {(((p0 * sg) * (T(1.0) - sg)) + (((T(1.0) - p0) * p1) * band)),
+            (sg - ramp),
+            (((T(1.0) - p0) * z) * band)};
   }
 };
 
@@ -394,24 +375,14 @@ struct Flex<3> {
     return ((p0 * t) + ((T(1.0) - p0) * ramp));
   }
   template <typename T>
-  static LAAF_DEVICE T dz(const T& z, const T& p0, const T& p1) {
+  static LAAF_DEVICE FlexGrads<T> grads(const T& z, const T& p0, const T& p1) {
     const T t = prim_tanh(z);
     const T u = (p1 * z);
     const T band = ((u >= T(-1.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
-    return ((p0 * (T(1.0) - (t * t))) + (((T(1.0) - p0) * p1) * band));
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp0(const T& z, const T& p0, const T& p1) {
-    const T t = prim_tanh(z);
-    const T u = (p1 * z);
     const T ramp = prim_minimum(prim_maximum(u, T(-1.0)), T(1.0));
-    return (t - ramp);
-  }
-  template <typename T>
-  static LAAF_DEVICE T dp1(const T& z, const T& p0, const T& p1) {
-    const T u = (p1 * z);
-    const T band = ((u >= T(-1.0)) ? ((u <= T(1.0)) ? T(1.0) : T(0.0)) : T(0.0));
-    return (((T(1.0) - p0) * z) * band);
+    return {((p0 * (T(1.0) - (t * t))) + (((T(1.0) - p0) * p1) * band)),
+            (t - ramp),
+            (((T(1.0) - p0) * z) * band)};
   }
 };
 

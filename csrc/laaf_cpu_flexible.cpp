@@ -8,7 +8,7 @@
 //     dp_k = sum of g f_{p_k}          per-chunk (columns) or per-row (rows) partials,
 //                                      folded in a fixed order: the same bits whatever
 //                                      the thread count
-// The formulas (Flex<KIND>::value, and grads = (f_z, f_p0, f_p1) with shared
+// The formulas (Flex<KIND>::value, and grads = the three derivatives, with shared
 // subexpressions evaluated once) come from laaf_activations.h, generated from the
 // table in laaf_kernels/flexible.py.
 #include <ATen/ATen.h>
@@ -64,9 +64,9 @@ void flex_backward_pass(const T* g, const T* z, T* dz, const std::array<double*,
   channel_pass<Compute<T>, 2>(p.p0, p.p1, parts, [&](int64_t at, int64_t n,
                                                      const ChannelLanes<Compute<T>>& ch) {
     const V zv = Io<T>::load(z + at, n), gv = Io<T>::load(g + at, n);
-    const auto [f_z, f_p0, f_p1] = Flex<KIND>::grads(zv, ch.a, ch.b);
-    if (dz != nullptr) Io<T>::store(gv * f_z, dz + at, n);
-    return std::array<V, 2>{gv * f_p0, gv * f_p1};
+    const FlexGrads<V> f = Flex<KIND>::grads(zv, ch.a, ch.b);
+    if (dz != nullptr) Io<T>::store(gv * f.dz, dz + at, n);
+    return std::array<V, 2>{gv * f.dp0, gv * f.dp1};
   });
 }
 

@@ -317,10 +317,8 @@ void launch_backward_cols(const Tensor& g, const Tensor& z, const c10::optional<
   const int64_t chunk = rows_per_chunk(rows);
   const dim3 grid((cols + 31) / 32, (rows + chunk - 1) / chunk);
   backward_cols_kernel<T, ACT><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      g.data_ptr<T>(), z.data_ptr<T>(), data_or_null<T>(y),
-      data_or_null<T>(gz),
-      data_or_null<A>(db_part),
-      data_or_null<A>(ds_part), sg, rows, cols, chunk);
+      g.data_ptr<T>(), z.data_ptr<T>(), data_or_null<T>(y), data_or_null<T>(gz),
+      data_or_null<A>(db_part), data_or_null<A>(ds_part), sg, rows, cols, chunk);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -63,9 +63,10 @@ __global__ void flex_backward_cols_kernel(const T* __restrict__ g, const T* __re
     for (int64_t r = r_begin + ty; r < r_end; r += 8) {
       const int64_t at = r * cols + c;
       const A zv = static_cast<A>(z[at]), gv = static_cast<A>(g[at]);
-      if (dz != nullptr) dz[at] = static_cast<T>(gv * gpu::Flex<KIND>::dz(zv, p0, p1));
-      acc0 += gv * gpu::Flex<KIND>::dp0(zv, p0, p1);
-      acc1 += gv * gpu::Flex<KIND>::dp1(zv, p0, p1);
+      const gpu::FlexGrads<A> f = gpu::Flex<KIND>::grads(zv, p0, p1);
+      if (dz != nullptr) dz[at] = static_cast<T>(gv * f.dz);
+      acc0 += gv * f.dp0;
+      acc1 += gv * f.dp1;
     }
   }
   acc0 = sum_over_row_lanes(acc0, s0);
@@ -94,9 +95,10 @@ __global__ void flex_backward_rows_kernel(const T* __restrict__ g, const T* __re
     for (int64_t c = lane; c < cols; c += 32) {
       const int64_t at = r * cols + c;
       const A zv = static_cast<A>(z[at]), gv = static_cast<A>(g[at]);
-      if (dz != nullptr) dz[at] = static_cast<T>(gv * gpu::Flex<KIND>::dz(zv, p0, p1));
-      acc0 += gv * gpu::Flex<KIND>::dp0(zv, p0, p1);
-      acc1 += gv * gpu::Flex<KIND>::dp1(zv, p0, p1);
+      const gpu::FlexGrads<A> f = gpu::Flex<KIND>::grads(zv, p0, p1);
+      if (dz != nullptr) dz[at] = static_cast<T>(gv * f.dz);
+      acc0 += gv * f.dp0;
+      acc1 += gv * f.dp1;
     }
     acc0 = warp_sum(acc0);
     acc1 = warp_sum(acc1);

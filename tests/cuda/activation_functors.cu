@@ -3,8 +3,8 @@
 // per (type, id, h):
 //   <type> <id> <h> <value> <d1> <d2> <d1_y> <d1_y_dy> <d1_y_dyy>   (the last three nan
 //                                                                    without kD1FromY)
-// and gpu::Flex<KIND>::value / dz / dp0 / dp1 of every flexible kind at z = h for each
-// parameter pair of kParams:
+// and gpu::Flex<KIND>::value and grads (dz, dp0, dp1) of every flexible kind at z = h,
+// for each parameter pair of kParams:
 //   flex-<type> <kind> <z> <p0> <p1> <value> <dz> <dp0> <dp1>
 // Built for the host by tests/test_cuda_sources.py (the functors are __host__ __device__)
 // to check the generated CUDA header against the Python table without a GPU.
@@ -39,10 +39,11 @@ void print_flex(const char* type, double z_in) {
   const T z = static_cast<T>(z_in);
   for (const auto& p : kParams) {
     const T p0 = static_cast<T>(p[0]), p1 = static_cast<T>(p[1]);
+    const laaf::gpu::FlexGrads<T> d = F::grads(z, p0, p1);
     std::printf("flex-%s %d %.17g %.17g %.17g %.17g %.17g %.17g %.17g\n", type, KIND,
                 static_cast<double>(z), p[0], p[1], static_cast<double>(F::value(z, p0, p1)),
-                static_cast<double>(F::dz(z, p0, p1)), static_cast<double>(F::dp0(z, p0, p1)),
-                static_cast<double>(F::dp1(z, p0, p1)));
+                static_cast<double>(d.dz), static_cast<double>(d.dp0),
+                static_cast<double>(d.dp1));
   }
 }
 

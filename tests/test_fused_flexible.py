@@ -4,6 +4,7 @@ non-contiguous z, fp64 / fp32 / bf16, float64 gradcheck and gradgradcheck,
 empty z, torch.library.opcheck, and determinism."""
 import math
 
+import mpmath  # installed with torch (through sympy): a missing one is an error, not a skip
 import pytest
 import torch
 
@@ -168,7 +169,6 @@ def test_cpp_cbrt_is_within_one_ulp(target):
     of the rounded result (0.73 measured in fp32, over normal and denormal inputs
     alike), signed, 0 at 0 and NaN at NaN. fp64 against mpmath (numpy's float64 cbrt
     is itself off by up to ~2.4 ulp)."""
-    mpmath = pytest.importorskip("mpmath")
     gen = generator(41)
     # (|z| stays below where z^3, the formula's other term, overflows: 0 * inf is NaN)
     z = torch.cat([torch.linspace(-1000, 1000, 200_003), torch.rand(100_000, generator=gen) * 8,

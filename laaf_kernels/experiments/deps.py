@@ -22,7 +22,7 @@ def require(*modules: str) -> None:
 
 def progress_bar(iterable=None, **kwargs):
     """``tqdm(iterable, file=sys.stderr, **kwargs)``, or, without tqdm, the iterable itself
-    (None: an object whose ``update`` / ``set_postfix`` / ``close`` do nothing)."""
+    (None: an object whose ``n`` / ``set_postfix`` / ``close`` do nothing)."""
     try:
         from tqdm import tqdm
     except ImportError:

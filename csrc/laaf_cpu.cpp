@@ -280,8 +280,9 @@ struct DwGroups {
 // Backward: chunk by chunk, gz (the flat epilogue, with the db / ds partials of
 // the chunk) into a chunk-sized buffer, then from that buffer, still in cache,
 // dx_chunk = gz W and dW_group += gz^T x_chunk. dW is summed per group of
-// DwGroups::per_group chunks (dw_parts[group], zeroed here); the caller folds the
-// groups in order. A null output is not computed.
+// DwGroups::per_group chunks (dw_parts[group], N rows of k_padded = x_chunk's
+// padded width, as narrow_gemm accumulates; zeroed here); the caller folds the
+// groups in order and drops the padding. A null output is not computed.
 template <typename T, int ACT>
 void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_t x_col_stride,
                             int64_t K, const T* z, const T* y,
@@ -295,10 +296,11 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
   at::parallel_for(0, groups.count, 1, [&](int64_t g0, int64_t g1) {
     std::vector<T> gz(kRowsPerChunk * cols);
     PackedPanel<T> x_chunk(kRowsPerChunk, K);
+    const int64_t dw_size = cols * x_chunk.padded();
     PhaseSums<T> db(cols, walk.period()), ds(cols, walk.period());
     for (int64_t grp = g0; grp < g1; ++grp) {
-      T* dw = dw_parts == nullptr ? nullptr : dw_parts + grp * cols * K;
-      if (dw != nullptr) std::fill(dw, dw + cols * K, T(0));
+      T* dw = dw_parts == nullptr ? nullptr : dw_parts + grp * dw_size;
+      if (dw != nullptr) std::fill(dw, dw + dw_size, T(0));
       for (int64_t k = grp * per_group; k < std::min(chunks, (grp + 1) * per_group); ++k) {
         const int64_t r0 = k * kRowsPerChunk;
         const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
@@ -315,7 +317,7 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
         }
         if (dw != nullptr) {  // dW(n, :) += sum_r gz(r, n) x(r, :)
           x_chunk.pack(x + r0 * x_row_stride, rows, x_row_stride, x_col_stride);
-          narrow_gemm(StridedA<T>{gz.data(), 1, cols}, cols, x_chunk, dw, K,
+          narrow_gemm(StridedA<T>{gz.data(), 1, cols}, cols, x_chunk, dw, x_chunk.padded(),
                       GemmInit<T>{nullptr, true});
         }
       }
@@ -370,13 +372,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   const int64_t groups = DwGroups(chunks).count;
   const auto dbl = x.options().dtype(at::kDouble);
   Tensor dx = need.dx ? at::empty({rows, K}, x.options()) : Tensor();
-  Tensor dw_parts = need.dw ? at::empty({groups, N, K}, x.options()) : Tensor();
   Tensor db_part = need.db ? at::empty({chunks, N}, dbl) : Tensor();
   Tensor ds_part = need.ds ? at::empty({chunks, N}, dbl) : Tensor();
   Tensor dw;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
     const auto w = need.dx ? pack_weight<scalar_t>(weight, false) : PackedPanel<scalar_t>(0, K);
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
+    const int64_t k_padded = PackedPanel<scalar_t>(0, K).padded();  // dW's rows, padded
+    Tensor dw_parts = need.dw ? at::empty({groups, N, k_padded}, x.options()) : Tensor();
     LAAF_ACT_SWITCH(act, [&] {
       linear_backward_narrow<scalar_t, ACT>(
           g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
@@ -384,7 +387,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
           data_or_null<scalar_t>(dw_parts), data_or_null<double>(db_part),
           data_or_null<double>(ds_part), grid);
     });
-    if (need.dw) dw = sum_parts<scalar_t>(dw_parts, N * K).view({N, K}).to(x.scalar_type());
+    if (need.dw) {
+      dw = sum_parts<scalar_t>(dw_parts, N * k_padded)
+               .view({N, k_padded})
+               .narrow(1, 0, K)
+               .to(x.scalar_type())
+               .contiguous();
+    }
   });
   const Tensor empty = at::empty({0}, x.options());
   return {need.dx ? dx : empty, need.dw ? dw : empty,

@@ -16,9 +16,9 @@
 // the same kernel takes x (A = x), gz (A = gz) and gz^T (dW). A tile of R = 4 rows
 // by P = 2 vectors keeps 8 accumulators, the two B vectors of depth d and one
 // broadcast A(r, d) in registers (11 of AVX2's 16): per depth step 2 loads,
-// 4 broadcasts, 8 FMAs, so the FMA units, not the loads, set the pace. A last,
-// single column vector (N = 50 is 6 vectors + 2 lanes) runs a 4 x 1 tile that
-// splits the depth into even and odd steps, to keep 8 FMA chains too.
+// 4 broadcasts, 8 FMAs, so the FMA units, not the loads, set the pace. An odd
+// number of column vectors ends in one 4 x 3 tile (12 accumulators), placed so
+// that it ends at C's last column (gemm_rows).
 // Every sum runs in a fixed order, whatever the thread count (deterministic).
 #pragma once
 #include <ATen/cpu/vec/vec.h>
@@ -99,15 +99,18 @@ inline void store_lanes(const Vectorized<T>& v, T* cp, int64_t live) {
   }
 }
 
-// One R x P tile of C at columns [col, col + P lanes): `cols` of them are real
-// (C has ldc columns; lanes past `cols` are neither loaded nor stored). The unroll
-// pragmas keep the accumulators in registers whatever the surrounding code: in
-// one build (a standalone timing harness) GCC 12 had left the 4 x 1 tile's on the
-// stack, a load and a store around every FMA, and N = 50 took 10.8 ms where
-// N = 48 took 5.3. (The extension's own build had not.)
+// One R x P tile of C at columns [col, col + P vectors): those below `cols` are
+// real (C has ldc columns; lanes past `cols` are neither loaded nor stored). The
+// unroll pragmas keep the accumulators in registers whatever the surrounding code
+// (in one standalone build GCC 12 had left a tile's on the stack, a load and a
+// store around every FMA, at half the speed), and always_inline keeps GCC's
+// inlining budget out of it: in a standalone harness, K = N = 50 in L1, the
+// default inlining ran at 64 GFLOP/s and this at 77.
 template <typename T, int R, int P>
-inline void gemm_tile(const StridedA<T>& A, const PackedPanel<T>& B, int64_t col, T* c,
-                      int64_t ldc, int64_t cols, const GemmInit<T>& init) {
+inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
+                                                     const PackedPanel<T>& B, int64_t col,
+                                                     T* c, int64_t ldc, int64_t cols,
+                                                     const GemmInit<T>& init) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   int64_t live[P];
@@ -135,71 +138,48 @@ inline void gemm_tile(const StridedA<T>& A, const PackedPanel<T>& B, int64_t col
   }
 }
 
-// The 4 x 1 tile (4 rows, the last, single column vector), with 8 FMA chains
-// instead of 4: a Zen 3 core issues 2 FMAs a cycle at a latency of 4, so 4 chains
-// fill half its FMA slots unless out-of-order execution overlaps the next tile.
-// Even depth steps go to c0..c3, odd ones to o0..o3, added at the end. Named
-// variables, not arrays: an array version (acc[2][R][P]) stayed on the stack in
-// GCC 12 whatever the pragmas. Measured in the extension, A/B at 10^5 x 50 x 50,
-// three runs each: forward 5.28 -> 5.17 ms, backward 11.3 -> 10.8 ms.
-template <typename T>
-inline void gemm_tile_4x1(const StridedA<T>& A, const PackedPanel<T>& B, int64_t col, T* c,
-                          int64_t ldc, int64_t cols, const GemmInit<T>& init) {
-  using V = Vectorized<T>;
-  const int64_t live = std::clamp<int64_t>(cols - col, 0, V::size());
-  const T* init_row = init.row == nullptr ? nullptr : init.row + col;
-  V c0 = tile_start(c + col, live, init_row, init);
-  V c1 = tile_start(c + ldc + col, live, init_row, init);
-  V c2 = tile_start(c + 2 * ldc + col, live, init_row, init);
-  V c3 = tile_start(c + 3 * ldc + col, live, init_row, init);
-  V o0(T(0)), o1(T(0)), o2(T(0)), o3(T(0));
-  const int64_t depth = B.depth();
-  int64_t d = 0;
-  for (; d + 2 <= depth; d += 2) {
-    const V b = V::loadu(B.row(d) + col), bn = V::loadu(B.row(d + 1) + col);
-    c0 = at::vec::fmadd(V(A.at(0, d)), b, c0);
-    c1 = at::vec::fmadd(V(A.at(1, d)), b, c1);
-    c2 = at::vec::fmadd(V(A.at(2, d)), b, c2);
-    c3 = at::vec::fmadd(V(A.at(3, d)), b, c3);
-    o0 = at::vec::fmadd(V(A.at(0, d + 1)), bn, o0);
-    o1 = at::vec::fmadd(V(A.at(1, d + 1)), bn, o1);
-    o2 = at::vec::fmadd(V(A.at(2, d + 1)), bn, o2);
-    o3 = at::vec::fmadd(V(A.at(3, d + 1)), bn, o3);
-  }
-  if (d < depth) {
-    const V b = V::loadu(B.row(d) + col);
-    c0 = at::vec::fmadd(V(A.at(0, d)), b, c0);
-    c1 = at::vec::fmadd(V(A.at(1, d)), b, c1);
-    c2 = at::vec::fmadd(V(A.at(2, d)), b, c2);
-    c3 = at::vec::fmadd(V(A.at(3, d)), b, c3);
-  }
-  store_lanes(c0 + o0, c + col, live);
-  store_lanes(c1 + o1, c + ldc + col, live);
-  store_lanes(c2 + o2, c + 2 * ldc + col, live);
-  store_lanes(c3 + o3, c + 3 * ldc + col, live);
-}
-
-// R rows of C, all of B's columns: panels of 2 vectors, then 1.
+// R rows of C, all of B's columns, in panels of P vectors (one gemm_tile each):
+// panels of 2 from column 0, and an odd count of vectors ends in a panel of 3.
+// (A lone vector has too few FMA chains per broadcast: a 4 x 1 tile ran at half
+// the 4 x 2 tile's rate, and 4 x 3 keeps 12 accumulators + 3 B vectors + the
+// broadcast in AVX2's 16 registers.)
+//   Overwriting C (forward z, dx), the last panel is moved left to END at C's last
+// column, overlapping its neighbour: N = 50 in vectors of 8 is panels at 0..15 and
+// 16..31, then 3 vectors at 26..49, not 32..55 with 6 dead lanes. Every load and store is
+// then whole; masked ones (vmaskmovps) had cost ~10 % of the GEMM on Zen 3. The
+// overlapped columns are written twice, each time from the same inputs in the
+// same order, so the result is still deterministic. Only widths under the last
+// panel's size (N < 8, 8 < N < 16, 16 < N < 24 in fp32) keep masked lanes.
+//   Accumulating into C (dW), an overlap would add twice: C must then be padded
+// like B (ldc >= B.padded()), and the panels cover the padding instead.
+// Measured in a standalone harness, K = N = 50, in L1, one Zen 3 core (FMA peak
+// 103 GFLOP/s): the former 4 x 2 + 4 x 1 tiles with masked stores 69-70 GFLOP/s,
+// this 77-82; in the extension, one thread, 10^5 x 50 x 50, the fused linear
+// forward 9.9 -> 9.2 ms and backward 20.3 -> 18.1 ms.
 template <typename T, int R>
 inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64_t ldc,
                       const GemmInit<T>& init) {
   constexpr int64_t L = Vectorized<T>::size();
+  const int64_t cols = init.accumulate ? B.padded() : B.width();
+  const int64_t vectors = (cols + L - 1) / L;
+  const int64_t last = vectors == 1 ? 1 : vectors % 2 == 1 ? 3 : 2;  // the last panel's P
   int64_t col = 0;
-  for (; col + 2 * L <= B.padded(); col += 2 * L) {
-    gemm_tile<T, R, 2>(A, B, col, c, ldc, B.width(), init);
+  for (int64_t v = 0; v + last < vectors; v += 2, col += 2 * L) {
+    gemm_tile<T, R, 2>(A, B, col, c, ldc, cols, init);
   }
-  if (col < B.padded()) {
-    if constexpr (R == 4) {
-      gemm_tile_4x1<T>(A, B, col, c, ldc, B.width(), init);
-    } else {
-      gemm_tile<T, R, 1>(A, B, col, c, ldc, B.width(), init);
-    }
+  col = std::max<int64_t>(0, cols - last * L);  // (accumulating: cols - last L == col)
+  if (last == 1) {
+    gemm_tile<T, R, 1>(A, B, col, c, ldc, cols, init);
+  } else if (last == 2) {
+    gemm_tile<T, R, 2>(A, B, col, c, ldc, cols, init);
+  } else {
+    gemm_tile<T, R, 3>(A, B, col, c, ldc, cols, init);
   }
 }
 
 // C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows, in tiles of 4 rows, then 2, then 1;
-// C row-major with ldc columns (B.width() of them written). Serial: the callers run it
-// on one chunk per task.
+// C row-major with ldc columns, B.width() of them written (accumulating: B.padded(),
+// see gemm_rows). Serial: the callers run it on one chunk per task.
 template <typename T>
 void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
                  int64_t ldc, const GemmInit<T>& init) {

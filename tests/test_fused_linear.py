@@ -279,7 +279,7 @@ CPP_TARGETS = [t for t in TARGETS if t.values[0] == ("cpp", "cpu")]
 def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
     """Layers with K, N <= 128 (fp32, fp64) run the C++ extension's own GEMMs fused
     with the epilogues (csrc/laaf_cpu_gemm.h): row tiles of 4, 2 and 1, column panels
-    of 2 and 1 vectors, dW summed per group of 64-row chunks (1031 rows: 17 chunks,
+    of 1, 2 and 3 vectors, dW summed per group of 64-row chunks (1031 rows: 17 chunks,
     5 groups, the last chunk partial). Against the reference, and against the
     ATen-GEMM path of the same op (LAAF_CPU_NARROW=0), also with W transposed in
     memory."""
@@ -298,6 +298,29 @@ def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
     monkeypatch.setenv("LAAF_CPU_NARROW", "0")
     for p, q in zip(fused, run()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+#: Widths that reach every column-panel layout of gemm_rows (csrc/laaf_cpu_gemm.h)
+#: in fp32 (8 lanes) and fp64 (4): under one vector (masked lanes), whole vectors,
+#: an even count whose last 2-vector panel moves left onto its neighbour, an odd
+#: count ending in a 3-vector panel moved left, and widths just short of the last
+#: panel (masked again). Each is N for z and dW, and K for dx.
+PANEL_WIDTHS = [1, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 20, 23, 24, 25, 31, 33, 41, 50, 63]
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cpp_narrow_gemm_every_panel_layout(target, dtype):
+    """z, dx and dW of the narrow path at every width of PANEL_WIDTHS, as N and as K
+    (paired with another width), against the reference: a panel moved onto the
+    wrong columns, or a masked lane stored, shows at once. 67 rows: a 64-row chunk
+    and a partial one, row tiles of 4, 2 and 1."""
+    backend, _ = target
+    for i, n_out in enumerate(PANEL_WIDTHS):
+        k_in = PANEL_WIDTHS[(i + 7) % len(PANEL_WIDTHS)]
+        x, w, b, a = _inputs(((67,), k_in, n_out, False), "vector", seed=40 + i, dtype=dtype,
+                             device="cpu")
+        compare_linear(backend, x, w, b, a, "tanh", SCALE, f", K={k_in}, N={n_out}")
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)

@@ -176,75 +176,25 @@ narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
   }
 }
 
-// --- Backward epilogues ----------------------------------------------------
+// --- Backward epilogue -------------------------------------------------------
 
-// Slopes on columns (or none / one). Block (32 columns) x (8 row lanes) owns
-// the rows of chunk blockIdx.y: it writes gz = g act'(s z) s and the chunk's
-// partial sums db_part[chunk, c] = sum gz, ds_part[chunk, c] = sum gh z,
-// each row lane summing its rows in order, then the 8 lanes in order.
+// The channel-sum body (laaf_cuda_common.cuh) of the backward, at element `at`
+// with slope s: gh = g act'(s z), gz = gh s (stored unless null); the terms of
+// db and ds are gz and gh z.
 template <typename T, int ACT>
-__global__ void backward_cols_kernel(const T* __restrict__ g, const T* __restrict__ z,
-                                     const T* __restrict__ y, T* __restrict__ gz,
-                                     at::opmath_type<T>* __restrict__ db_part,
-                                     at::opmath_type<T>* __restrict__ ds_part,
-                                     SlopeGrid<at::opmath_type<T>> slope, int64_t rows,
-                                     int64_t cols, int64_t rows_per_chunk) {
+struct GradBody {
   using A = at::opmath_type<T>;
-  __shared__ A db_s[8][32], ds_s[8][32];
-  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  const int64_t c = int64_t(blockIdx.x) * 32 + tx;
-  const int64_t r_begin = int64_t(blockIdx.y) * rows_per_chunk;
-  const int64_t r_end = std::min(rows, r_begin + rows_per_chunk);
-  A db = A(0), ds = A(0);
-  if (c < cols) {
-    const A s = slope.at(0, c);
-    for (int64_t r = r_begin + ty; r < r_end; r += 8) {
-      const int64_t at = r * cols + c;
-      const A zv = static_cast<A>(z[at]);
-      const A yv = y != nullptr ? static_cast<A>(y[at]) : A(0);
-      const A gh = static_cast<A>(g[at]) * act_d1<ACT>(s * zv, yv, y != nullptr);
-      const A gzv = gh * s;
-      if (gz != nullptr) gz[at] = static_cast<T>(gzv);
-      db += gzv;
-      ds += gh * zv;
-    }
+  const T *g, *z, *y;  // y: the saved output, or null
+  T* gz;
+  __device__ Terms<A, 2> operator()(int64_t at, A s, A) const {
+    const A zv = static_cast<A>(z[at]);
+    const A yv = y != nullptr ? static_cast<A>(y[at]) : A(0);
+    const A gh = static_cast<A>(g[at]) * act_d1<ACT>(s * zv, yv, y != nullptr);
+    const A gzv = gh * s;
+    if (gz != nullptr) gz[at] = static_cast<T>(gzv);
+    return {{gzv, gh * zv}};
   }
-  db = sum_over_row_lanes(db, db_s);
-  ds = sum_over_row_lanes(ds, ds_s);
-  if (ty == 0 && c < cols) {
-    const int64_t at = int64_t(blockIdx.y) * cols + c;
-    if (db_part != nullptr) db_part[at] = db;
-    if (ds_part != nullptr) ds_part[at] = ds;
-  }
-}
-
-// Slopes on rows (channels in the middle): one warp per row writes gz and the
-// row's ds_row[r] = sum_c gh z, reduced across the warp in a fixed pattern.
-template <typename T, int ACT>
-__global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restrict__ z,
-                                     const T* __restrict__ y, T* __restrict__ gz,
-                                     at::opmath_type<T>* __restrict__ ds_row,
-                                     SlopeGrid<at::opmath_type<T>> slope, int64_t rows,
-                                     int64_t cols) {
-  using A = at::opmath_type<T>;
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t(gridDim.x) * (kThreads / 32);
-  for (int64_t r = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; r < rows;
-       r += warps) {
-    const A s = slope.at(r, 0);
-    A ds = A(0);
-    for (int64_t c = lane; c < cols; c += 32) {
-      const int64_t at = r * cols + c;
-      const A zv = static_cast<A>(z[at]);
-      const A yv = y != nullptr ? static_cast<A>(y[at]) : A(0);
-      const A gh = static_cast<A>(g[at]) * act_d1<ACT>(s * zv, yv, y != nullptr);
-      if (gz != nullptr) gz[at] = static_cast<T>(gh * s);
-      ds += gh * zv;
-    }
-    ds = warp_sum(ds);
-    if (lane == 0 && ds_row != nullptr) ds_row[r] = ds;
-  }
-}
+};
 
 // ===========================================================================
 // Launchers
@@ -307,19 +257,20 @@ void launch_narrow(const Tensor& x, const Tensor& w, const c10::optional<Tensor>
   }
 }
 
-// gz (if asked for) and the per-chunk partials (P, cols) of db and ds.
+// gz (if asked for) and the partials of db and ds (each unless undefined): per
+// chunk (chunks, cols) for slopes per column, per row (rows,) for on_rows (no db).
 template <typename T, int ACT>
-void launch_backward_cols(const Tensor& g, const Tensor& z, const c10::optional<Tensor>& y,
-                          Tensor& gz, Tensor& db_part, Tensor& ds_part,
-                          const SlopeGrid<at::opmath_type<T>>& sg, int64_t rows, int64_t cols) {
+void launch_backward(const Tensor& g, const Tensor& z, const c10::optional<Tensor>& y,
+                     Tensor& gz, Tensor& db_part, Tensor& ds_part,
+                     const SlopeGrid<at::opmath_type<T>>& sg, int64_t rows, int64_t cols,
+                     bool on_rows) {
   using A = at::opmath_type<T>;
-  if (rows * cols == 0) return;
-  const int64_t chunk = rows_per_chunk(rows);
-  const dim3 grid((cols + 31) / 32, (rows + chunk - 1) / chunk);
-  backward_cols_kernel<T, ACT><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      g.data_ptr<T>(), z.data_ptr<T>(), data_or_null<T>(y), data_or_null<T>(gz),
-      data_or_null<A>(db_part), data_or_null<A>(ds_part), sg, rows, cols, chunk);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const GradBody<T, ACT> body{g.data_ptr<T>(), z.data_ptr<T>(), data_or_null<T>(y),
+                              data_or_null<T>(gz)};
+  const SlopeGrid<A> unused{nullptr, kNone, false, 0};
+  launch_channel_sums<2, A>(body, sg, unused,
+                            SumParts<A, 2>{{data_or_null<A>(db_part), data_or_null<A>(ds_part)}},
+                            rows, cols, on_rows, z.get_device());
 }
 
 // ===========================================================================
@@ -380,7 +331,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_linear_bwd", [&] {
     const auto sg = slope_grid<at::opmath_type<scalar_t>>(s_acc, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
-      launch_backward_cols<scalar_t, ACT>(g, z, y, gz, db_part, ds_part, sg, rows, cols);
+      launch_backward<scalar_t, ACT>(g, z, y, gz, db_part, ds_part, sg, rows, cols, false);
     });
   });
   const Tensor empty = at::empty({0}, x.options());
@@ -427,29 +378,19 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
   const ActLayout L = act_layout(z, s, dim);
   const at::ScalarType acc = at::toOpMathType(z.scalar_type());
   const Tensor s_acc = slope_in(s, acc);
-  Tensor dz = empty_if(need_dz, z);
-  Tensor ds_part;
+  Tensor dz = empty_if(need_dz, z), no_db;
+  // One ds per row (on_rows, folded onto the channels below), or per chunk and column.
+  const auto part_options = z.options().dtype(acc);
+  Tensor ds_part = !need_ds   ? Tensor()
+                   : L.on_rows ? at::empty({L.rows}, part_options)
+                               : at::empty({chunks_of(L.rows), L.cols}, part_options);
   LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_act_bwd", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const auto sg = slope_grid<A>(s_acc, slope_kind(s), L.on_rows, L.channels);
-    if (L.on_rows) {  // one ds per row, folded onto channels below
-      ds_part = need_ds ? at::empty({L.rows}, z.options().dtype(acc)) : Tensor();
-      LAAF_ACT_SWITCH(act, [&] {
-        backward_rows_kernel<scalar_t, ACT>
-            <<<blocks_for(L.rows * 32, z.get_device()), kThreads, 0,
-               c10::cuda::getCurrentCUDAStream()>>>(
-                g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-                data_or_null<scalar_t>(y), data_or_null<scalar_t>(dz),
-                data_or_null<A>(ds_part), sg, L.rows, L.cols);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    } else {
-      ds_part = need_ds ? at::empty({chunks_of(L.rows), L.cols}, z.options().dtype(acc)) : Tensor();
-      Tensor no_db;
-      LAAF_ACT_SWITCH(act, [&] {
-        launch_backward_cols<scalar_t, ACT>(g, z, y, dz, no_db, ds_part, sg, L.rows, L.cols);
-      });
-    }
+    const auto sg =
+        slope_grid<at::opmath_type<scalar_t>>(s_acc, slope_kind(s), L.on_rows, L.channels);
+    LAAF_ACT_SWITCH(act, [&] {
+      launch_backward<scalar_t, ACT>(g, z, y, dz, no_db, ds_part, sg, L.rows, L.cols,
+                                     L.on_rows);
+    });
   });
   Tensor ds = empty;
   if (need_ds) {

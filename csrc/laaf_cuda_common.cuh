@@ -1,6 +1,7 @@
-// laaf_kernels: what the CUDA sources (laaf_cuda.cu, laaf_cuda_flexible.cu) share:
-// per-channel values on the (rows, cols) grid, launch sizes, the deterministic
-// fold of per-chunk partial sums, argument checks. Everything is in an unnamed
+// laaf_kernels: what the CUDA sources (laaf_cuda.cu, laaf_cuda_flexible.cu,
+// laaf_cuda_grad_y.cu) share: per-channel values on the (rows, cols) grid, launch
+// sizes, the channel-sum pass every backward runs, the deterministic fold of its
+// partial sums, argument checks. Everything is in an unnamed
 // namespace: each source gets its own copy of these small kernels and helpers.
 #pragma once
 #include <ATen/ATen.h>
@@ -76,6 +77,85 @@ __global__ void fold_parts_kernel(const A* __restrict__ parts, A* __restrict__ o
   if (threadIdx.x == 0) out[w] = partial[0];
 }
 
+// ---------------------------------------------------------------------------
+// Channel sums: one element-wise pass that also sums NSUMS terms per channel
+// ---------------------------------------------------------------------------
+//
+// Every backward here is such a pass (gz with db and ds; dz with dp0 and dp1; the
+// grad_y passes with ds). A Body functor does the element-wise part:
+//     Terms<A, NSUMS> body(int64_t at, A a, A b)
+// stores element `at`'s outputs itself and returns its terms; a and b are the
+// element's channel values of two per-channel grids (a slope s, a second tensor
+// us; or a flexible kind's p0, p1). Sum j goes to parts[j] (null: not wanted):
+//   channels last (columns): chunk blockIdx.y of the rows, a block of 32 column
+//     lanes x 8 row lanes; parts[j] is (chunks, cols);
+//   channels in the middle (on_rows): one warp per row; parts[j] is (rows,).
+// Each sum runs in a fixed order (row lane by row lane, then the lanes in order;
+// or a warp butterfly); fold_parts then adds the partials in a fixed order. No
+// atomics: the same inputs give the same bits.
+
+template <typename A, int NSUMS>
+struct Terms {
+  A v[NSUMS];
+};
+
+template <typename A, int NSUMS>
+struct SumParts {
+  A* parts[NSUMS];
+};
+
+template <int NSUMS, typename A, typename Body>
+__global__ void channel_cols_kernel(Body body, SlopeGrid<A> a, SlopeGrid<A> b,
+                                    SumParts<A, NSUMS> out, int64_t rows, int64_t cols,
+                                    int64_t rows_per_chunk) {
+  __shared__ A scratch[NSUMS][8][32];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t c = int64_t(blockIdx.x) * 32 + tx;
+  const int64_t r_end = std::min(rows, (int64_t(blockIdx.y) + 1) * rows_per_chunk);
+  A acc[NSUMS];
+#pragma unroll
+  for (int j = 0; j < NSUMS; ++j) acc[j] = A(0);
+  if (c < cols) {
+    const A a_c = a.at(0, c), b_c = b.at(0, c);  // the column's channel values, hoisted
+    for (int64_t r = int64_t(blockIdx.y) * rows_per_chunk + ty; r < r_end; r += 8) {
+      const Terms<A, NSUMS> t = body(r * cols + c, a_c, b_c);
+#pragma unroll
+      for (int j = 0; j < NSUMS; ++j) acc[j] += t.v[j];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < NSUMS; ++j) {
+    acc[j] = sum_over_row_lanes(acc[j], scratch[j]);
+    if (ty == 0 && c < cols && out.parts[j] != nullptr) {
+      out.parts[j][int64_t(blockIdx.y) * cols + c] = acc[j];
+    }
+  }
+}
+
+template <int NSUMS, typename A, typename Body>
+__global__ void channel_rows_kernel(Body body, SlopeGrid<A> a, SlopeGrid<A> b,
+                                    SumParts<A, NSUMS> out, int64_t rows, int64_t cols) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (kThreads / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
+    const A a_r = a.at(r, 0), b_r = b.at(r, 0);  // the row's channel values, hoisted
+    A acc[NSUMS];
+#pragma unroll
+    for (int j = 0; j < NSUMS; ++j) acc[j] = A(0);
+    for (int64_t c = lane; c < cols; c += 32) {
+      const Terms<A, NSUMS> t = body(r * cols + c, a_r, b_r);
+#pragma unroll
+      for (int j = 0; j < NSUMS; ++j) acc[j] += t.v[j];
+    }
+#pragma unroll
+    for (int j = 0; j < NSUMS; ++j) {
+      acc[j] = warp_sum(acc[j]);
+      if (lane == 0 && out.parts[j] != nullptr) out.parts[j][r] = acc[j];
+    }
+  }
+}
+
 int device_attribute(cudaDeviceAttr attribute, int device) {
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
@@ -119,6 +199,25 @@ Tensor fold_parts(const Tensor& parts, int64_t width) {
 int64_t chunks_of(int64_t rows) {
   const int64_t chunk = rows_per_chunk(rows);
   return (rows + chunk - 1) / chunk;
+}
+
+// Launch the channel-sum pass of `body` over a (rows, cols) grid on the current
+// stream (see channel_cols_kernel); parts[j] must be sized as it describes.
+template <int NSUMS, typename A, typename Body>
+void launch_channel_sums(const Body& body, const SlopeGrid<A>& a, const SlopeGrid<A>& b,
+                         const SumParts<A, NSUMS>& out, int64_t rows, int64_t cols,
+                         bool on_rows, int device) {
+  if (rows * cols == 0) return;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (on_rows) {
+    channel_rows_kernel<NSUMS, A><<<blocks_for(rows * 32, device), kThreads, 0, stream>>>(
+        body, a, b, out, rows, cols);
+  } else {
+    const dim3 grid((cols + 31) / 32, chunks_of(rows));
+    channel_cols_kernel<NSUMS, A><<<grid, kThreads, 0, stream>>>(body, a, b, out, rows, cols,
+                                                                 rows_per_chunk(rows));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void check_cuda(const Tensor& t, const char* name) {

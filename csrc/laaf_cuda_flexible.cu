@@ -2,12 +2,11 @@
 // (torch.ops.laaf.cuda_flex_*), y = f_KIND(z; p0, p1), per-channel p0 = params[0],
 // p1 = params[1] along `dim`.
 //
-// Forward: one elementwise pass. Backward, given g = dL/dy, one pass over (g, z):
+// Forward: one elementwise pass. Backward, given g = dL/dy, one channel-sum pass
+// over (g, z) (laaf_cuda_common.cuh: launch_channel_sums):
 //     dz = g f_z                     written when asked for
-//     dp_k = sum of g f_{p_k}        per-chunk partials (channels last: a block of
-//                                    32 columns x 8 row lanes per chunk of rows), or
-//                                    per-row sums (channels in the middle: a warp per
-//                                    row); then fold_parts_kernel in a fixed order.
+//     dp_k = sum of g f_{p_k}        per-chunk or per-row partials, then
+//                                    fold_parts_kernel in a fixed order.
 // No atomics: the same inputs give the same bits. Arithmetic in at::opmath_type<T>.
 // The formulas (gpu::Flex<KIND>) come from laaf_activations_cuda.cuh, generated
 // from the table in laaf_kernels/flexible.py.
@@ -43,71 +42,21 @@ __global__ void flex_forward_kernel(const T* __restrict__ z, T* __restrict__ y,
   }
 }
 
-// Channels last: block (32 columns) x (8 row lanes) over chunk blockIdx.y of the rows;
-// dp_part is (2, chunks, cols).
+// The channel-sum body (laaf_cuda_common.cuh) of the backward, at element `at`
+// with parameters p0, p1: dz = g f_z (stored unless null); the terms of dp0 and
+// dp1 are g f_p0 and g f_p1.
 template <typename T, int KIND>
-__global__ void flex_backward_cols_kernel(const T* __restrict__ g, const T* __restrict__ z,
-                                          T* __restrict__ dz,
-                                          at::opmath_type<T>* __restrict__ dp_part,
-                                          ParamGrids<at::opmath_type<T>> p, int64_t rows,
-                                          int64_t cols, int64_t rows_per_chunk) {
+struct FlexGradBody {
   using A = at::opmath_type<T>;
-  __shared__ A s0[8][32], s1[8][32];
-  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  const int64_t c = int64_t(blockIdx.x) * 32 + tx;
-  const int64_t r_begin = int64_t(blockIdx.y) * rows_per_chunk;
-  const int64_t r_end = std::min(rows, r_begin + rows_per_chunk);
-  A acc0 = A(0), acc1 = A(0);
-  if (c < cols) {
-    const A p0 = p.p0.at(0, c), p1 = p.p1.at(0, c);
-    for (int64_t r = r_begin + ty; r < r_end; r += 8) {
-      const int64_t at = r * cols + c;
-      const A zv = static_cast<A>(z[at]), gv = static_cast<A>(g[at]);
-      const gpu::FlexGrads<A> f = gpu::Flex<KIND>::grads(zv, p0, p1);
-      if (dz != nullptr) dz[at] = static_cast<T>(gv * f.dz);
-      acc0 += gv * f.dp0;
-      acc1 += gv * f.dp1;
-    }
+  const T *g, *z;
+  T* dz;
+  __device__ Terms<A, 2> operator()(int64_t at, A p0, A p1) const {
+    const A gv = static_cast<A>(g[at]);
+    const gpu::FlexGrads<A> f = gpu::Flex<KIND>::grads(static_cast<A>(z[at]), p0, p1);
+    if (dz != nullptr) dz[at] = static_cast<T>(gv * f.dz);
+    return {{gv * f.dp0, gv * f.dp1}};
   }
-  acc0 = sum_over_row_lanes(acc0, s0);
-  acc1 = sum_over_row_lanes(acc1, s1);
-  if (ty == 0 && c < cols && dp_part != nullptr) {
-    const int64_t half = int64_t(gridDim.y) * cols;
-    dp_part[int64_t(blockIdx.y) * cols + c] = acc0;
-    dp_part[half + int64_t(blockIdx.y) * cols + c] = acc1;
-  }
-}
-
-// Channels in the middle: one warp per row r (channel r % C); dp_row is (2, rows).
-template <typename T, int KIND>
-__global__ void flex_backward_rows_kernel(const T* __restrict__ g, const T* __restrict__ z,
-                                          T* __restrict__ dz,
-                                          at::opmath_type<T>* __restrict__ dp_row,
-                                          ParamGrids<at::opmath_type<T>> p, int64_t rows,
-                                          int64_t cols) {
-  using A = at::opmath_type<T>;
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t(gridDim.x) * (kThreads / 32);
-  for (int64_t r = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; r < rows;
-       r += warps) {
-    const A p0 = p.p0.at(r, 0), p1 = p.p1.at(r, 0);
-    A acc0 = A(0), acc1 = A(0);
-    for (int64_t c = lane; c < cols; c += 32) {
-      const int64_t at = r * cols + c;
-      const A zv = static_cast<A>(z[at]), gv = static_cast<A>(g[at]);
-      const gpu::FlexGrads<A> f = gpu::Flex<KIND>::grads(zv, p0, p1);
-      if (dz != nullptr) dz[at] = static_cast<T>(gv * f.dz);
-      acc0 += gv * f.dp0;
-      acc1 += gv * f.dp1;
-    }
-    acc0 = warp_sum(acc0);
-    acc1 = warp_sum(acc1);
-    if (lane == 0 && dp_row != nullptr) {
-      dp_row[r] = acc0;
-      dp_row[rows + r] = acc1;
-    }
-  }
-}
+};
 
 template <typename A>
 ParamGrids<A> param_grids(const Tensor& params_acc, const ActLayout& L) {
@@ -154,7 +103,7 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   const at::ScalarType acc = at::toOpMathType(z.scalar_type());
   const Tensor params_acc = slope_in(params, acc);
   Tensor dz = empty_if(need_dz, z);
-  const int64_t chunk = rows_per_chunk(L.rows), chunks = chunks_of(L.rows);
+  const int64_t chunks = chunks_of(L.rows);
   // Rows: (2, rows) row sums; columns: (2, chunks, cols) chunk partials.
   Tensor dp_part = !need_dp ? Tensor()
                    : L.on_rows ? at::empty({2, L.rows}, z.options().dtype(acc))
@@ -162,22 +111,14 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   LAAF_DISPATCH_CUDA_TYPES(z.scalar_type(), "laaf_cuda_flex_bwd", [&] {
     using A = at::opmath_type<scalar_t>;
     const auto grids = param_grids<A>(params_acc, L);
-    scalar_t* dz_ptr = data_or_null<scalar_t>(dz);
-    A* part_ptr = data_or_null<A>(dp_part);
-    const auto stream = c10::cuda::getCurrentCUDAStream();
+    // dp_part's two halves: the partials of dp0, then of dp1.
+    A* dp0 = data_or_null<A>(dp_part);
+    A* dp1 = dp0 == nullptr ? nullptr : dp0 + dp_part.numel() / 2;
     LAAF_FLEX_SWITCH(kind_id, [&] {
-      if (L.on_rows) {
-        flex_backward_rows_kernel<scalar_t, KIND>
-            <<<blocks_for(L.rows * 32, z.get_device()), kThreads, 0, stream>>>(
-                g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), dz_ptr, part_ptr, grids, L.rows,
-                L.cols);
-      } else {
-        const dim3 grid((L.cols + 31) / 32, chunks);
-        flex_backward_cols_kernel<scalar_t, KIND><<<grid, kThreads, 0, stream>>>(
-            g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), dz_ptr, part_ptr, grids, L.rows,
-            L.cols, chunk);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const FlexGradBody<scalar_t, KIND> body{g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+                                              data_or_null<scalar_t>(dz)};
+      launch_channel_sums<2, A>(body, grids.p0, grids.p1, SumParts<A, 2>{{dp0, dp1}}, L.rows,
+                                L.cols, L.on_rows, z.get_device());
     });
   });
   Tensor dp = empty;

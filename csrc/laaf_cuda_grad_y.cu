@@ -11,11 +11,9 @@
 //                dy = u (ug s phi' + uy g s phi'' + us g phi')
 //                ds = sum u mix
 //
-// Each op is one pass: a Body functor stores the element-wise outputs of element
-// `at` and returns the term of ds. channel_cols_kernel (channels last: 32 columns x
-// 8 row lanes per chunk of rows) and channel_rows_kernel (channels in the middle: a
-// warp per row) run it and write per-chunk / per-row partials of ds, folded by
-// fold_parts_kernel in a fixed order: no atomics, the same bits every run.
+// Each op is one channel-sum pass (laaf_cuda_common.cuh: launch_channel_sums): a
+// Body functor stores the element-wise outputs of element `at` and returns the
+// term of ds, summed per channel in a fixed order: the same bits every run.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -27,46 +25,6 @@
 
 namespace laaf {
 namespace {
-
-// ===========================================================================
-// The pass: element-wise outputs and the per-channel sum of one term
-// ===========================================================================
-
-// Channels last: block (32 columns) x (8 row lanes) over chunk blockIdx.y of the rows;
-// part (chunks, cols), or null when the sum is not wanted.
-template <typename A, typename Body>
-__global__ void channel_cols_kernel(Body body, SlopeGrid<A> s, SlopeGrid<A> us, A* part,
-                                    int64_t rows, int64_t cols, int64_t rows_per_chunk) {
-  __shared__ A scratch[8][32];
-  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  const int64_t c = int64_t(blockIdx.x) * 32 + tx;
-  const int64_t r_end = std::min(rows, (int64_t(blockIdx.y) + 1) * rows_per_chunk);
-  A acc = A(0);
-  if (c < cols) {
-    const A s_c = s.at(0, c), us_c = us.at(0, c);
-    for (int64_t r = int64_t(blockIdx.y) * rows_per_chunk + ty; r < r_end; r += 8) {
-      acc += body(r * cols + c, s_c, us_c);
-    }
-  }
-  acc = sum_over_row_lanes(acc, scratch);
-  if (ty == 0 && c < cols && part != nullptr) part[int64_t(blockIdx.y) * cols + c] = acc;
-}
-
-// Channels in the middle: one warp per row r (channel r % C); part (rows,) or null.
-template <typename A, typename Body>
-__global__ void channel_rows_kernel(Body body, SlopeGrid<A> s, SlopeGrid<A> us, A* part,
-                                    int64_t rows, int64_t cols) {
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t(gridDim.x) * (kThreads / 32);
-  for (int64_t r = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; r < rows;
-       r += warps) {
-    const A s_r = s.at(r, 0), us_r = us.at(r, 0);
-    A acc = A(0);
-    for (int64_t c = lane; c < cols; c += 32) acc += body(r * cols + c, s_r, us_r);
-    acc = warp_sum(acc);
-    if (lane == 0 && part != nullptr) part[r] = acc;
-  }
-}
 
 // What every op shares: y's (rows, cols) layout, s (and us) in the arithmetic
 // type, and the ds partials (undefined unless wanted).
@@ -98,17 +56,8 @@ void run_pass(const Frame& f, const Body& body, int device) {
   const auto s = slope_grid<A>(f.s_acc, f.kind, L.on_rows, L.channels);
   const auto us = slope_grid<A>(f.us_acc, f.us_acc.defined() ? f.kind : kNone, L.on_rows,
                                 L.channels);
-  A* part = data_or_null<A>(f.part);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (L.on_rows) {
-    channel_rows_kernel<A><<<blocks_for(L.rows * 32, device), kThreads, 0, stream>>>(
-        body, s, us, part, L.rows, L.cols);
-  } else {
-    const dim3 grid((L.cols + 31) / 32, chunks_of(L.rows));
-    channel_cols_kernel<A><<<grid, kThreads, 0, stream>>>(body, s, us, part, L.rows, L.cols,
-                                                          rows_per_chunk(L.rows));
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_channel_sums<1, A>(body, s, us, SumParts<A, 1>{{data_or_null<A>(f.part)}}, L.rows,
+                            L.cols, L.on_rows, device);
 }
 
 // ds folded from the partials, in the slope's shape and dtype (empty if not wanted).
@@ -127,9 +76,9 @@ struct GradYBody {
   const T *g, *y;
   T* gz;
   using A = at::opmath_type<T>;
-  __device__ A operator()(int64_t at, A s, A) const {
+  __device__ Terms<A, 1> operator()(int64_t at, A s, A) const {
     gz[at] = static_cast<T>(A(g[at]) * gpu::Act<ACT>::d1_y(A(y[at])) * s);
-    return A(0);
+    return {{A(0)}};
   }
 };
 
@@ -138,12 +87,12 @@ struct VjpBody {
   const T *u, *g, *y;
   T *dg, *dy;
   using A = at::opmath_type<T>;
-  __device__ A operator()(int64_t at, A s, A) const {
+  __device__ Terms<A, 1> operator()(int64_t at, A s, A) const {
     const A uv = A(u[at]), gv = A(g[at]), yv = A(y[at]);
     const A phi = gpu::Act<ACT>::d1_y(yv);
     if (dg != nullptr) dg[at] = static_cast<T>(uv * s * phi);
     if (dy != nullptr) dy[at] = static_cast<T>(uv * s * gv * gpu::Act<ACT>::d1_y_dy(yv));
-    return uv * gv * phi;
+    return {{uv * gv * phi}};
   }
 };
 
@@ -152,7 +101,7 @@ struct Vjp2Body {
   const T *ug, *uy, *u, *g, *y;
   T *du, *dg, *dy;
   using A = at::opmath_type<T>;
-  __device__ A operator()(int64_t at, A s, A us) const {
+  __device__ Terms<A, 1> operator()(int64_t at, A s, A us) const {
     const A uv = A(u[at]), gv = A(g[at]), yv = A(y[at]);
     const A ugv = ug != nullptr ? A(ug[at]) : A(0), uyv = uy != nullptr ? A(uy[at]) : A(0);
     const A phi = gpu::Act<ACT>::d1_y(yv), phi1 = gpu::Act<ACT>::d1_y_dy(yv);
@@ -163,7 +112,7 @@ struct Vjp2Body {
       const A inner = ugv * s * phi1 + uyv * gv * s * gpu::Act<ACT>::d1_y_dyy(yv) + us * gv * phi1;
       dy[at] = static_cast<T>(uv * inner);
     }
-    return uv * mix;
+    return {{uv * mix}};
   }
 };
 

@@ -5,9 +5,9 @@
 //   dW:   dW += gz_chunk^T x_chunk            (x_chunk packed per chunk)
 //
 // Timings here depend on how the compiler treats this file, not only the header:
-// in one such harness GCC 12 kept the 4 x 1 tile's accumulators on the stack
-// (N = 50: 10.8 ms where N = 48 took 5.3), which the extension's build did not.
-// Confirm a gain in the extension itself (bench.run) before keeping it.
+// in one such harness GCC 12 kept a tile's accumulators on the stack (N = 50:
+// 10.8 ms where N = 48 took 5.3), which the extension's build did not. Confirm a
+// gain in the extension itself (bench.run) before keeping it.
 //
 // Build and run, from the repository root (TORCH = torch's include folder, e.g.
 // .venv/lib/python3.11/site-packages/torch/include):
@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
   std::mt19937 gen(0);
   const auto x = random_vector(kRows * K, gen), w = random_vector(N * K, gen);
   const auto bias = random_vector(N, gen), gz = random_vector(kChunk * N, gen);
-  std::vector<float> z(kRows * N), dw(N * K, 0.f);
+  std::vector<float> z(kRows * N);
 
   PackedPanel<float> wt(K, N);  // B(k, n) = W(n, k)
   wt.pack(w.data(), K, 1, K);
@@ -89,10 +89,11 @@ int main(int argc, char** argv) {
   });
 
   PackedPanel<float> x_chunk(kChunk, K);
+  std::vector<float> dw(N * x_chunk.padded(), 0.f);  // accumulated: padded like B (gemm_rows)
   const Timing dw_time = time_ms([&] {
     for (int64_t r0 = 0; r0 < kRows; r0 += kChunk) {
       x_chunk.pack(x.data() + r0 * K, std::min(kChunk, kRows - r0), K, 1);
-      narrow_gemm(StridedA<float>{gz.data(), 1, N}, N, x_chunk, dw.data(), K,
+      narrow_gemm(StridedA<float>{gz.data(), 1, N}, N, x_chunk, dw.data(), x_chunk.padded(),
                   GemmInit<float>{nullptr, true});
     }
   });

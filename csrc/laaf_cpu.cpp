@@ -378,7 +378,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
     const auto w = need.dx ? pack_weight<scalar_t>(weight, false) : PackedPanel<scalar_t>(0, K);
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
-    const int64_t k_padded = PackedPanel<scalar_t>(0, K).padded();  // dW's rows, padded
+    const int64_t k_padded = padded_width<scalar_t>(K);  // dW's rows (narrow_gemm accumulates)
     Tensor dw_parts = need.dw ? at::empty({groups, N, k_padded}, x.options()) : Tensor();
     LAAF_ACT_SWITCH(act, [&] {
       linear_backward_narrow<scalar_t, ACT>(

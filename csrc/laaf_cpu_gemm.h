@@ -22,6 +22,7 @@
 // Every sum runs in a fixed order, whatever the thread count (deterministic).
 #pragma once
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <vector>
@@ -33,13 +34,20 @@ using at::vec::Vectorized;
 
 constexpr int64_t kMaxNarrow = 128;  // K and N at most this: the fused path
 
+// `width` rounded up to whole vectors of T: the row length of a PackedPanel, a
+// padded_row and an accumulated C (gemm_rows).
+template <typename T>
+constexpr int64_t padded_width(int64_t width) {
+  constexpr int64_t L = Vectorized<T>::size();
+  return (width + L - 1) / L * L;
+}
+
 // B(d, w) for d < depth, w < width, row-major in `depth` rows of `padded` lanes.
 template <typename T>
 class PackedPanel {
  public:
-  static constexpr int64_t kLanes = Vectorized<T>::size();
   PackedPanel(int64_t max_depth, int64_t width)
-      : width_(width), padded_((width + kLanes - 1) / kLanes * kLanes),
+      : width_(width), padded_(padded_width<T>(width)),
         data_(std::max<int64_t>(1, max_depth) * padded_, T(0)) {}
 
   // B(d, w) = src[d * sd + w * sw] for d < depth (the padding lanes stay zero).
@@ -183,6 +191,8 @@ inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64
 template <typename T>
 void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
                  int64_t ldc, const GemmInit<T>& init) {
+  TORCH_INTERNAL_ASSERT(!init.accumulate || ldc >= B.padded(),
+                        "narrow_gemm: an accumulated C must be padded like B");
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) gemm_rows<T, 4>(A.rows_from(r), B, c + r * ldc, ldc, init);
   if (r + 2 <= rows) {  // (dW's rows are N: 50 = 12 x 4 + 2, and 1-row tiles are load-bound)
@@ -195,8 +205,7 @@ void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T*
 // A row vector padded to whole vectors with zeros (the bias as a GemmInit row).
 template <typename T>
 std::vector<T> padded_row(const T* v, int64_t width) {
-  constexpr int64_t L = Vectorized<T>::size();
-  std::vector<T> out((width + L - 1) / L * L, T(0));
+  std::vector<T> out(padded_width<T>(width), T(0));
   if (v != nullptr) std::copy(v, v + width, out.begin());
   return out;
 }

@@ -107,6 +107,12 @@ inline void store_lanes(const Vectorized<T>& v, T* cp, int64_t live) {
   }
 }
 
+// How many vectors the last panel of a row holds, for a row of `vectors` vectors:
+// 1 when there is only one, else 2 or 3 (an even or odd count; see gemm_rows).
+constexpr int64_t last_panel_vectors(int64_t vectors) {
+  return vectors == 1 ? 1 : vectors % 2 == 1 ? 3 : 2;
+}
+
 // One R x P tile of C at columns [col, col + P vectors): those below `cols` are
 // real (C has ldc columns; lanes past `cols` are neither loaded nor stored). The
 // unroll pragmas keep the accumulators in registers whatever the surrounding code
@@ -114,26 +120,38 @@ inline void store_lanes(const Vectorized<T>& v, T* cp, int64_t live) {
 // store around every FMA, at half the speed), and always_inline keeps GCC's
 // inlining budget out of it: in a standalone harness, K = N = 50 in L1, the
 // default inlining ran at 64 GFLOP/s and this at 77.
-template <typename T, int R, int P>
+//   With kTail (a C narrower than the tile, L < cols < P L; see gemm_rows_narrow_c)
+// the last vector is moved left by cols - P L columns (a negative shift) to end at
+// C's last column. It is written as "+ moved(p)" on the unchanged column
+// expressions, which is + 0 for every other tile: GCC then gives gemm_rows the same
+// code as without kTail (checked in the disassembly). A column array at[p] instead
+// had changed its register allocation (two more row pointers spilled in the hot
+// 4 x 3 loop) and K = N = 50 fell from 75 to 71 GFLOP/s.
+template <typename T, int R, int P, bool kTail = false>
 inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
                                                      const PackedPanel<T>& B, int64_t col,
                                                      T* c, int64_t ldc, int64_t cols,
                                                      const GemmInit<T>& init) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
+  // kTail: vector P - 1 moves by `shift` (< 0) columns, to end at C's last column.
+  const int64_t shift = kTail ? cols - col - P * L : 0;
+  auto moved = [&](int p) -> int64_t { return kTail && p == P - 1 ? shift : 0; };
   int64_t live[P];
-  for (int p = 0; p < P; ++p) live[p] = std::clamp<int64_t>(cols - col - p * L, 0, L);
+  for (int p = 0; p < P; ++p) {
+    live[p] = std::clamp<int64_t>(cols - col - p * L - moved(p), 0, L);
+  }
   V acc[R][P];
   for (int p = 0; p < P; ++p) {
-    const T* init_row = init.row == nullptr ? nullptr : init.row + col + p * L;
+    const T* init_row = init.row == nullptr ? nullptr : init.row + col + p * L + moved(p);
     for (int r = 0; r < R; ++r) {
-      acc[r][p] = tile_start(c + r * ldc + col + p * L, live[p], init_row, init);
+      acc[r][p] = tile_start(c + r * ldc + col + p * L + moved(p), live[p], init_row, init);
     }
   }
   for (int64_t d = 0; d < B.depth(); ++d) {
     V b[P];
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) b[p] = V::loadu(B.row(d) + col + p * L);
+    for (int p = 0; p < P; ++p) b[p] = V::loadu(B.row(d) + col + p * L + moved(p));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const V a(A.at(r, d));
@@ -142,7 +160,9 @@ inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int p = 0; p < P; ++p) store_lanes(acc[r][p], c + r * ldc + col + p * L, live[p]);
+    for (int p = 0; p < P; ++p) {
+      store_lanes(acc[r][p], c + r * ldc + col + p * L + moved(p), live[p]);
+    }
   }
 }
 
@@ -156,8 +176,9 @@ inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
 // 16..31, then 3 vectors at 26..49, not 32..55 with 6 dead lanes. Every load and store is
 // then whole; masked ones (vmaskmovps) had cost ~10 % of the GEMM on Zen 3. The
 // overlapped columns are written twice, each time from the same inputs in the
-// same order, so the result is still deterministic. Only widths under the last
-// panel's size (N < 8, 8 < N < 16, 16 < N < 24 in fp32) keep masked lanes.
+// same order, so the result is still deterministic. A C narrower than its one
+// panel (8 < N < 16, 16 < N < 24 in fp32) is gemm_rows_narrow_c's; only N < 8
+// keeps masked lanes.
 //   Accumulating into C (dW), an overlap would add twice: C must then be padded
 // like B (ldc >= B.padded()), and the panels cover the padding instead.
 // Measured in a standalone harness, K = N = 50, in L1, one Zen 3 core (FMA peak
@@ -170,7 +191,7 @@ inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64
   constexpr int64_t L = Vectorized<T>::size();
   const int64_t cols = init.accumulate ? B.padded() : B.width();
   const int64_t vectors = (cols + L - 1) / L;
-  const int64_t last = vectors == 1 ? 1 : vectors % 2 == 1 ? 3 : 2;  // the last panel's P
+  const int64_t last = last_panel_vectors(vectors);
   int64_t col = 0;
   for (int64_t v = 0; v + last < vectors; v += 2, col += 2 * L) {
     gemm_tile<T, R, 2>(A, B, col, c, ldc, cols, init);
@@ -185,21 +206,68 @@ inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64
   }
 }
 
-// C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows, in tiles of 4 rows, then 2, then 1;
-// C row-major with ldc columns, B.width() of them written (accumulating: B.padded(),
-// see gemm_rows). Serial: the callers run it on one chunk per task.
+// R rows of an overwritten C narrower than its one panel of 2 or 3 vectors
+// (L < cols < 2 L or 2 L < cols < 3 L): the panel's last vector ends at C's last
+// column, cols - L, overlapping the one before it, so no lane is masked. N = 20
+// in fp32 is vectors at 0..7, 8..15 and 12..19. A function of its own, not a
+// branch in gemm_rows: there, these tiles moved GCC's register allocation of
+// the hot 4 x 3 tile (more row pointers spilled, K = N = 50 forward 3-6 % slower).
+// Harness, one thread, 10^5 rows: N = K = 20 forward 40 -> 61 GFLOP/s, N = 20,
+// K = 3 (a PINN's input layer) 1.13 -> 0.50 ms, N = K = 12 1.22 -> 0.69 ms.
+template <typename T, int R>
+inline void gemm_rows_narrow_c(const StridedA<T>& A, const PackedPanel<T>& B, T* c,
+                               int64_t ldc, const GemmInit<T>& init) {
+  constexpr int64_t L = Vectorized<T>::size();
+  if (B.width() < 2 * L) {
+    gemm_tile<T, R, 2, true>(A, B, 0, c, ldc, B.width(), init);
+  } else {
+    gemm_tile<T, R, 3, true>(A, B, 0, c, ldc, B.width(), init);
+  }
+}
+
+// R rows of C: gemm_rows_narrow_c when kNarrowC, else gemm_rows.
+template <typename T, int R, bool kNarrowC>
+inline void gemm_rows_of(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64_t ldc,
+                         const GemmInit<T>& init) {
+  if constexpr (kNarrowC) {
+    gemm_rows_narrow_c<T, R>(A, B, c, ldc, init);
+  } else {
+    gemm_rows<T, R>(A, B, c, ldc, init);
+  }
+}
+
+// C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows, in tiles of 4 rows, then 2, then 1.
+template <typename T, bool kNarrowC>
+void gemm_row_tiles(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
+                    int64_t ldc, const GemmInit<T>& init) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    gemm_rows_of<T, 4, kNarrowC>(A.rows_from(r), B, c + r * ldc, ldc, init);
+  }
+  if (r + 2 <= rows) {  // (dW's rows are N: 50 = 12 x 4 + 2, and 1-row tiles are load-bound)
+    gemm_rows_of<T, 2, kNarrowC>(A.rows_from(r), B, c + r * ldc, ldc, init);
+    r += 2;
+  }
+  if (r < rows) gemm_rows_of<T, 1, kNarrowC>(A.rows_from(r), B, c + r * ldc, ldc, init);
+}
+
+// C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows; C row-major with ldc columns,
+// B.width() of them written (accumulating: B.padded(), see gemm_rows). Serial: the
+// callers run it on one chunk per task.
 template <typename T>
 void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
                  int64_t ldc, const GemmInit<T>& init) {
   TORCH_INTERNAL_ASSERT(!init.accumulate || ldc >= B.padded(),
                         "narrow_gemm: an accumulated C must be padded like B");
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) gemm_rows<T, 4>(A.rows_from(r), B, c + r * ldc, ldc, init);
-  if (r + 2 <= rows) {  // (dW's rows are N: 50 = 12 x 4 + 2, and 1-row tiles are load-bound)
-    gemm_rows<T, 2>(A.rows_from(r), B, c + r * ldc, ldc, init);
-    r += 2;
+  constexpr int64_t L = Vectorized<T>::size();
+  const int64_t vectors = B.padded() / L;
+  const bool narrow_c = !init.accumulate && B.width() > L &&
+                        B.width() < last_panel_vectors(vectors) * L;
+  if (narrow_c) {
+    gemm_row_tiles<T, true>(A, rows, B, c, ldc, init);
+  } else {
+    gemm_row_tiles<T, false>(A, rows, B, c, ldc, init);
   }
-  if (r < rows) gemm_rows<T, 1>(A.rows_from(r), B, c + r * ldc, ldc, init);
 }
 
 // A row vector padded to whole vectors with zeros (the bias as a GemmInit row).

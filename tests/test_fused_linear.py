@@ -303,8 +303,9 @@ def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
 #: Widths that reach every column-panel layout of gemm_rows (csrc/laaf_cpu_gemm.h)
 #: in fp32 (8 lanes) and fp64 (4): under one vector (masked lanes), whole vectors,
 #: an even count whose last 2-vector panel moves left onto its neighbour, an odd
-#: count ending in a 3-vector panel moved left, and widths just short of the last
-#: panel (masked again). Each is N for z and dW, and K for dx.
+#: count ending in a 3-vector panel moved left, and widths short of their one panel
+#: (gemm_rows_narrow_c: the last vector moved left onto the one before it). Each is
+#: N for z and dW, and K for dx.
 PANEL_WIDTHS = [1, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 20, 23, 24, 25, 31, 33, 41, 50, 63]
 
 

@@ -384,9 +384,8 @@ struct Flex<0> {
   template <typename V>
   static inline V value(const V& z, const V& p0, const V& p1) {
     const V r = at::vec::maximum(z, V(0.0));
-    const V cube = ((z * z) * z);
     const V c = cbrt(z);
-    return (((p0 * r) + (p1 * cube)) + (((V(1.0) - p0) - p1) * c));
+    return (((p0 * r) + (((p1 * z) * z) * z)) + (((V(1.0) - p0) - p1) * c));
   }
   template <typename V>
   static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
@@ -407,9 +406,8 @@ struct Flex<1> {
   template <typename V>
   static inline V value(const V& z, const V& p0, const V& p1) {
     const V r = at::vec::maximum(z, V(0.0));
-    const V cube = ((z * z) * z);
     const V t = fast_tanh(z);
-    return (((p0 * r) + (p1 * cube)) + (((V(1.0) - p0) - p1) * t));
+    return (((p0 * r) + (((p1 * z) * z) * z)) + (((V(1.0) - p0) - p1) * t));
   }
   template <typename V>
   static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {

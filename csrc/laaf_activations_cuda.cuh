@@ -305,9 +305,8 @@ struct Flex<0> {
   template <typename T>
   static LAAF_DEVICE T value(const T& z, const T& p0, const T& p1) {
     const T r = prim_maximum(z, T(0.0));
-    const T cube = ((z * z) * z);
     const T c = prim_cbrt(z);
-    return (((p0 * r) + (p1 * cube)) + (((T(1.0) - p0) - p1) * c));
+    return (((p0 * r) + (((p1 * z) * z) * z)) + (((T(1.0) - p0) - p1) * c));
   }
   template <typename T>
   static LAAF_DEVICE FlexGrads<T> grads(const T& z, const T& p0, const T& p1) {
@@ -328,9 +327,8 @@ struct Flex<1> {
   template <typename T>
   static LAAF_DEVICE T value(const T& z, const T& p0, const T& p1) {
     const T r = prim_maximum(z, T(0.0));
-    const T cube = ((z * z) * z);
     const T t = prim_tanh(z);
-    return (((p0 * r) + (p1 * cube)) + (((T(1.0) - p0) - p1) * t));
+    return (((p0 * r) + (((p1 * z) * z) * z)) + (((T(1.0) - p0) - p1) * t));
   }
   template <typename T>
   static LAAF_DEVICE FlexGrads<T> grads(const T& z, const T& p0, const T& p1) {

@@ -10,8 +10,12 @@ the formula's order)::
     tanh_ramp     p0 tanh(z) + (1 - p0) clamp(p1 z, -1, 1)           (α, β)    init (1, 0.1)
 
 At ``init`` each kind equals its ``baseline`` activation exactly (relu, relu,
-sigmoid, tanh): 1 * f + 0 * g + 0 is f, bit for bit. α outside [0, 1] is allowed
-(the paper does not constrain it); the mixture is then not convex.
+sigmoid, tanh): 1 * f + 0 * g + 0 is f, bit for bit, for every finite z. For
+that the cubic term is evaluated p1 z z z, p1 first (0 * z^3 would be 0 * inf = NaN
+where z^3 overflows), and the torch-op paths (the reference, and the backward
+with create_graph) compute float16 and bfloat16 in float32, as the fused kernels
+do (:func:`compute_dtype`). α outside [0, 1] is allowed (the paper does not
+constrain it); the mixture is then not convex.
 
 Like the LAAF table (:mod:`laaf_kernels.activations`), every kind is written as
 formula strings in ``z``, ``p0``, ``p1`` over the same vocabulary: its value,
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from .activations import cbrt, formula_function, lets_needed
 
 __all__ = ["FlexibleKind", "FLEXIBLE", "FLEXIBLE_KINDS", "get_kind", "evaluate_flexible",
-           "NUM_PARAMS"]
+           "compute_dtype", "NUM_PARAMS"]
 
 #: Every kind has two free parameters per channel.
 NUM_PARAMS = 2
@@ -65,12 +69,15 @@ class FlexibleKind:
         return lets_needed(self.let, source)
 
 
+# The cubic term is p1 z z z, p1 first: at p1 = 0 it is 0 for every finite z (p1 z^3
+# is 0 * inf = NaN once z^3 overflows: |z| > 7e12 in float32), and a small p1 keeps
+# it finite longer.
 def _relu_poly(z, p0, p1):
-    return p0 * F.relu(z) + p1 * (z * z * z) + (1.0 - p0 - p1) * cbrt(z)
+    return p0 * F.relu(z) + p1 * z * z * z + (1.0 - p0 - p1) * cbrt(z)
 
 
 def _relu_tanh(z, p0, p1):
-    return p0 * F.relu(z) + p1 * (z * z * z) + (1.0 - p0 - p1) * torch.tanh(z)
+    return p0 * F.relu(z) + p1 * z * z * z + (1.0 - p0 - p1) * torch.tanh(z)
 
 
 def _sigmoid_ramp(z, p0, p1):
@@ -106,13 +113,13 @@ FLEXIBLE: Dict[str, FlexibleKind] = {k.name: k for k in (
     FlexibleKind(
         "relu_poly", ("alpha1", "alpha2"), (1.0, 0.0), "relu", _relu_poly,
         let=_POLY_LETS + _CBRT_LETS,
-        value="p0 * r + p1 * cube + (1.0 - p0 - p1) * c",
+        value="p0 * r + p1 * z * z * z + (1.0 - p0 - p1) * c",
         dz="p0 * step + 3.0 * p1 * z * z + (1.0 - p0 - p1) * dc",
         dp=("r - c", "cube - c")),
     FlexibleKind(  # the authors' code: tanh in place of cbrt
         "relu_tanh", ("alpha1", "alpha2"), (1.0, 0.0), "relu", _relu_tanh,
         let=_POLY_LETS + (("t", "tanh(z)"),),
-        value="p0 * r + p1 * cube + (1.0 - p0 - p1) * t",
+        value="p0 * r + p1 * z * z * z + (1.0 - p0 - p1) * t",
         dz="p0 * step + 3.0 * p1 * z * z + (1.0 - p0 - p1) * (1.0 - t * t)",
         dp=("r - t", "cube - t")),
     FlexibleKind(  # the paper's P-Sig-Ramp
@@ -147,6 +154,14 @@ def _formula(name: str, which: str):
     kind = get_kind(name)
     source = kind.formula(which)
     return formula_function(f"{name}.{which}", ("z", "p0", "p1"), kind.lets_for(source), source)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the torch-op paths compute a flexible activation in: float32 for
+    float16 and bfloat16 (rounded once at the end, as the fused kernels do), else
+    ``dtype``. In float16, z^3 overflows above |z| = 40 and z^2 above 256, and
+    autograd through p1 z z z multiplies that inf by p1 = 0: NaN at init."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def evaluate_flexible(name: str, which: str, z: torch.Tensor, p0, p1) -> torch.Tensor:

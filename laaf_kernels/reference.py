@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import get as get_activation
-from .flexible import get_kind
+from .flexible import compute_dtype, get_kind
 from .checks import check_activation_args, check_linear_args, check_scale
 
 __all__ = ["laaf_linear", "laaf_activation", "slope_recovery"]
@@ -54,9 +54,11 @@ def activation_impl(z, slope, activation: str, scale: float, dim: int) -> torch.
 
 
 def flexible_activation_impl(z, params, kind: str, dim: int) -> torch.Tensor:
-    """The flexible activation ``kind`` of z, with the (2, C) params along ``dim``."""
-    p0, p1 = (along(p, z.dim(), dim) for p in params.unbind(0))
-    return get_kind(kind).torch_value(z, p0, p1)
+    """The flexible activation ``kind`` of z, with the (2, C) params along ``dim``;
+    float16 and bfloat16 computed in float32 (see flexible.compute_dtype)."""
+    dtype = compute_dtype(z.dtype)
+    p0, p1 = (along(p.to(dtype), z.dim(), dim) for p in params.unbind(0))
+    return get_kind(kind).torch_value(z.to(dtype), p0, p1).to(z.dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -47,6 +47,37 @@ def test_initialised_module_equals_its_baseline(kind, backend):
         torch.testing.assert_close(y, want, rtol=4 * 2 ** -23, atol=0)
 
 
+#: Per dtype, |z| where z^3 (in float16 also z^2) overflows, with ordinary values.
+#: (Not past 1.8e19 in float32: there z^2 overflows inside autograd of the reference.)
+_PAST_THE_CUBE = {torch.float32: [1e13, -1e13, 3e15, 1e18, -1e18, 0.5, -0.25, 3.0],
+                  torch.bfloat16: [1e13, -1e13, 1e18, 0.5, -0.25, 3.0],
+                  torch.float16: [50.0, -50.0, 300.0, -300.0, 6e4, 0.5, -0.25, 3.0]}
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [b for b in ("cpp", "triton")
+                                                     if b in L.available_backends()])
+@pytest.mark.parametrize("dtype", list(_PAST_THE_CUBE), ids=str)
+@pytest.mark.parametrize("kind", ["relu_poly", "relu_tanh"])
+def test_cubic_kinds_at_init_are_relu_past_the_cube_overflow(kind, dtype, backend):
+    """At init (alpha2 = 0) the cubic kinds are relu for every finite z, value and
+    dz, also where z^3 overflows the dtype: the term is p1 z z z (p1 first), and
+    float16 / bfloat16 compute in float32 on every path. Before, 0 * inf gave NaN
+    (float16 from |z| = 40). dz is checked through the backend's backward and
+    through the create_graph path; dalpha2 = sum g z^3 may overflow (it is that big)."""
+    z = torch.tensor([_PAST_THE_CUBE[dtype]], dtype=dtype, requires_grad=True)
+    params = L.FlexibleActivation(kind, z.shape[1]).params.detach().to(dtype).requires_grad_()
+    with L.use_backend(backend):
+        y = L.flexible_activation(z, params, kind=kind)
+    want = F.relu(z.detach())
+    assert torch.equal(y.detach(), want), y
+    step = (z.detach() > 0).to(dtype)
+    for create_graph in (False, True):
+        dz, dp = torch.autograd.grad(y.sum(), (z, params), create_graph=create_graph,
+                                     retain_graph=True)
+        assert torch.equal(dz.detach(), step), (create_graph, dz)
+        assert torch.isfinite(dp[0]).all(), (create_graph, dp)
+
+
 def test_kind_names_and_parameter_order():
     assert L.FLEXIBLE_KINDS == ("relu_poly", "relu_tanh", "sigmoid_ramp", "tanh_ramp")
     assert FLEXIBLE["relu_poly"].param_names == ("alpha1", "alpha2")

@@ -18,14 +18,12 @@ def flex_value(z, p0, p1, KIND: tl.constexpr):
     """The flexible kind KIND's value at z, parameters p0, p1."""
     if KIND == 0:  # relu_poly
         r = maximum(z, zeros_like(z) + 0.0)
-        cube = z * z * z
         c = cbrt(z)
-        out = p0 * r + p1 * cube + (1.0 - p0 - p1) * c
+        out = p0 * r + p1 * z * z * z + (1.0 - p0 - p1) * c
     elif KIND == 1:  # relu_tanh
         r = maximum(z, zeros_like(z) + 0.0)
-        cube = z * z * z
         t = tanh(z)
-        out = p0 * r + p1 * cube + (1.0 - p0 - p1) * t
+        out = p0 * r + p1 * z * z * z + (1.0 - p0 - p1) * t
     elif KIND == 2:  # sigmoid_ramp
         sg = sigmoid(z)
         u = p1 * z + 0.5

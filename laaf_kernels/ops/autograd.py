@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..activations import evaluate, grad_from_y
 from ..activations import get as get_activation
-from ..flexible import evaluate_flexible
+from ..flexible import compute_dtype, evaluate_flexible
 from ..reference import along
 
 __all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
@@ -112,13 +112,17 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None,
 
 def differentiable_flexible_grads(g, z, params, kind, dim, need):
     """(dz, dparams) of y = f_kind(z; p0, p1) from the table's formulas as torch ops:
-    dz = g f_z, dparams[k] = sum over all dims but ``dim`` of g f_{p_k}."""
-    p0, p1 = (along(p, z.dim(), dim) for p in params.unbind(0))
-    dz = g * evaluate_flexible(kind, "dz", z, p0, p1) if need[0] else None
+    dz = g f_z, dparams[k] = sum over all dims but ``dim`` of g f_{p_k}; float16 and
+    bfloat16 computed in float32 (see flexible.compute_dtype)."""
+    dtype = compute_dtype(z.dtype)
+    g, zc = g.to(dtype), z.to(dtype)
+    p0, p1 = (along(p.to(dtype), z.dim(), dim) for p in params.unbind(0))
+    dz = (g * evaluate_flexible(kind, "dz", zc, p0, p1)).to(z.dtype) if need[0] else None
     dp = None
     if need[1]:
-        dp = torch.stack([sum_like_slope(g * evaluate_flexible(kind, f"dp{k}", z, p0, p1),
+        dp = torch.stack([sum_like_slope(g * evaluate_flexible(kind, f"dp{k}", zc, p0, p1),
                                           params[k], dim) for k in range(params.shape[0])])
+        dp = dp.to(params.dtype)
     return dz, dp
 
 

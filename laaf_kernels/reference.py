@@ -53,12 +53,18 @@ def activation_impl(z, slope, activation: str, scale: float, dim: int) -> torch.
     return get_activation(activation).torch_fn(h)
 
 
-def flexible_activation_impl(z, params, kind: str, dim: int) -> torch.Tensor:
-    """The flexible activation ``kind`` of z, with the (2, C) params along ``dim``;
-    float16 and bfloat16 computed in float32 (see flexible.compute_dtype)."""
+def flexible_operands(z, params, dim: int):
+    """(z, p0, p1) in the dtype the torch-op paths compute in (float32 for float16
+    and bfloat16, see flexible.compute_dtype), p0 and p1 shaped along ``dim``."""
     dtype = compute_dtype(z.dtype)
     p0, p1 = (along(p.to(dtype), z.dim(), dim) for p in params.unbind(0))
-    return get_kind(kind).torch_value(z.to(dtype), p0, p1).to(z.dtype)
+    return z.to(dtype), p0, p1
+
+
+def flexible_activation_impl(z, params, kind: str, dim: int) -> torch.Tensor:
+    """The flexible activation ``kind`` of z, with the (2, C) params along ``dim``,
+    rounded once to z's dtype."""
+    return get_kind(kind).torch_value(*flexible_operands(z, params, dim)).to(z.dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from ..activations import evaluate, grad_from_y
 from ..activations import get as get_activation
-from ..flexible import compute_dtype, evaluate_flexible
-from ..reference import along
+from ..flexible import evaluate_flexible
+from ..reference import along, flexible_operands
 
 __all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
            "make_flexible", "differentiable_linear_grads", "differentiable_activation_grads",
@@ -114,9 +114,8 @@ def differentiable_flexible_grads(g, z, params, kind, dim, need):
     """(dz, dparams) of y = f_kind(z; p0, p1) from the table's formulas as torch ops:
     dz = g f_z, dparams[k] = sum over all dims but ``dim`` of g f_{p_k}; float16 and
     bfloat16 computed in float32 (see flexible.compute_dtype)."""
-    dtype = compute_dtype(z.dtype)
-    g, zc = g.to(dtype), z.to(dtype)
-    p0, p1 = (along(p.to(dtype), z.dim(), dim) for p in params.unbind(0))
+    zc, p0, p1 = flexible_operands(z, params, dim)
+    g = g.to(zc.dtype)
     dz = (g * evaluate_flexible(kind, "dz", zc, p0, p1)).to(z.dtype) if need[0] else None
     dp = None
     if need[1]:

@@ -38,14 +38,19 @@ def _cpu_flags() -> list:
     return [*_vector_flags(), *_openmp_flags()]
 
 
+#: Compiler flags per ATen CPU capability: at::vec's lane width and our fast paths
+#: (csrc/laaf_vec_math.h) follow CPU_CAPABILITY_*; any other capability gets at::vec's
+#: portable lanes.
+VECTOR_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "DEFAULT": [],
+}
+
+
 def _vector_flags() -> list:
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability == "AVX512":
-        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
-    if capability == "AVX2":
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    return []
+    return VECTOR_FLAGS.get(str(torch.backends.cpu.get_cpu_capability()), [])
 
 
 def _openmp_flags() -> list:

@@ -1,0 +1,207 @@
+// Elementary functions on at::vec::Vectorized<T> lanes that the CPU activations need
+// faster than at::vec's Sleef calls: exp on x <= 0, sigmoid, tanh and cbrt.
+//
+// Hand-written (the generated laaf_activations.h calls them from the activation
+// table's formulas). Each fast path is inline FMA arithmetic for float and double
+// lanes on AVX2 / AVX-512; other lanes (bf16 and fp16 are widened to float before they
+// get here; builds without AVX2) fall back to at::vec. Accuracy of each path is
+// asserted in tests/test_fused_linear.py and tests/test_fused_flexible.py; polynomial
+// and rational coefficients come from tools/fit_minimax.py.
+#pragma once
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <type_traits>
+
+namespace laaf {
+
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#define LAAF_VEC_FAST_MATH 1
+#else
+#define LAAF_VEC_FAST_MATH 0
+#endif
+
+template <typename V>
+inline constexpr bool kIsFloatLanes = std::is_same_v<V, at::vec::Vectorized<float>>;
+template <typename V>
+inline constexpr bool kIsDoubleLanes = std::is_same_v<V, at::vec::Vectorized<double>>;
+
+// exp(x) for x <= 0 (NaN propagates). x = n ln2 + r with n = round(x log2 e) and
+// |r| <= ln2 / 2, exp(x) = 2^n exp(r), 2^n built from n's exponent bits; an x whose
+// e^x lies below the normal range gives 0. Inline, where Sleef's exp is a call per
+// vector: sigmoid_ramp's fp32 forward at 65536 x 256, one thread, went from 24.1 to
+// 17.8 ms.
+//  * float: ln2 in two parts (r exact to ~1e-12), exp(r) = 1 + r + r^2 P(r) with
+//    Cephes' degree-5 P (relative error ~1e-7); x < -87.33 gives 0.
+//  * double: n from the 1.5 * 2^52 trick (adding it rounds x log2 e to an integer in
+//    the low mantissa bits, so k's bits + 1023, shifted left by 52, are 2^n's); ln2
+//    in Cody-Waite parts, ln2_hi with 32 significant bits, so that n ln2_hi and
+//    x - n ln2_hi are exact; exp(r) = 1 + (r + r^2 Q(r)), Q of degree 9 (minimax,
+//    0.05 ulp); x < -708.39 gives 0. Within 1.03 ulp of the true exp on [-40, 0]
+//    (at::vec's Sleef exp_u10: 1.0).
+template <typename V>
+inline V exp_nonpositive(const V& x) {
+#if LAAF_VEC_FAST_MATH
+  if constexpr (kIsFloatLanes<V>) {
+    const V xc = at::vec::maximum(x, V(-87.33f));  // n >= -126: 2^n stays normal
+    const V n = (xc * V(1.44269504f)).round();
+    V r = at::vec::fmadd(n, V(-0.693145751953125f), xc);  // ln2's high part: n ln2_hi exact
+    r = at::vec::fmadd(n, V(-1.42860677e-06f), r);
+    V p = at::vec::fmadd(V(1.9875691500e-4f), r, V(1.3981999507e-3f));
+    p = at::vec::fmadd(p, r, V(8.3334519073e-3f));
+    p = at::vec::fmadd(p, r, V(4.1665795894e-2f));
+    p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
+    p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
+    const V er = at::vec::fmadd(p, r * r, r + V(1.0f));
+    // 2^n: the float (n + 127) 2^23, exact, read as an integer is 2^n's bit pattern.
+    const V biased = at::vec::fmadd(n, V(8388608.0f), V(1065353216.0f));
+    const V two_n = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(biased));
+    return V::blendv(er * two_n, V(0.0f), x < V(-87.33f));
+  }
+  if constexpr (kIsDoubleLanes<V>) {
+    using I = at::vec::Vectorized<int64_t>;
+    const V xc = at::vec::maximum(x, V(-708.39));  // n >= -1022: 2^n stays normal
+    const V k = at::vec::fmadd(xc, V(1.4426950408889634), V(0x1.8p52));
+    const V n = k - V(0x1.8p52);
+    V r = at::vec::fmadd(n, V(-0.69314718036912381649), xc);  // exact
+    r = at::vec::fmadd(n, V(-1.9082149292705877000e-10), r);
+    V q = at::vec::fmadd(V(2.500009635115723e-08), r, V(2.7630236861148136e-07));
+    q = at::vec::fmadd(q, r, V(2.7557586206860384e-06));
+    q = at::vec::fmadd(q, r, V(2.4801493127389595e-05));
+    q = at::vec::fmadd(q, r, V(0.00019841269506820695));
+    q = at::vec::fmadd(q, r, V(0.0013888888943606793));
+    q = at::vec::fmadd(q, r, V(0.008333333333494331));
+    q = at::vec::fmadd(q, r, V(0.04166666666653023));
+    q = at::vec::fmadd(q, r, V(0.16666666666666413));
+    q = at::vec::fmadd(q, r, V(0.5000000000000011));
+    // r + r^2 Q first, then 1 + that: one rounding at the result's scale.
+    const V er = at::vec::fmadd(q, r * r, r) + V(1.0);
+    const V two_n = at::vec::cast<double>((at::vec::cast<int64_t>(k) + I(1023)) << I(52));
+    return V::blendv(er * two_n, V(0.0), x < V(-708.39));
+  }
+#endif
+  return x.exp();
+}
+
+// sigmoid(x) = q = 1 / (1 + e) for x >= 0 and e q for x < 0, with e = exp(-|x|) in (0, 1]:
+// nothing overflows, and the small side keeps its relative accuracy (1 - tiny is
+// never formed). fp32: within 2.9 ulp of the true sigmoid wherever it is a normal
+// float (torch.sigmoid: 2.4; tests/test_fused_linear.py asserts 3).
+template <typename V>
+inline V sigmoid(const V& x) {
+  const V e = exp_nonpositive(x.abs().neg());
+  const V q = V(1.0) / (V(1.0) + e);
+  return V::blendv(e * q, q, x >= V(0.0));
+}
+
+// tanh on double lanes, from a = min(|x|, 20) (tanh rounds to 1 from 19.06; NaN
+// propagates) and x's sign bit:
+//  * a < 0.55: tanh(a) = a + a v P(v), v = a^2, P of degree 10 (minimax; P's own
+//    rounding reaches the result scaled by v / 3 <= 0.1).
+//  * a >= 0.55: tanh(a) = (1 - e) / (1 + e), e = exp(-2a) in (0, 0.333]. Formed
+//    naively, the roundings of 1 - e, 1 + e and the quotient add up to 1.5 ulp, so:
+//      u = 1 + e (rounded), eps = e - (u - 1) its exact error: 1 + e = u + eps;
+//      n = 2 - u, exact (Sterbenz): 1 - e = n - eps;
+//      t0 = n / u, res = n - t0 u exact (FMA), and w = (1 + t0) / 2 ~ 1 / u, so
+//      tanh = (n - eps) / (u + eps) ~ t0 + (res - 2 eps w) w   (to first order).
+//    What is left is exp's error, scaled by 2e / (1 - e^2) <= 0.75, and one rounding.
+template <typename V>
+inline V fast_tanh_double(const V& x) {
+  const V a = at::vec::minimum(x.abs(), V(20.0));
+  const V v = a * a;
+  V p = at::vec::fmadd(V(-1.9494592077937513e-05), v, V(8.331628600168302e-05));
+  p = at::vec::fmadd(p, v, V(-0.0002333814471588407));
+  p = at::vec::fmadd(p, v, V(0.0005884444372453533));
+  p = at::vec::fmadd(p, v, V(-0.001455542833116998));
+  p = at::vec::fmadd(p, v, V(0.0035920920283346977));
+  p = at::vec::fmadd(p, v, V(-0.008863232601215883));
+  p = at::vec::fmadd(p, v, V(0.02186948838584068));
+  p = at::vec::fmadd(p, v, V(-0.05396825396376001));
+  p = at::vec::fmadd(p, v, V(0.1333333333332662));
+  p = at::vec::fmadd(p, v, V(-0.333333333333333));
+  const V small = at::vec::fmadd(a * v, p, a);
+
+  const V e = exp_nonpositive(a * V(-2.0));
+  const V u = V(1.0) + e;
+  const V eps = e - (u - V(1.0));
+  const V n = V(2.0) - u;
+  const V t0 = n / u;
+  const V w = at::vec::fmadd(t0, V(0.5), V(0.5));
+  const V res = at::vec::fmadd(t0.neg(), u, n);
+  const V large = at::vec::fmadd(at::vec::fmadd((eps + eps).neg(), w, res), w, t0);
+
+  const V t = V::blendv(large, small, a < V(0.55));
+  return t | (x & V(-0.0));  // x's sign: tanh is odd, and tanh(-0) = -0
+}
+
+// tanh, by lane type:
+//  * float, x clamped to [-10, 10] (NaN propagates), v = x^2:
+//      T = x + x v N(v) / D(v)  ~ 2 tanh(x / 2)      (N, D quadratics)
+//      tanh(x) = 4 T / (4 + T^2)                   (tanh(2h) = 2t / (1 + t^2))
+//    The doubling formula scales an error in t by (1 - t^2) / (1 + t^2), and the
+//    rational only enters t as a correction, so its own rounding hardly reaches the
+//    result: within 2.4 ulp of the true tanh, exactly +-1 from |x| ~ 9 on. On AVX2,
+//    2.4 ns per 8 lanes where the expm1 formula it replaced took 4.5.
+//  * double: fast_tanh_double above, within 0.92 ulp, 12.6 ns per 4 lanes on
+//    Zen 3 where at::vec's Sleef tanh_u10 takes 24.5.
+template <typename V>
+inline V fast_tanh(const V& x) {
+#if LAAF_VEC_FAST_MATH
+  if constexpr (kIsFloatLanes<V>) {
+    // (at::vec::clamp keeps a NaN x on these ISAs: max(lo, x), then min(hi, .).)
+    const V c = at::vec::clamp(x, V(-10.0f), V(10.0f));
+    const V v = c * c;
+    const V n = at::vec::fmadd(
+        at::vec::fmadd(v, V(-6.57302976e-08f), V(-0.0009688586f)), v, V(-0.083333239f));
+    const V d = at::vec::fmadd(
+        at::vec::fmadd(v, V(0.00104459305f), V(0.111625187f)), v, V(1.0f));
+    const V t2 = at::vec::fmadd(c * v, n / d, c);  // T = 2 tanh(x / 2)
+    return (t2 * V(4.0f)) / at::vec::fmadd(t2, t2, V(4.0f));
+  }
+  if constexpr (kIsDoubleLanes<V>) {
+    return fast_tanh_double(x);
+  }
+#endif
+  return x.tanh();
+}
+
+// Real cube root of a = |x|, then x's sign; a = 0, inf and NaN are their own roots.
+// Each refinement is a Halley step written as a correction,
+//   r <- r - r e / (2 r^3 + a),   e = r^3 - a (one FMA: r^2 r - a),
+// cubically convergent, and accurate since the correction, not r, carries the
+// rounding. fp32 on AVX2 / AVX-512: the first guess comes from a's bits (bits / 3 +
+// 0x2a5137a0, within ~4 %), two steps follow (4 % -> 1e-4 -> 1e-12), and a outside
+// [2^-100, 2^100] (denormals included) is scaled by 2^-+96 first and the root by
+// 2^+-32, so that nothing under- or overflows: within 0.73 ulp of the true root
+// (tests/test_fused_flexible.py: <= 1), at ~2 ns per 8 lanes where exp(log a / 3)
+// took 29. Other lanes: exp(log a / 3), then one step.
+template <typename V>
+inline V cbrt(const V& x) {
+  const V a = x.abs();
+  const V special = (a == V(0.0)) | (a == V(INFINITY)) | (a != a);
+  const auto halley = [](const V& r, const V& a) {
+    const V r2 = r * r;
+    const V e = at::vec::fmadd(r2, r, a.neg());
+    return r - r * (e / at::vec::fmadd(r2 * r, V(2.0), a));
+  };
+#if LAAF_VEC_FAST_MATH
+  if constexpr (kIsFloatLanes<V>) {
+    using I = at::vec::Vectorized<int32_t>;
+    const V tiny = a < V(0x1p-100f), huge = a > V(0x1p100f);
+    const V as = V::blendv(V::blendv(a, a * V(0x1p-96f), huge), a * V(0x1p96f), tiny);
+    // bits / 3 by way of float (the integer's low bits do not matter at 4 %).
+    const V third = at::vec::convert_to_fp_of_same_size<float>(at::vec::cast<int32_t>(as)) *
+                    V(1.0f / 3.0f);
+    V r = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(third) + I(0x2a5137a0));
+    r = halley(halley(r, as), as);
+    r = V::blendv(V::blendv(r, r * V(0x1p32f), huge), r * V(0x1p-32f), tiny);
+    r = V::blendv(r, a, special);
+    return V::blendv(r, r.neg(), x < V(0.0));
+  }
+#endif
+  V r = (V::blendv(a, V(1.0), special).log() * V(1.0 / 3.0)).exp();
+  r = V::blendv(halley(r, a), a, special);
+  return V::blendv(r, r.neg(), x < V(0.0));
+}
+
+}  // namespace laaf

@@ -65,29 +65,37 @@ def parse_shape(text: str):
 FLEXIBLE_SHAPES = {"cuda": [(2 ** 20, 256, 256)], "cpu": [(2 ** 16, 256, 256)]}
 FLEXIBLE_KINDS = ("relu_poly", "sigmoid_ramp")
 
-HEADLINES = {  # the shapes the issues set targets on, per device
+HEADLINES = {  # the shapes the issues set targets on, per device (and CPU's float64 twin)
     "cuda": [((2 ** 20, 50, 50), "float32"), ((8192, 4096, 4096), "bfloat16")],
-    "cpu": [((100_000, 50, 50), "float32")],
+    "cpu": [((100_000, 50, 50), "float32"), ((100_000, 50, 50), "float64")],
 }
+
+#: PINN users often train in float64 (second derivatives of a float32 net lose digits
+#: fast): on CPU the quick suite also times the headline shape in it.
+QUICK_FLOAT64 = {"cuda": [], "cpu": [(100_000, 50, 50)]}
 
 
 def _is_headline(device, shape, dtype, act, slope) -> bool:
     return act == "tanh" and slope == "vector" and (shape, dtype) in HEADLINES[device]
 
 
-def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None) -> List[Case]:
+def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None,
+          dtype: str = "float32") -> List[Case]:
     """The cases of the quick or full suite on ``device``, filtered by ops/passes/shapes.
 
     full: PINN shapes x tanh/relu/sigmoid x slope kinds in fp32 (on CPU the
     smaller half), plus the deep-learning shapes in bf16 and fp32 (tanh,
     neuron-wise; relu without slope; CPU: M = 8192, K = N = 1024, fp32 only). quick: PINN-sized shapes, tanh,
-    neuron-wise, fp32. Headline cases (``HEADLINES``) also time torch.compile.
+    neuron-wise, fp32 (CPU: and the headline shape in fp64, ``QUICK_FLOAT64``).
+    Headline cases (``HEADLINES``) also time torch.compile. ``shapes`` replaces the
+    suite's grid: those shapes in ``dtype``, tanh, neuron-wise.
     """
     cases = []
     if shapes is not None:
-        grid = [(s, "float32", "tanh", "vector") for s in shapes]
+        grid = [(s, dtype, "tanh", "vector") for s in shapes]
     elif not full:
         grid = [(s, "float32", "tanh", "vector") for s in SHAPE_SETS["quick"]]
+        grid += [(s, "float64", "tanh", "vector") for s in QUICK_FLOAT64[device]]
     else:
         pinn = SHAPE_SETS["pinn"] if device == "cuda" else SHAPE_SETS["pinn"][:6] + [(100_000, 50, 50)]
         grid = [(s, "float32", "tanh", slope) for s in pinn for slope in SLOPES]
@@ -104,7 +112,8 @@ def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None) -> List[
         cases.append(Case(op, pass_, *shape, dtype, act, slope, headline))
     if "flexible" in ops:
         flex_shapes = shapes if shapes is not None else FLEXIBLE_SHAPES[device]
+        flex_dtype = dtype if shapes is not None else "float32"
         for pass_, shape, kind in itertools.product(passes, flex_shapes, FLEXIBLE_KINDS):
-            cases.append(Case("flexible", pass_, *shape, "float32", kind, "vector", True))
+            cases.append(Case("flexible", pass_, *shape, flex_dtype, kind, "vector", True))
     # Headline cases first: if a run is cut short, what the targets need is measured.
     return sorted(cases, key=lambda c: not c.headline)

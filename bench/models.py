@@ -1,5 +1,6 @@
 """Whole-model steps: one PINN training step (Burgers, 6 x 20 N-LAAF, u_xx
-included) and one MLP classifier training step with and without convert()."""
+included; on CPU in float64 too) and one MLP classifier training step with and
+without convert()."""
 from __future__ import annotations
 
 import math
@@ -14,14 +15,14 @@ NU = 0.01 / math.pi
 
 
 def burgers_step(backend: str, device: str, n_collocation: int = 10_000,
-                 n_boundary: int = 400) -> Callable[[], None]:
+                 n_boundary: int = 400, dtype=torch.float32) -> Callable[[], None]:
     """One Adam step on the Burgers PINN loss MSE(u_t + u u_x - nu u_xx) + MSE_b + S(a)."""
     gen = torch.Generator().manual_seed(0)
-    model = laaf_kernels.LAAFMLP([2] + [20] * 6 + [1], "tanh", "neuron", 10.0).to(device)
+    model = laaf_kernels.LAAFMLP([2] + [20] * 6 + [1], "tanh", "neuron", 10.0).to(device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=8e-4)
     xt = (torch.rand(n_collocation, 2, generator=gen) * torch.tensor([2.0, 1.0])
-          - torch.tensor([1.0, 0.0])).to(device).requires_grad_()
-    xb = (torch.rand(n_boundary, 2, generator=gen) * 2 - 1).to(device)
+          - torch.tensor([1.0, 0.0])).to(device, dtype).requires_grad_()
+    xb = (torch.rand(n_boundary, 2, generator=gen) * 2 - 1).to(device, dtype)
     ub = -torch.sin(math.pi * xb[:, :1])
 
     def step():
@@ -68,6 +69,8 @@ def model_steps(backends, device: str) -> Dict[str, Callable[[], None]]:
     steps = {}
     for backend in backends:
         steps[f"burgers_6x20 [{backend}]"] = burgers_step(backend, device)
+        if device == "cpu":
+            steps[f"burgers_6x20_fp64 [{backend}]"] = burgers_step(backend, device, dtype=torch.float64)
         steps[f"mlp_convert [{backend}]"] = mlp_classifier_step(backend, device, convert=True)
     steps["mlp_plain [nn]"] = mlp_classifier_step("reference", device, convert=False)
     return steps

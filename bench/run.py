@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--providers", default=None, help="comma list (default: all valid here)")
     p.add_argument("--shapes", default=None,
                    help=f"comma list of MxKxN or {', '.join(C.SHAPE_SETS)} (default: the suite's)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16", "float16"),
+                   help="the dtype of the --shapes cases (default: float32)")
     p.add_argument("--no-models", action="store_true", help="skip the whole-model steps")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="after this many seconds, skip the remaining torch.compile rows "
@@ -68,6 +70,8 @@ def parse_args(argv=None):
     args.compile_everywhere = args.providers is not None
     args.providers = (valid_providers if args.providers is None
                       else _choices(args.providers, valid_providers, "provider"))
+    if args.dtype != "float32" and args.shapes is None:
+        raise SystemExit("error: --dtype sets the dtype of the --shapes cases; give --shapes too")
     if args.shapes is not None:
         try:
             args.shapes = [s for text in args.shapes.split(",") for s in C.parse_shape(text)]
@@ -197,7 +201,7 @@ def main(argv=None) -> int:
     path = results_path(pathlib.Path(args.out), meta)
     print_header()
     rows = []
-    for case in C.suite(args.device, args.full, args.ops, args.passes, args.shapes):
+    for case in C.suite(args.device, args.full, args.ops, args.passes, args.shapes, args.dtype):
         reasons = {p: _skip_reason(case, p, args, started) for p in args.providers}
         measured = [p for p, why in reasons.items() if why is None]
         case_rows = run_providers(case, measured, args.device, quick, ceil)

@@ -31,6 +31,7 @@ def test_one_tiny_case_writes_rows_with_metadata(tmp_path, capsys, monkeypatch):
     (["--providers", "numpy"], "unknown provider 'numpy'; valid: backend:reference"),
     (["--shapes", "12x4"], "shape must be 'MxKxN'"),
     (["--device", "tpu"], "--device must be cpu or cuda"),
+    (["--dtype", "float64"], "--dtype sets the dtype of the --shapes cases; give --shapes too"),
 ])
 def test_bad_options_list_the_valid_ones(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -51,3 +52,16 @@ def test_full_gpu_suite_has_the_headline_cases():
     assert heads == {(False, 2 ** 20, 50, 50, "float32"), (False, 8192, 4096, 4096, "bfloat16"),
                      (True, 2 ** 20, 256, 256, "float32")}  # the flexible issue's shape
     assert {c.pass_ for c in full} == set(cases.PASSES)
+
+
+def test_quick_cpu_suite_times_the_headline_shape_in_fp32_and_fp64():
+    quick = cases.suite("cpu", full=False)
+    heads = {(c.op, c.M, c.K, c.N, c.dtype) for c in quick if c.headline and c.op != "flexible"}
+    assert heads == {(op, 100_000, 50, 50, dt) for op in ("linear", "activation")
+                     for dt in ("float32", "float64")}
+
+
+def test_shapes_take_the_dtype_option():
+    args = run.parse_args(["--device", "cpu", "--shapes", "64x8x8", "--dtype", "float64"])
+    chosen = cases.suite("cpu", False, args.ops, args.passes, args.shapes, args.dtype)
+    assert chosen and {c.dtype for c in chosen} == {"float64"}

@@ -7,6 +7,14 @@ backend is tested against it.
     z = x W^T + b        s = scale * slope        h = s * z        y = act(h)
 
 With ``slope=None`` the activation is the standard one: h = z.
+
+Precision in float16 / bfloat16: the LAAF ops here compute as eager PyTorch does,
+each op (z, h, act) rounded to the input's dtype; the fused kernels accumulate z and
+compute h and act(h) in float32, rounding once at the end, so they land nearer the
+float64 truth. The tests bound both by the error of eager PyTorch in that dtype
+(``tests/helpers.assert_close_to_truth``), never the one by the other. The flexible
+kinds are the exception: they compute in float32 here too (``flexible.compute_dtype``),
+since their z^3 overflows float16 from |z| = 40 and 0 * inf would give NaN at init.
 """
 from __future__ import annotations
 

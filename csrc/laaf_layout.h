@@ -25,8 +25,15 @@ inline c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) 
   return t->contiguous();
 }
 
+// Rows up to this wide stay rows when nothing is per channel (see ActLayout).
+constexpr int64_t kMaxUnsplitRow = 512;
+
 // z (contiguous) as the 2-D grid of the kernels:
-//  * no per-channel slope: (numel / last, last);
+//  * no per-channel slope (none, or 0-d): any view will do, so (numel / last, last),
+//    unless rows are wider than kMaxUnsplitRow: then (numel / w, w), w the largest
+//    power of two up to 64 that divides numel (1 if numel is odd). The passes split
+//    rows (or chunks of rows) among threads, and a 1-D z, one row, would otherwise
+//    run on one CPU thread (or one row of GPU lanes);
 //  * channels last (all dims after `dim` of size 1): (numel / C, C), the slope
 //    of element (r, c) being s[c];
 //  * channels in the middle (NCHW with dim = 1, say): (outer * C, inner), the
@@ -45,6 +52,11 @@ inline ActLayout act_layout(const at::Tensor& z, const c10::optional<at::Tensor>
   for (int64_t d = dim + 1; d < z.dim(); ++d) inner *= z.size(d);
   if (!s.has_value() || s->dim() == 0) {  // no per-channel value: any 2-D view will do
     const int64_t last = z.size(z.dim() - 1);
+    if (last > kMaxUnsplitRow) {
+      int64_t w = 64;
+      while (z.numel() % w != 0) w /= 2;
+      return {z.numel() / w, w, channels, false};
+    }
     return {last == 0 ? 0 : z.numel() / last, last, channels, false};
   }
   if (inner == 1) {  // channels last (trailing dims of size 1 included): (outer, C)

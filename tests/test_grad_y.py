@@ -24,6 +24,7 @@ LAYOUTS = {
     "chunks": ((1031, 13), -1),
     "middle": ((5, 7, 3, 2), 1),
     "wide": ((3, 601), 1),
+    "long_rows": ((2, 776), 1),  # no per-channel s: re-viewed as (97, 16) (csrc act_layout)
     "one": ((1, 1), 0),
     "tiny": ((3, 4, 2), 1),  # for gradcheck (an interpreted launch per perturbation)
 }

@@ -48,19 +48,18 @@ using namespace cpu;  // Grid, Io, Compute, grain, lane_sum, sum_parts, slope_in
 // Forward epilogue: y = act(s * z), one vectorised pass (in place allowed)
 // ---------------------------------------------------------------------------
 
-// Slopes per row (channels in the middle): row by row.
+// Slopes per row (channels in the middle), or rows too wide for a flat walk: row by
+// row, long rows cut into segments (for_row_segments).
 template <typename T, int ACT>
 void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
   using V = Vectorized<Compute<T>>;
-  at::parallel_for(0, grid.rows, grain(grid.cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* zr = z + r * grid.cols;
-      T* yr = y + r * grid.cols;
-      for (int64_t c = 0; c < grid.cols; c += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
-        const V h = Io<T>::load(zr + c, n) * grid.slope(r, c, n);
-        Io<T>::store(Act<ACT>::value(h), yr + c, n);
-      }
+  for_row_segments(grid.rows, grid.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
+    const T* zr = z + r * grid.cols;
+    T* yr = y + r * grid.cols;
+    for (int64_t c = c0; c < c1; c += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), c1 - c);
+      const V h = Io<T>::load(zr + c, n) * grid.slope(r, c, n);
+      Io<T>::store(Act<ACT>::value(h), yr + c, n);
     }
   });
 }
@@ -173,20 +172,19 @@ void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
   });
 }
 
-// Slopes per row: row r adds the sum of gh * z over its columns to ds_part[r].
+// Slopes per row: each segment of row r (for_row_segments) adds the sum of gh * z over
+// its columns to ds_part[task].
 template <typename T, int ACT>
 void backward_rows(const T* g, const T* z, const T* y, T* gz, double* ds_part,
                    const Grid<Compute<T>>& grid) {
   using V = Vectorized<Compute<T>>;
-  at::parallel_for(0, grid.rows, grain(grid.cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const V s = grid.slope(r, 0, V::size());
-      for (int64_t c = 0; c < grid.cols; c += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), grid.cols - c);
-        const auto terms = grad_terms<T, ACT>(g, z, y, r * grid.cols + c, n, s);
-        if (gz != nullptr) Io<T>::store(terms[0], gz + r * grid.cols + c, n);
-        if (ds_part != nullptr) ds_part[r] += lane_sum(terms[1], n);
-      }
+  for_row_segments(grid.rows, grid.cols, [&](int64_t r, int64_t task, int64_t c0, int64_t c1) {
+    const V s = grid.slope(r, 0, V::size());
+    for (int64_t c = c0; c < c1; c += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), c1 - c);
+      const auto terms = grad_terms<T, ACT>(g, z, y, r * grid.cols + c, n, s);
+      if (gz != nullptr) Io<T>::store(terms[0], gz + r * grid.cols + c, n);
+      if (ds_part != nullptr) ds_part[task] += lane_sum(terms[1], n);
     }
   });
 }

@@ -148,6 +148,30 @@ inline int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
 }
 
+// Rows longer than kRowSegment elements (a multiple of every vector width) are cut into
+// segments of that many, each a task of its own: a grid of a few long rows (NCHW with
+// few channels and large images; a few wide rows) then still spreads over every
+// thread. The cut depends on cols alone, not on the thread count.
+constexpr int64_t kRowSegment = 8192;
+
+inline int64_t row_segments(int64_t cols) {
+  return std::max<int64_t>(1, (cols + kRowSegment - 1) / kRowSegment);
+}
+
+// f(r, task, c0, c1) for each segment [c0, c1) of each row r, threaded over the
+// rows * row_segments(cols) tasks; task = r * row_segments(cols) + the segment's index.
+template <typename F>
+void for_row_segments(int64_t rows, int64_t cols, const F& f) {
+  const int64_t segments = row_segments(cols);
+  const int64_t width = segments == 1 ? cols : kRowSegment;
+  at::parallel_for(0, rows * segments, grain(width), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = (t % segments) * width;
+      f(t / segments, t, c0, std::min(cols, c0 + width));
+    }
+  });
+}
+
 // Sum of the lanes of v (its first n), in lane order.
 template <typename T>
 inline double lane_sum(const Vectorized<T>& v, int64_t n) {
@@ -190,49 +214,57 @@ struct ChannelLanes {
 // (null: not wanted) as deterministic partials:
 //   channels last: parts[j][k * cols + c] for chunk k of kRowsPerChunk rows
 //                  ((chunks, cols) doubles; a flat walk when cols <= kMaxFlatCols);
-//   on_rows:       parts[j][r] += the sum over row r ((rows,) doubles, zeroed).
-// Fold them with sum_parts(parts, width) (width: cols, or the channels for on_rows).
+//   on_rows:       parts[j][task] += the sum over one segment of a row
+//                  ((rows * row_segments(cols),) doubles, zeroed; for_row_segments).
+// Fold them with fold_channel_partials.
 template <typename C, size_t NSUMS, typename Body>
 void channel_pass(const Grid<C>& a, const Grid<C>& b, const std::array<double*, NSUMS>& parts,
                   const Body& body) {
   using V = Vectorized<C>;
   const int64_t rows = a.rows, cols = a.cols;
   if (rows * cols == 0) return;
-  if (a.on_rows) {  // one slope per row (hoisted): row r adds its lane sums to parts[j][r]
-    at::parallel_for(0, rows, grain(cols), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const ChannelLanes<C> lanes{a.slope(r, 0, V::size()), b.slope(r, 0, V::size())};
-        for (int64_t c = 0; c < cols; c += V::size()) {
-          const int64_t n = std::min<int64_t>(V::size(), cols - c);
-          const auto terms = body(r * cols + c, n, lanes);
-          for (size_t j = 0; j < NSUMS; ++j) {
-            if (parts[j] != nullptr) parts[j][r] += lane_sum(terms[j], n);
-          }
+  if (a.on_rows) {  // one slope per row (hoisted): each segment adds its lane sums
+    for_row_segments(rows, cols, [&](int64_t r, int64_t task, int64_t c0, int64_t c1) {
+      const ChannelLanes<C> lanes{a.slope(r, 0, V::size()), b.slope(r, 0, V::size())};
+      for (int64_t c = c0; c < c1; c += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), c1 - c);
+        const auto terms = body(r * cols + c, n, lanes);
+        for (size_t j = 0; j < NSUMS; ++j) {
+          if (parts[j] != nullptr) parts[j][task] += lane_sum(terms[j], n);
         }
       }
     });
     return;
   }
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  if (cols > kMaxFlatCols) {  // wide: row by row, column sums in a per-chunk buffer
-    at::parallel_for(0, chunks, grain(kRowsPerChunk * cols), [&](int64_t k0, int64_t k1) {
-      std::vector<C> acc(NSUMS * cols);
-      for (int64_t k = k0; k < k1; ++k) {
+  if (cols > kMaxFlatCols) {  // wide: row by row, column sums in a per-task buffer
+    // A task is one chunk of rows times one segment of columns: each column's sum over
+    // the chunk runs in row order whichever task holds it, so parts[j][k * cols + c]
+    // come out the same however the columns are cut.
+    const int64_t segments = row_segments(cols);
+    const int64_t width = segments == 1 ? cols : kRowSegment;
+    at::parallel_for(0, chunks * segments, grain(kRowsPerChunk * width), [&](int64_t t0,
+                                                                            int64_t t1) {
+      std::vector<C> acc(NSUMS * width);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t k = t / segments, c0 = (t % segments) * width;
+        const int64_t c1 = std::min(cols, c0 + width);
         std::fill(acc.begin(), acc.end(), C(0));
         for (int64_t r = k * kRowsPerChunk; r < std::min(rows, (k + 1) * kRowsPerChunk); ++r) {
-          for (int64_t c = 0; c < cols; c += V::size()) {
-            const int64_t n = std::min<int64_t>(V::size(), cols - c);
+          for (int64_t c = c0; c < c1; c += V::size()) {
+            const int64_t n = std::min<int64_t>(V::size(), c1 - c);
             const auto terms = body(r * cols + c, n,
                                     ChannelLanes<C>{a.slope(0, c, n), b.slope(0, c, n)});
             for (size_t j = 0; j < NSUMS; ++j) {
-              C* slot = acc.data() + j * cols + c;
+              C* slot = acc.data() + j * width + (c - c0);
               (V::loadu(slot, n) + terms[j]).store(slot, n);
             }
           }
         }
         for (size_t j = 0; j < NSUMS; ++j) {
           if (parts[j] != nullptr) {
-            std::copy(acc.begin() + j * cols, acc.begin() + (j + 1) * cols, parts[j] + k * cols);
+            std::copy(acc.begin() + j * width, acc.begin() + j * width + (c1 - c0),
+                      parts[j] + k * cols + c0);
           }
         }
       }
@@ -269,14 +301,29 @@ inline Tensor channel_partials(bool wanted, int64_t count, int64_t rows, int64_t
   if (!wanted) return Tensor();
   const auto dbl = like.dtype(at::kDouble);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  return on_rows ? at::zeros({count, rows}, dbl) : at::empty({count, chunks, cols}, dbl);
+  return on_rows ? at::zeros({count, rows * row_segments(cols)}, dbl)
+                 : at::empty({count, chunks, cols}, dbl);
 }
 
 // The per-channel double sums of one sum's channel_pass partials (e.g. buffer.select(0, j)):
-// chunks folded in order; for on_rows, rows (outer, C) folded onto the C channels.
+// chunks folded in order; for on_rows, each row's segments in order, then the rows
+// (outer, C) onto the C channels.
 inline Tensor fold_channel_partials(const Tensor& partials, bool on_rows, int64_t channels,
                                     int64_t cols) {
-  return sum_parts(partials, on_rows ? channels : cols);
+  if (!on_rows) return sum_parts(partials, cols);
+  const int64_t segments = row_segments(cols);
+  if (segments == 1) return sum_parts(partials, channels);
+  const Tensor parts = partials.contiguous();
+  const int64_t rows = parts.numel() / segments;
+  Tensor per_row = at::empty({rows}, parts.options());
+  const double* p = parts.data_ptr<double>();
+  double* out = per_row.data_ptr<double>();
+  for (int64_t r = 0; r < rows; ++r) {
+    double total = 0;
+    for (int64_t j = 0; j < segments; ++j) total += p[r * segments + j];
+    out[r] = total;
+  }
+  return sum_parts(per_row, channels);
 }
 
 // The data of each of the `count` sums of a channel_partials buffer (nulls if undefined).

@@ -43,14 +43,12 @@ template <typename T, int KIND>
 void flex_forward_pass(const T* z, T* y, const ParamGrids<Compute<T>>& p) {
   using V = Vectorized<Compute<T>>;
   const int64_t cols = p.p0.cols;
-  at::parallel_for(0, p.p0.rows, grain(cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = 0; c < cols; c += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), cols - c);
-        const int64_t at = r * cols + c;
-        const V zv = Io<T>::load(z + at, n);
-        Io<T>::store(Flex<KIND>::value(zv, p.p0.slope(r, c, n), p.p1.slope(r, c, n)), y + at, n);
-      }
+  for_row_segments(p.p0.rows, cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; c += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), c1 - c);
+      const int64_t at = r * cols + c;
+      const V zv = Io<T>::load(z + at, n);
+      Io<T>::store(Flex<KIND>::value(zv, p.p0.slope(r, c, n), p.p1.slope(r, c, n)), y + at, n);
     }
   });
 }

@@ -25,6 +25,17 @@ CASES = {  # name -> (shape of z, dim, non-contiguous)
     "long_rows_noncontig": ((3, 520), -1, True),
 }
 
+#: The C++ passes cut rows longer than kRowSegment (8192) into segments, each a task of
+#: its own (csrc for_row_segments): a per-row slope (channels in the middle), and a (C,)
+#: slope on rows wider than a flat walk, non-contiguous. C++ only: the Triton kernels
+#: have no such cut, and 16 400 elements are slow in its interpreter.
+SEGMENTED_CASES = {
+    "segmented_rows_nchw": ((1, 2, 8200), 1, False),
+    "segmented_wide_rows": ((3, 8200), -1, True),
+}
+CASES.update(SEGMENTED_CASES)  # for _inputs; test_dims_and_layouts_fp64 skips them
+CPP_TARGETS = [t for t in TARGETS if t.values[0] == ("cpp", "cpu")]
+
 
 def _inputs(case, kind, seed, dtype, device):
     shape, dim, noncontig = CASES[case]
@@ -46,11 +57,32 @@ def test_every_activation_nchw_fp64(target, activation, kind):
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("kind", SLOPE_KINDS)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [c for c in CASES if c not in SEGMENTED_CASES])
 def test_dims_and_layouts_fp64(target, case, kind):
     backend, device = target
     z, a, dim = _inputs(case, kind, seed=22, dtype=torch.float64, device=device)
     compare_activation(backend, z, a, "gelu", SCALE, dim)
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("case", SEGMENTED_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpp_segmented_rows(target, case, dtype):
+    """dz and the per-channel da of rows cut into segments (fp32: the segments' double
+    partials fold in a fixed order, so the bits do not depend on the thread count)."""
+    backend, device = target
+    z, a, dim = _inputs(case, "vector", seed=25, dtype=dtype, device=device)
+    compare_activation(backend, z, a, "tanh", SCALE, dim)
+    g = torch.randn(z.shape, generator=generator(26), dtype=dtype)
+    results, before = [], torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            y = laaf_kernels.laaf_activation(z, a, scale=SCALE, dim=dim, backend=backend)
+            results.append([y, *torch.autograd.grad(y, (z, a), g)])
+        finally:
+            torch.set_num_threads(before)
+    assert all(torch.equal(p, q) for p, q in zip(*results))
 
 
 @pytest.mark.parametrize("target", TARGETS)

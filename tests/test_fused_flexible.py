@@ -21,11 +21,18 @@ CASES = {  # name -> (shape of z, dim, non-contiguous)
     "trailing_singletons": ((4, 5, 1, 1), 1, False),
 }
 
+#: Rows longer than 8192 elements, cut into segments by the C++ passes (csrc
+#: for_row_segments); C++ only (see tests/test_fused_activation.py).
+SEGMENTED_CASES = {
+    "segmented_rows_nchw": ((1, 2, 8200), 1, False),
+    "segmented_wide_rows": ((3, 8200), -1, True),
+}
+
 
 def _inputs(case, seed, dtype, device):
     """z with some exact zeros (cbrt's kink, relu's) and params around the
     baseline, some α outside [0, 1] (allowed)."""
-    shape, dim, noncontig = CASES[case]
+    shape, dim, noncontig = {**CASES, **SEGMENTED_CASES}[case]
     gen = generator(seed)
     z = randn(shape, gen, noncontig=noncontig) * 1.5
     every_7th = (torch.arange(z.numel()) % 7 == 0).reshape(shape)
@@ -188,3 +195,12 @@ def test_cpp_cbrt_is_within_one_ulp(target):
     for value, root in zip(z64.tolist(), got64.tolist()):
         exact = mpmath.cbrt(mpmath.mpf(abs(value))) * (1 if value >= 0 else -1)
         assert abs(float((mpmath.mpf(root) - exact) / math.ulp(root))) <= 1.0, value
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("case", SEGMENTED_CASES)
+@pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
+def test_cpp_segmented_rows_fp64(target, kind, case):
+    backend, device = target
+    z, params, dim = _inputs(case, 45, torch.float64, device)
+    compare_flexible(backend, z, params, kind, dim)

@@ -29,6 +29,12 @@ LAYOUTS = {
     "tiny": ((3, 4, 2), 1),  # for gradcheck (an interpreted launch per perturbation)
 }
 
+#: Rows longer than 8192 elements, cut into segments by the C++ passes (csrc
+#: for_row_segments): per-row slopes, then a (C,) slope on rows wider than a flat walk.
+#: C++ only (the Triton interpreter is slow at 16 400 elements and has no such cut).
+SEGMENTED_LAYOUTS = {"segmented_rows": ((1, 2, 8200), 1), "segmented_wide": ((3, 8200), 1)}
+CPP_TARGETS = [t for t in GRAD_Y_TARGETS if t.values[0] == ("cpp", "cpu")]
+
 
 def _ops(backend):
     ops = torch.ops.laaf
@@ -39,7 +45,7 @@ def _ops(backend):
 def _inputs(layout, kind, activation, seed, dtype=torch.float64, device="cpu"):
     """y = act(h) for random h (so that relu's y has its zeros), g, u, cotangents
     ug, uy, us, and s; all random, never zero (but y where the activation is)."""
-    shape, dim = LAYOUTS[layout]
+    shape, dim = {**LAYOUTS, **SEGMENTED_LAYOUTS}[layout]
     gen = generator(seed)
     draw = lambda *sh: torch.randn(sh, generator=gen, dtype=torch.float64)  # noqa: E731
     y = TABLE[activation].torch_fn(2 * draw(*shape))
@@ -343,3 +349,21 @@ def test_compiled_tile_heuristic(rows, cols, monkeypatch):
         assert block >= triton_grad_y.MIN_BLOCK and block & (block - 1) == 0
     assert meta["BLOCK_C"] >= min(cols, 128)
     assert meta["BLOCK_R"] * meta["BLOCK_C"] == 2048 or meta["BLOCK_R"] == triton_grad_y.MIN_BLOCK
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layout", list(SEGMENTED_LAYOUTS))
+def test_cpp_segmented_rows(target, dtype, layout):
+    backend, device = target
+    (y, g, u, ug, uy, us, s), dim = _inputs(layout, "vector", "tanh", seed=8, dtype=dtype,
+                                            device=device)
+    gz_want, first_want, second_want = _truth(y, g, u, ug, uy, us, s, "tanh", dim)
+    grad_y, vjp, vjp2 = _ops(backend)
+    _check("gz", grad_y(g, y, s, "tanh", dim), gz_want, dtype)
+    for name, got, want in zip(("dg", "dy", "ds"), vjp(u, g, y, s, "tanh", dim, True, True, True),
+                               first_want):
+        _check(name, got, want, dtype)
+    got2 = vjp2(ug, uy, us, u, g, y, s, "tanh", dim, True, True, True, True)
+    for name, got, want in zip(("du", "dg'", "dy'", "ds'"), got2, second_want):
+        _check(name, got, want, dtype)

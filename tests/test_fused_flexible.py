@@ -45,13 +45,17 @@ def _inputs(case, seed, dtype, device):
     return z, params.to(device=device, dtype=dtype).requires_grad_(), dim
 
 
+def _compare_fp64(target, kind, case, seed):
+    backend, device = target
+    z, params, dim = _inputs(case, seed, torch.float64, device)
+    compare_flexible(backend, z, params, kind, dim)
+
+
 @pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
 def test_every_kind_and_layout_fp64(target, kind, case):
-    backend, device = target
-    z, params, dim = _inputs(case, 41, torch.float64, device)
-    compare_flexible(backend, z, params, kind, dim)
+    _compare_fp64(target, kind, case, seed=41)
 
 
 @pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
@@ -201,6 +205,4 @@ def test_cpp_cbrt_is_within_one_ulp(target):
 @pytest.mark.parametrize("case", SEGMENTED_CASES)
 @pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
 def test_cpp_segmented_rows_fp64(target, kind, case):
-    backend, device = target
-    z, params, dim = _inputs(case, 45, torch.float64, device)
-    compare_flexible(backend, z, params, kind, dim)
+    _compare_fp64(target, kind, case, seed=45)

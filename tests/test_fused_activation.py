@@ -19,8 +19,9 @@ CASES = {  # name -> (shape of z, dim, non-contiguous)
     "single_channel": ((4, 1, 3), 1, False),
     "trailing_singletons": ((4, 5, 1, 1), 1, False),
     "1d": ((13,), 0, False),
-    # Rows wider than kMaxUnsplitRow (512) with no per-channel slope are re-viewed as
-    # (numel / w, w), w = 1 (odd numel) or 8 here; with a (C,) slope they stay wide rows.
+    # Rows wider than 512 (csrc kMaxUnsplitRow, Triton MAX_UNSPLIT_ROW) with no per-channel
+    # slope are re-viewed as (numel / w, w), w = 1 (odd numel) or 8 here; with a (C,)
+    # slope they stay wide rows.
     "long_1d_prime": ((1031,), 0, False),
     "long_rows_noncontig": ((3, 520), -1, True),
 }

@@ -19,7 +19,8 @@ from fused_cases import TARGETS, compare_linear
 SCALE = 3.0
 
 #: Beyond helpers.LINEAR_SHAPES: rows not a multiple of any block, and the wide
-#: backward path of the Triton kernels (N or K above NARROW_MAX = 128).
+#: backward path of the Triton kernels (N or K above NARROW_MAX = 128, or in fp64 a W
+#: tile above NARROW_MAX_W_BYTES).
 TRITON_SHAPES = {
     **LINEAR_SHAPES,
     "m37_k13_n11": ((37,), 13, 11, False),
@@ -29,6 +30,8 @@ TRITON_SHAPES = {
     # several 64-row tiles of the narrow CUDA kernel, 1 and 4 column groups of 32
     "tiles_k50_n29": ((203,), 50, 29, False),
     "tiles_k37_n100": ((131,), 37, 100, True),
+    # fp64: a 128 x 128 W tile of 128 KiB, too big for the narrow kernel's shared memory
+    "fp64_wide_k100_n70": ((23,), 100, 70, False),
 }
 
 

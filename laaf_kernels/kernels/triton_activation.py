@@ -35,6 +35,16 @@ _INTERPRETER_CONFIG = {"BLOCK_R": 16, "BLOCK_C": 16}
 
 
 @triton.jit
+def tile_ids(C, BLOCK_C: tl.constexpr):
+    """(pid_r, pid_c): the tile of the (R, C) grid this program owns. The launch is
+    1-D, cdiv(R, BLOCK_R) * cdiv(C, BLOCK_C) programs in row-major tile order
+    (``triton_launchers.tile_grid``): CUDA caps a grid's y and z at 65 535, x at 2^31 - 1."""
+    pid = tl.program_id(0)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    return pid // tiles_c, pid % tiles_c
+
+
+@triton.jit
 def load_slope(s_ptr, idx, ok, SLOPE: tl.constexpr, dtype: tl.constexpr):
     """The slopes s = n * a at positions ``idx`` as a vector: one per channel
     (SLOPE=2), one shared value (SLOPE=1), or ones (SLOPE=0, h = z)."""
@@ -79,7 +89,8 @@ def act_fwd_kernel(
 ):
     # One (BLOCK_R x BLOCK_C) tile: y = act(s * z), computed in fp32 (fp64 for fp64).
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    rr, rc, row_ok, col_ok, s = _tile(tl.program_id(0), tl.program_id(1), R, C, CH, s_ptr,
+    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, SLOPE_ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     mask = row_ok[:, None] & col_ok[None, :]
     z = tl.load(z_ptr + rr[:, None] * stride_zr + rc[None, :] * stride_zc, mask=mask, other=0.0)
@@ -97,8 +108,7 @@ def act_bwd_kernel(
     NEED_DZ: tl.constexpr, NEED_DB: tl.constexpr, NEED_DS: tl.constexpr, ACC_FP64: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid_r, pid_c = tile_ids(C, BLOCK_C)
     dtype = tl.float64 if ACC_FP64 else tl.float32
     rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, SLOPE_ON_ROWS, dtype, BLOCK_R, BLOCK_C)

@@ -16,7 +16,7 @@ added by the host in a fixed order: deterministic, no atomics.
 import triton
 import triton.language as tl
 
-from .triton_activation import _CONFIGS, _INTERPRETER_CONFIG
+from .triton_activation import _CONFIGS, _INTERPRETER_CONFIG, tile_ids
 from .triton_flexible_formulas import flex_dp0, flex_dp1, flex_dz, flex_value
 from .triton_utils import autotune
 
@@ -48,7 +48,8 @@ def flex_fwd_kernel(
 ):
     # One (BLOCK_R x BLOCK_C) tile: y = f(z; p0, p1) in fp32 (fp64 for fp64).
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    rr, rc, row_ok, col_ok, p0, p1 = _params_tile(tl.program_id(0), tl.program_id(1), R, C, CH,
+    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    rr, rc, row_ok, col_ok, p0, p1 = _params_tile(pid_r, pid_c, R, C, CH,
                                                   p_ptr, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     mask = row_ok[:, None] & col_ok[None, :]
     z = tl.load(z_ptr + rr[:, None] * stride_zr + rc[None, :] * stride_zc, mask=mask, other=0.0)
@@ -65,8 +66,7 @@ def flex_bwd_kernel(
     ON_ROWS: tl.constexpr, KIND: tl.constexpr, NEED_DZ: tl.constexpr, NEED_DP: tl.constexpr,
     ACC_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid_r, pid_c = tile_ids(C, BLOCK_C)
     dtype = tl.float64 if ACC_FP64 else tl.float32
     rr, rc, row_ok, col_ok, p0, p1 = _params_tile(pid_r, pid_c, R, C, CH, p_ptr, ON_ROWS, dtype,
                                                   BLOCK_R, BLOCK_C)

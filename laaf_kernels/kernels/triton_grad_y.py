@@ -24,7 +24,7 @@ autotuning would compile four times.
 import triton
 import triton.language as tl
 
-from .triton_activation import _INTERPRETER_CONFIG, MIN_BLOCK, _tile, load_slope
+from .triton_activation import _INTERPRETER_CONFIG, MIN_BLOCK, _tile, load_slope, tile_ids
 from .triton_activations import act_d1_y, act_d1_y_dy, act_d1_y_dyy
 from .triton_utils import interpreting
 
@@ -57,13 +57,15 @@ def _store(ptr, offs, mask, value):
 
 
 @triton.jit
-def _store_sum(part_ptr, terms, rr, rc, row_ok, col_ok, R, C, ON_ROWS: tl.constexpr):
+def _store_sum(part_ptr, terms, rr, rc, row_ok, col_ok, R, C, ON_ROWS: tl.constexpr,
+               BLOCK_C: tl.constexpr):
     """This tile's sums of ``terms`` along the axis the slope does not run on, as
-    row tl.program_id(1) (on rows) or tl.program_id(0) (on columns) of the partials."""
+    row pid_c (on rows) or pid_r (on columns) of the partials."""
+    pid_r, pid_c = tile_ids(C, BLOCK_C)
     if ON_ROWS:  # row sums: partials (column blocks, R)
-        tl.store(part_ptr + tl.program_id(1) * R + rr, tl.sum(terms, axis=1), mask=row_ok)
+        tl.store(part_ptr + pid_c * R + rr, tl.sum(terms, axis=1), mask=row_ok)
     else:  # column sums: partials (row blocks, C)
-        tl.store(part_ptr + tl.program_id(0) * C + rc, tl.sum(terms, axis=0), mask=col_ok)
+        tl.store(part_ptr + pid_r * C + rc, tl.sum(terms, axis=0), mask=col_ok)
 
 
 @triton.jit
@@ -72,7 +74,8 @@ def _tile_of_u_g_y(u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE: tl.constexpr,
                    BLOCK_C: tl.constexpr):
     """This program's tile (indices, masks and slopes of ``_tile``, offsets) and u, g,
     y loaded once in the arithmetic dtype; padding reads zeros and adds nothing to ds."""
-    rr, rc, row_ok, col_ok, s = _tile(tl.program_id(0), tl.program_id(1), R, C, CH, s_ptr,
+    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     offs, mask = _offsets_and_mask(rr, rc, row_ok, col_ok, C)
     u = _load(u_ptr, offs, mask, dtype)
@@ -89,7 +92,8 @@ def grad_y_kernel(
 ):
     # gz = g phi(y) s on one tile, in fp32 (fp64 for fp64).
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    rr, rc, row_ok, col_ok, s = _tile(tl.program_id(0), tl.program_id(1), R, C, CH, s_ptr,
+    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     offs, mask = _offsets_and_mask(rr, rc, row_ok, col_ok, C)
     phi = act_d1_y(_load(y_ptr, offs, mask, dtype), ACT)
@@ -113,7 +117,7 @@ def grad_y_vjp_kernel(
     if NEED_Y:
         _store(dy_ptr, offs, mask, us * g * act_d1_y_dy(y, ACT))
     if NEED_S:
-        _store_sum(ds_part_ptr, u * g * act_d1_y(y, ACT), rr, rc, row_ok, col_ok, R, C, ON_ROWS)
+        _store_sum(ds_part_ptr, u * g * act_d1_y(y, ACT), rr, rc, row_ok, col_ok, R, C, ON_ROWS, BLOCK_C)
 
 
 @triton.jit
@@ -156,4 +160,4 @@ def grad_y_vjp2_kernel(
         inner = ug * s * phi1 + uy * g * s * act_d1_y_dyy(y, ACT) + us * g * phi1
         _store(dy_ptr, offs, mask, u * inner)
     if NEED_S:
-        _store_sum(ds_part_ptr, u * mix, rr, rc, row_ok, col_ok, R, C, ON_ROWS)
+        _store_sum(ds_part_ptr, u * mix, rr, rc, row_ok, col_ok, R, C, ON_ROWS, BLOCK_C)

@@ -6,6 +6,8 @@ These functions take validated, already-flattened arguments; the custom ops in
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -24,15 +26,56 @@ from .triton_utils import (device_guard, dot_precision, next_pow2_at_least_16,
 #: Layers with N and K up to this width take the fused persistent backward,
 #: which recomputes z; wider layers store z in the forward.
 NARROW_MAX = 128
+#: ... if W's tile (N and K rounded up to powers of two, in the input dtype) takes at
+#: most this many bytes. The kernel stages W and the tiles of its three dots in shared
+#: memory: an fp64 128 x 128 W (128 KiB) fits no config even on an H100 (227 KiB), and
+#: 64 KiB tiles fit an A100 (163 KiB) with BLOCK_M <= 32 (tools/triton_dry_run.py).
+NARROW_MAX_W_BYTES = 64 * 1024
 
 
-def is_narrow(n_out: int, k_in: int) -> bool:
-    return n_out <= NARROW_MAX and k_in <= NARROW_MAX
+def is_narrow(n_out: int, k_in: int, dtype: torch.dtype) -> bool:
+    """Whether a layer takes the fused persistent backward (and its forward keeps no z)."""
+    if n_out > NARROW_MAX or k_in > NARROW_MAX:
+        return False
+    tile_bytes = next_pow2_at_least_16(n_out) * next_pow2_at_least_16(k_in) * dtype.itemsize
+    return tile_bytes <= NARROW_MAX_W_BYTES
 
 
-def stores_z(n_out: int, k_in: int, training: bool) -> bool:
+def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
     """Whether a training forward writes z: only for wide layers."""
-    return training and not is_narrow(n_out, k_in)
+    return training and not is_narrow(n_out, k_in, dtype)
+
+
+#: The kernels' offsets are int32 (Triton's program ids, and sizes and strides below
+#: 2^31): a tensor must span fewer elements than this.
+MAX_INT32_SPAN = 2**31
+
+
+def _span(t: torch.Tensor) -> int:
+    """How many elements apart its first and last element lie, plus one (numel if contiguous)."""
+    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+
+
+def _check_int32_span(name: str, span: int) -> None:
+    if span >= MAX_INT32_SPAN:
+        raise ValueError(f"triton backend: {name} spans {span} elements, beyond the int32 offsets "
+                         "of its kernels (at most 2^31 - 1); use backend='cuda' or 'cpp', "
+                         "or split the batch")
+
+
+def int32_indexed(launcher):
+    """Refuse, with an error that names the argument, tensors that the kernels' int32
+    offsets cannot reach (the output of a linear layer is checked by its launcher)."""
+    names = list(inspect.signature(launcher).parameters)
+
+    @functools.wraps(launcher)
+    def checked(*args, **kwargs):
+        for name, value in [*zip(names, args), *kwargs.items()]:
+            if isinstance(value, torch.Tensor):
+                _check_int32_span(name, max(value.numel(), _span(value)))
+        return launcher(*args, **kwargs)
+
+    return checked
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -49,6 +92,7 @@ def _reduce_ds(partials: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 # Linear layer
 # ---------------------------------------------------------------------------
 
+@int32_indexed
 def linear_forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
                    s: Optional[torch.Tensor], activation: str,
                    training: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +100,8 @@ def linear_forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
     backward will need it (``stores_z``), else an empty tensor."""
     M, K = x.shape
     N = w.shape[0]
-    store_z = stores_z(N, K, training)
+    _check_int32_span("the output y", M * N)
+    store_z = stores_z(N, K, training, x.dtype)
     y = x.new_empty((M, N))
     z = x.new_empty((M, N) if store_z else (0,))
     if M == 0 or N == 0:
@@ -72,6 +117,7 @@ def linear_forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
     return y, z
 
 
+@int32_indexed
 def linear_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
                     b: Optional[torch.Tensor], z: torch.Tensor,
                     s: Optional[torch.Tensor], activation: str,
@@ -83,7 +129,7 @@ def linear_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     N = w.shape[0]
     if M == 0 or N == 0:
         return _zero_grads(x, w, s, need_dx, need_dw, need_db, need_ds)
-    if is_narrow(N, K):
+    if is_narrow(N, K, x.dtype):
         return _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db, need_ds)
     return _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds)
 
@@ -136,12 +182,33 @@ def _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, 
 # Standalone activation
 # ---------------------------------------------------------------------------
 
+#: Rows up to this wide stay rows when nothing is per channel (see ``_as_grid``);
+#: the C++ kernels' kMaxUnsplitRow (csrc/laaf_layout.h).
+MAX_UNSPLIT_ROW = 512
+
+
 def _as_grid(t: torch.Tensor, s: Optional[torch.Tensor], dim: int):
-    """View ``t`` as the (R, C) grid of the kernels; returns (t2d, slope_on_rows, channels)."""
+    """View ``t`` as the (R, C) grid of the kernels; returns (t2d, slope_on_rows, channels).
+
+    * nothing per channel (s None or 0-d): any view will do, so (numel / last, last),
+      unless rows are wider than MAX_UNSPLIT_ROW: then (numel / w, w), w the largest
+      power of two up to 64 that divides numel. A 1-D z would otherwise be one row,
+      and every tile but its first row masked off;
+    * channels last: (numel / C, C), the slope running along the columns;
+    * channels in the middle (NCHW, dim=1): (outer * C, inner), row r's channel r % C.
+    """
     if t.dim() == 0:
         return t.reshape(1, 1), False, 1
     channels = t.shape[dim]
-    if s is None or s.dim() == 0 or dim == t.dim() - 1:
+    if s is None or s.dim() == 0:
+        last = t.shape[-1]
+        if last > MAX_UNSPLIT_ROW:
+            width = 64
+            while t.numel() % width:
+                width //= 2
+            return t.reshape(-1, width), False, channels
+        return t.reshape(-1, last), False, channels
+    if dim == t.dim() - 1:
         return t.reshape(-1, t.shape[-1]), False, channels
     inner = 1
     for size in t.shape[dim + 1:]:
@@ -149,6 +216,14 @@ def _as_grid(t: torch.Tensor, s: Optional[torch.Tensor], dim: int):
     return t.reshape(-1, inner), True, channels
 
 
+def tile_grid(R: int, C: int):
+    """The launch grid of the element-wise kernels: one program per (BLOCK_R x
+    BLOCK_C) tile of the (R, C) grid, all on axis 0 (the kernels' ``tile_ids``
+    recover the tile), since CUDA caps axes 1 and 2 at 65 535 programs."""
+    return lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(C, meta["BLOCK_C"]),)
+
+
+@int32_indexed
 def activation_forward(z: torch.Tensor, s: Optional[torch.Tensor], activation: str,
                        dim: int) -> torch.Tensor:
     """y = act(s * z), a (C,) s broadcast along ``dim``."""
@@ -157,7 +232,7 @@ def activation_forward(z: torch.Tensor, s: Optional[torch.Tensor], activation: s
         return y
     z2, on_rows, channels = _as_grid(z, s, dim)
     R, C = z2.shape
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    grid = tile_grid(R, C)
     with device_guard(z):
         act_fwd_kernel[grid](
             z2, y if s is None else s, y, R, C, channels, z2.stride(0), z2.stride(1),
@@ -166,6 +241,7 @@ def activation_forward(z: torch.Tensor, s: Optional[torch.Tensor], activation: s
     return y
 
 
+@int32_indexed
 def activation_backward(g: torch.Tensor, z: torch.Tensor, s: Optional[torch.Tensor],
                         activation: str, dim: int, need_dz: bool, need_ds: bool):
     """(dz, ds), None where not needed: dz = g act'(h) s, ds = sum of g act'(h) z."""
@@ -191,7 +267,7 @@ def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need
     db_part = z.new_zeros((triton.cdiv(R, MIN_BLOCK), C), dtype=acc) if need_db else None
     ds_shape = (triton.cdiv(C, MIN_BLOCK), R) if slope_on_rows else (triton.cdiv(R, MIN_BLOCK), C)
     ds_part = z.new_zeros(ds_shape, dtype=acc) if need_ds else None
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    grid = tile_grid(R, C)
     dummy = z
     with device_guard(z):
         act_bwd_kernel[grid](
@@ -211,7 +287,7 @@ class _GradYFrame(NamedTuple):
     y2: torch.Tensor      # y (contiguous) as the (R, C) grid
     on_rows: bool         # the slope is on rows (channel r % channels)
     channels: int
-    grid: Tuple[int, int]  # the launch grid
+    grid: Tuple[int]      # the launch grid (tile_grid)
     flags: dict           # the constexprs every grad_y kernel takes, block sizes included
 
 
@@ -224,7 +300,7 @@ def _grad_y_frame(y: torch.Tensor, s: Optional[torch.Tensor], dim: int,
     meta = grad_y_blocks(R, C)
     flags = dict(SLOPE=slope_kind(s), ON_ROWS=on_rows, ACT=ACT_IDS[activation],
                  ACC_FP64=y2.dtype == torch.float64, **meta)
-    grid = (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    grid = tile_grid(R, C)(meta)
     return _GradYFrame(y2, on_rows, channels, grid, flags)
 
 
@@ -252,6 +328,7 @@ def _or(t: Optional[torch.Tensor], stand_in: torch.Tensor) -> torch.Tensor:
     return stand_in if t is None else t
 
 
+@int32_indexed
 def grad_y(g, y, s, activation: str, dim: int) -> torch.Tensor:
     """gz = g act'(h) s, act' from y = act(h)."""
     gz = torch.empty(y.shape, dtype=y.dtype, device=y.device)
@@ -264,6 +341,7 @@ def grad_y(g, y, s, activation: str, dim: int) -> torch.Tensor:
     return gz
 
 
+@int32_indexed
 def grad_y_vjp(u, g, y, s, activation: str, dim: int, need_g: bool, need_y: bool,
                need_s: bool):
     """(dg, dy, ds) of gz = g act'(h) s given u = dL/dgz; None where not needed."""
@@ -284,6 +362,7 @@ def grad_y_vjp(u, g, y, s, activation: str, dim: int, need_g: bool, need_y: bool
             _finish_ds(ds_part, s, f.on_rows, f.channels))
 
 
+@int32_indexed
 def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool, need_g: bool,
                 need_y: bool, need_s: bool):
     """(du, dg, dy, ds) of grad_y_vjp's outputs given their cotangents ug, uy, us
@@ -312,6 +391,7 @@ def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool,
 # Flexible activations
 # ---------------------------------------------------------------------------
 
+@int32_indexed
 def flexible_forward(z: torch.Tensor, params: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
     """y = f_kind(z; params[0], params[1]), the (2, C) params along ``dim``."""
     y = torch.empty(z.shape, dtype=z.dtype, device=z.device)
@@ -319,7 +399,7 @@ def flexible_forward(z: torch.Tensor, params: torch.Tensor, kind: str, dim: int)
         return y
     z2, on_rows, channels = _as_grid(z, params[0], dim)
     R, C = z2.shape
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    grid = tile_grid(R, C)
     with device_guard(z):
         flex_fwd_kernel[grid](
             z2, params.contiguous(), y, R, C, channels, z2.stride(0), z2.stride(1),
@@ -327,6 +407,7 @@ def flexible_forward(z: torch.Tensor, params: torch.Tensor, kind: str, dim: int)
     return y
 
 
+@int32_indexed
 def flexible_backward(g: torch.Tensor, z: torch.Tensor, params: torch.Tensor, kind: str,
                       dim: int, need_dz: bool, need_dp: bool):
     """(dz, dparams), None where not needed: dz = g f_z, dparams[k] = sum of g f_{p_k}."""
@@ -339,7 +420,7 @@ def flexible_backward(g: torch.Tensor, z: torch.Tensor, params: torch.Tensor, ki
     dz = z.new_empty((R, C)) if need_dz else None
     blocks, width = (triton.cdiv(C, MIN_BLOCK), R) if on_rows else (triton.cdiv(R, MIN_BLOCK), C)
     dp_part = z.new_zeros((2, blocks, width), dtype=_acc_dtype(z)) if need_dp else None
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+    grid = tile_grid(R, C)
     with device_guard(z):
         flex_bwd_kernel[grid](
             g2, z2, params.contiguous(), z if dz is None else dz, z if dp_part is None else dp_part,

@@ -112,6 +112,10 @@ def linear_fwd_kernel(
 # ---------------------------------------------------------------------------
 
 _NARROW_BWD_CONFIGS = [
+    # the small tiles fit the widest narrow layers (a 64 KiB W) in an A100's shared memory
+    triton.Config({"BLOCK_M": 16}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1),
     triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 128}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),

@@ -20,7 +20,7 @@ __all__ = ["linear", "activation", "flexible", "DTYPES"]
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def stores_z(n_out: int, k_in: int, training: bool) -> bool:
+def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
     """The CPU forward keeps z whenever it trains (recomputing it would be a second GEMM)."""
     return training
 

@@ -22,7 +22,7 @@ __all__ = ["linear", "activation", "flexible", "DTYPES"]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def stores_z(n_out: int, k_in: int, training: bool) -> bool:
+def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
     """The CUDA forward returns z whenever it trains."""
     return training
 

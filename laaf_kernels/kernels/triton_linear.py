@@ -14,7 +14,8 @@ Backward, given g = dL/dy::
 
 Two backward paths:
 
-* **narrow** (N, K <= 128, the PINN widths): one persistent kernel. Each
+* **narrow** (N, K <= 128, the PINN widths; fp64 W tiles up to 64 KiB, see
+  ``triton_launchers.is_narrow``): one persistent kernel. Each
   program keeps W (N x K) on chip, walks its share of row blocks, recomputes
   z = x W^T + b from the x tile it loads for dW anyway (so the forward never
   writes z and autograd saves only x), writes dx, and accumulates dW, db and

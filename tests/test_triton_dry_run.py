@@ -2,9 +2,10 @@
 
 The interpreter tests check what the kernels compute; they never compile them, and
 they take ``triton_prims``' interpreter branches instead of libdevice. Here every
-launcher runs against a stand-in driver for an H100 (sm_90): each launch is compiled
-to a cubin by Triton and ptxas, every autotuning config included, and checked against
-the device's grid, shared-memory and thread limits, then skipped. Each scenario runs
+launcher runs against a stand-in driver for an H100 (sm_90; an A100, sm_80, for the
+scenarios that depend on shared memory): each launch is compiled to a cubin by Triton
+and ptxas, every autotuning config included, and checked against the device's grid,
+shared-memory and thread limits, then skipped. Each scenario runs
 in a subprocess (the tool must not run under ``TRITON_INTERPRET=1``, which this test
 session sets) and in its own test, so that pytest-xdist spreads them.
 

@@ -47,6 +47,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler.compiler import max_shared_mem  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.driver import driver as triton_driver  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -302,8 +303,7 @@ QUICK = ("float32", "large_grids")
 def _first_config_only(enabled: bool):
     """Restrict the autotuned kernels to their first config, the smallest tile (the
     activation sweep would otherwise compile each of the ten activations once per config)."""
-    kernels = [launch.linear_fwd_kernel, launch.linear_bwd_narrow_kernel, launch.act_fwd_kernel,
-               launch.act_bwd_kernel, launch.flex_fwd_kernel, launch.flex_bwd_kernel]
+    kernels = [k for k in vars(launch).values() if isinstance(k, Autotuner)]
     saved = [k.configs for k in kernels]
     if enabled:
         for k in kernels:

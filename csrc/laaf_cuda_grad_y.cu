@@ -96,12 +96,16 @@ struct VjpBody {
   }
 };
 
+// us arrives from a channel grid, whose value where absent is 1 (a slope's): has_us
+// makes an absent us the zero it stands for.
 template <typename T, int ACT>
 struct Vjp2Body {
   const T *ug, *uy, *u, *g, *y;
   T *du, *dg, *dy;
+  bool has_us;
   using A = at::opmath_type<T>;
-  __device__ Terms<A, 1> operator()(int64_t at, A s, A us) const {
+  __device__ Terms<A, 1> operator()(int64_t at, A s, A us_grid) const {
+    const A us = has_us ? us_grid : A(0);
     const A uv = A(u[at]), gv = A(g[at]), yv = A(y[at]);
     const A ugv = ug != nullptr ? A(ug[at]) : A(0), uyv = uy != nullptr ? A(uy[at]) : A(0);
     const A phi = gpu::Act<ACT>::d1_y(yv), phi1 = gpu::Act<ACT>::d1_y_dy(yv);
@@ -209,7 +213,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grad_y_vjp2(
       constexpr int ACT = decltype(act_c)::value;
       const Vjp2Body<T, ACT> body{data_or_null<T>(ug), data_or_null<T>(uy),
                                   u.data_ptr<T>(), g.data_ptr<T>(), y.data_ptr<T>(),
-                                  data_or_null<T>(du), data_or_null<T>(dg), data_or_null<T>(dy)};
+                                  data_or_null<T>(du), data_or_null<T>(dg), data_or_null<T>(dy),
+                                  f.us_acc.defined()};
       run_pass<at::opmath_type<T>>(f, body, y.get_device());
     });
   });

@@ -25,8 +25,11 @@ $(VENV)/.installed: requirements-dev.txt
 	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The second command re-runs the emulated CUDA kernels under AddressSanitizer
+# (tests/run_cuda_asan.py; it skips where a GPU is present).
 test: $(SETUP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) tests/run_cuda_asan.py $(PYTEST_ARGS)
 
 # CPU timing: glibc's malloc never mmaps (MALLOC_MMAP_MAX_=0) nor trims the heap, so
 # that large tensors are reused from the heap instead of mmap'd afresh, page faults

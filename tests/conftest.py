@@ -9,3 +9,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cuda_backend_on_cpu_for_the_emulated_target(request):
+    """A test of the ``cuda-emulated`` target (fused_cases.TARGETS) runs with the
+    "cuda" backend taking CPU tensors, on the emulated kernels; every other test
+    sees the backend as it is (CUDA tensors only)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("target") != ("cuda", "cpu"):
+        yield
+        return
+    import cuda_emulation
+    with cuda_emulation.cuda_backend_on_cpu():
+        yield

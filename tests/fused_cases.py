@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import cuda_emulation
 import laaf_kernels
 from helpers import assert_close_to_truth, upcast
 from laaf_kernels import reference
@@ -39,9 +40,15 @@ def _cuda_problem():
 
 
 CUDA_PROBLEM = _cuda_problem()
+#: Why the CUDA kernels cannot run emulated on the CPU here (tests/cuda_emulation.py).
+CUDA_EMULATION_PROBLEM = cuda_emulation.problem()
+#: The target of the emulated CUDA kernels; conftest lets the "cuda" backend take CPU
+#: tensors while a test of this target runs.
+CUDA_EMULATED = ("cuda", "cpu")
 
 #: (backend, device): Triton on CPU tensors in its interpreter (CI) and on CUDA
-#: tensors compiled (GPU box); the C++ kernels on CPU tensors; the CUDA kernels.
+#: tensors compiled (GPU box); the C++ kernels on CPU tensors; the CUDA kernels,
+#: on a GPU, and emulated on the CPU where there is none.
 TARGETS = [
     pytest.param(("triton", "cpu"), id="triton-cpu", marks=pytest.mark.skipif(
         not (TRITON_READY and INTERPRETING),
@@ -54,6 +61,8 @@ TARGETS = [
         CPP_PROBLEM is not None, reason=f"cpp backend: {CPP_PROBLEM}")),
     pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
         CUDA_PROBLEM is not None, reason=f"cuda backend: {CUDA_PROBLEM}")]),
+    pytest.param(CUDA_EMULATED, id="cuda-emulated", marks=pytest.mark.skipif(
+        CUDA_EMULATION_PROBLEM is not None, reason=f"cuda emulation: {CUDA_EMULATION_PROBLEM}")),
 ]
 #: The Triton targets alone (tests of Triton-only behaviour).
 TRITON_TARGETS = TARGETS[:2]

@@ -30,6 +30,9 @@ TRITON_SHAPES = {
     # several 64-row tiles of the narrow CUDA kernel, 1 and 4 column groups of 32
     "tiles_k50_n29": ((203,), 50, 29, False),
     "tiles_k37_n100": ((131,), 37, 100, True),
+    # more 64-row tiles than the narrow CUDA kernel's blocks (at most 8 per SM; the CUDA
+    # emulation has 3 SMs): blocks walk several tiles, reusing their shared x tile
+    "wrapping_tiles_k50_n29": ((1601,), 50, 29, False),
     # fp64: a 128 x 128 W tile of 128 KiB, too big for the narrow kernel's shared memory
     "fp64_wide_k100_n70": ((23,), 100, 70, False),
 }

@@ -11,10 +11,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// out[0] = sum of x[0:256], by thread 0 from a __shared__ array that every thread
-// fills; without the barrier thread 0 reads slots not yet written.
-__global__ void block_sum_kernel(const float* x, float* out, bool barrier) {
-  __shared__ float slots[kThreads];
+// out[0] = sum of x[0:256], by thread 0 from a shared array `slots` that every
+// thread fills; without the barrier thread 0 reads slots not yet written.
+__device__ void block_sum_through(float* slots, const float* x, float* out, bool barrier) {
   slots[threadIdx.x] = x[threadIdx.x];
   if (barrier) __syncthreads();
   if (threadIdx.x == 0) {
@@ -24,17 +23,14 @@ __global__ void block_sum_kernel(const float* x, float* out, bool barrier) {
   }
 }
 
-// The same through dynamic shared memory.
+__global__ void block_sum_kernel(const float* x, float* out, bool barrier) {
+  __shared__ float slots[kThreads];
+  block_sum_through(slots, x, out, barrier);
+}
+
 __global__ void block_sum_dynamic_kernel(const float* x, float* out, bool barrier) {
   extern __shared__ __align__(16) unsigned char raw[];
-  float* slots = reinterpret_cast<float*>(raw);
-  slots[threadIdx.x] = x[threadIdx.x];
-  if (barrier) __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0;
-    for (int i = 0; i < kThreads; ++i) total += slots[i];
-    out[0] = total;
-  }
+  block_sum_through(reinterpret_cast<float*>(raw), x, out, barrier);
 }
 
 // out[lane] = x[lane] + x[lane ^ 1] in one warp; `lanes` lanes take part (32: all).

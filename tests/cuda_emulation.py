@@ -53,6 +53,8 @@ SELFTEST = EMULATION / "selftest.cu"
 TRANSLATED = ("laaf_cuda.cu", "laaf_cuda_flexible.cu", "laaf_cuda_grad_y.cu",
               "laaf_cuda_common.cuh")
 REQUIRE_ENV = "LAAF_REQUIRE_CUDA_EMULATION"
+#: The (backend, device) target of the emulated kernels in fused_cases.TARGETS.
+TARGET = ("cuda", "cpu")
 #: With this set to 1 the kernels are built with AddressSanitizer, which the python
 #: process must preload (``tests/run_cuda_asan.py`` does): every read or write outside a
 #: tensor is then an error, where the plain emulation reads whatever lies there.
@@ -102,12 +104,16 @@ def _translate_launches(text: str) -> tuple:
     return "".join(out), count
 
 
-def _replace(text: str, pattern, replacement, expected: int, what: str, source: str) -> str:
-    new, count = (re.subn(pattern, replacement, text) if not isinstance(pattern, str)
-                  else (text.replace(pattern, replacement), text.count(pattern)))
+def _expect(count: int, expected: int, what: str, source: str) -> None:
     if count != expected:
         raise AssertionError(f"CUDA emulation: expected {expected} {what} in {source}, "
                              f"found {count}; update tests/cuda_emulation.py")
+
+
+def _replace(text: str, pattern, replacement, expected: int, what: str, source: str) -> str:
+    new, count = (re.subn(pattern, replacement, text) if not isinstance(pattern, str)
+                  else (text.replace(pattern, replacement), text.count(pattern)))
+    _expect(count, expected, what, source)
     return new
 
 
@@ -129,9 +135,7 @@ def translate(source: str, text: str) -> str:
     """``text`` of csrc/``source`` as C++ for the emulation (see the module docstring)."""
     want = EXPECTED[source]
     text, count = _translate_launches(text)
-    if count != want["launches"]:
-        raise AssertionError(f"CUDA emulation: expected {want['launches']} kernel launches in "
-                             f"{source}, found {count}; update tests/cuda_emulation.py")
+    _expect(count, want["launches"], "kernel launches", source)
     text = _replace(text, _EXTERN_SHARED,
                     r"\g<type>* \g<name> = reinterpret_cast<\g<type>*>(::laaf_emu::dynamic_smem());",
                     want["dynamic_shared"], "extern __shared__ arrays", source)

@@ -42,9 +42,6 @@ def _cuda_problem():
 CUDA_PROBLEM = _cuda_problem()
 #: Why the CUDA kernels cannot run emulated on the CPU here (tests/cuda_emulation.py).
 CUDA_EMULATION_PROBLEM = cuda_emulation.problem()
-#: The target of the emulated CUDA kernels; conftest lets the "cuda" backend take CPU
-#: tensors while a test of this target runs.
-CUDA_EMULATED = ("cuda", "cpu")
 
 #: (backend, device): Triton on CPU tensors in its interpreter (CI) and on CUDA
 #: tensors compiled (GPU box); the C++ kernels on CPU tensors; the CUDA kernels,
@@ -61,7 +58,8 @@ TARGETS = [
         CPP_PROBLEM is not None, reason=f"cpp backend: {CPP_PROBLEM}")),
     pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
         CUDA_PROBLEM is not None, reason=f"cuda backend: {CUDA_PROBLEM}")]),
-    pytest.param(CUDA_EMULATED, id="cuda-emulated", marks=pytest.mark.skipif(
+    # conftest lets the "cuda" backend take CPU tensors while a test of this target runs
+    pytest.param(cuda_emulation.TARGET, id="cuda-emulated", marks=pytest.mark.skipif(
         CUDA_EMULATION_PROBLEM is not None, reason=f"cuda emulation: {CUDA_EMULATION_PROBLEM}")),
 ]
 #: The Triton targets alone (tests of Triton-only behaviour).

@@ -24,10 +24,6 @@ import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-#: The test files with the cuda-emulated target.
-FILES = ["tests/test_fused_linear.py", "tests/test_fused_activation.py",
-         "tests/test_fused_flexible.py", "tests/test_grad_y.py",
-         "tests/test_fused_integration.py"]
 SELF_CHECK = """
 import torch, cuda_emulation
 cuda_emulation.build_selftest()
@@ -86,7 +82,7 @@ def main(pytest_args) -> int:
         print("run_cuda_asan: ASan is live (a read past the end was reported); "
               "running the cuda-emulated tests under it")
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "-k", "cuda-emulated", *FILES, *pytest_args], env=env, cwd=ROOT)
+                               "-k", "cuda-emulated", "tests", *pytest_args], env=env, cwd=ROOT)
         reports = _reports(logs)
         if reports:
             print("run_cuda_asan: AddressSanitizer reported:\n" + reports)

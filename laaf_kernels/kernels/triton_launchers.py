@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -51,9 +52,13 @@ def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
 MAX_INT32_SPAN = 2**31
 
 
-def _span(t: torch.Tensor) -> int:
-    """How many elements apart its first and last element lie, plus one (numel if contiguous)."""
-    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+def _reach(t: torch.Tensor) -> int:
+    """How far the kernels index into ``t``: its numel, or, where its strides reach
+    further (a strided view), the distance between its first and last element plus one."""
+    n = t.numel()
+    if n == 0 or t.is_contiguous():  # the common case: no walk over the strides
+        return n
+    return max(n, 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())))
 
 
 def _check_int32_span(name: str, span: int) -> None:
@@ -65,14 +70,15 @@ def _check_int32_span(name: str, span: int) -> None:
 
 def int32_indexed(launcher):
     """Refuse, with an error that names the argument, tensors that the kernels' int32
-    offsets cannot reach (the output of a linear layer is checked by its launcher)."""
+    offsets cannot reach (the output of a linear layer is checked by its launcher).
+    Runs on every launch, so it stays cheap: under a microsecond per tensor."""
     names = list(inspect.signature(launcher).parameters)
 
     @functools.wraps(launcher)
     def checked(*args, **kwargs):
-        for name, value in [*zip(names, args), *kwargs.items()]:
+        for name, value in itertools.chain(zip(names, args), kwargs.items()):
             if isinstance(value, torch.Tensor):
-                _check_int32_span(name, max(value.numel(), _span(value)))
+                _check_int32_span(name, _reach(value))
         return launcher(*args, **kwargs)
 
     return checked

@@ -166,7 +166,6 @@ struct Fiber {
   ucontext_t context;
   uint3 index;
   bool done = false;
-  bool waiting = false;
 };
 
 // The block being run: its fibers, the scheduler's context, its barriers (one for
@@ -197,12 +196,7 @@ inline Fiber& current_fiber() { return block().fibers[block().current]; }
 // Back to the scheduler until the barrier's generation moves past `generation`.
 inline void wait_for(const Barrier& barrier, unsigned generation) {
   Block& b = block();
-  while (barrier.generation == generation) {
-    Fiber& self = current_fiber();
-    self.waiting = true;
-    swapcontext(&self.context, &b.scheduler);
-    self.waiting = false;
-  }
+  while (barrier.generation == generation) swapcontext(&current_fiber().context, &b.scheduler);
   ++b.progress;  // this thread moves on
 }
 
@@ -251,10 +245,6 @@ inline void fiber_main(int index) {
   swapcontext(&self.context, &b.scheduler);  // never resumed
 }
 
-inline void fiber_entry(int index) { fiber_main(index); }
-
-inline void set_coordinates(const Fiber& fiber) { threadIdx = fiber.index; }
-
 // Run every thread of the current block to completion (or to an error).
 inline void run_block(unsigned threads, size_t smem, const std::function<void()>& body,
                       const char* kernel_name) {
@@ -277,22 +267,20 @@ inline void run_block(unsigned threads, size_t smem, const std::function<void()>
     f.context.uc_stack.ss_sp = b.stacks[t].get();
     f.context.uc_stack.ss_size = kFiberStack;
     f.context.uc_link = nullptr;
-    makecontext(&f.context, reinterpret_cast<void (*)()>(&fiber_entry), 1, int(t));
+    makecontext(&f.context, reinterpret_cast<void (*)()>(&fiber_main), 1, int(t));
   }
-  // Round robin. A round in which every live thread only waited, with no barrier
-  // released and no thread exited, can never end: a deadlock.
+  // Round robin. A round in which no barrier was released, no thread moved past one
+  // and none exited (every live thread only waited) can never end: a deadlock.
   while (b.live > 0 && b.error.empty()) {
     const unsigned long before = b.progress;
-    bool all_waited = true;
     for (unsigned t = 0; t < threads && b.error.empty(); ++t) {
       Fiber& f = b.fibers[t];
       if (f.done) continue;
       b.current = int(t);
-      set_coordinates(f);
+      threadIdx = f.index;
       swapcontext(&b.scheduler, &f.context);
-      all_waited = all_waited && !f.done && f.waiting;
     }
-    if (b.error.empty() && all_waited && b.progress == before && b.live > 0) {
+    if (b.error.empty() && b.progress == before && b.live > 0) {
       b.error = "deadlock: " + std::to_string(b.live) +
                 " threads wait at a barrier that the others never reach";
     }

@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "triton_dry_run.py"
 #: The tool's scenarios (test_every_scenario_has_a_test checks that these are all of them).
 SCENARIOS = ["float32", "bfloat16", "float16", "float64", "activations", "narrow_limits",
-             "slopes_tf32", "large_grids"]
+             "slopes_tf32", "large_grids", "int64_offsets"]
 #: (arch, scenario) pairs: all of them on the H100 (the GPU we are lent); on the A100,
 #: whose shared memory is smaller (163 KiB), the shapes where that matters.
 RUNS = [(90, name) for name in SCENARIOS] + [(80, "narrow_limits"), (80, "float64")]

@@ -288,6 +288,17 @@ def _large_grids() -> None:
     launch.linear_forward(z2, torch.randn(3, 2), None, torch.rand(3), "tanh", True)
 
 
+def _int64_offsets() -> None:
+    """Every kernel's INT64_OFFSETS variant, which a launch takes where a tensor reaches
+    2^31 elements (forced here on small tensors), in fp32, every config."""
+    real = launch.needs_int64
+    launch.needs_int64 = lambda *tensors: True
+    try:
+        _every_kernel(torch.float32)
+    finally:
+        launch.needs_int64 = real
+
+
 #: name -> (what it compiles, whether every autotuning config is compiled)
 SCENARIOS: Dict[str, tuple] = {
     **{name: (lambda dt=dt: _every_kernel(dt), True) for name, dt in DTYPES.items()},
@@ -295,6 +306,7 @@ SCENARIOS: Dict[str, tuple] = {
     "narrow_limits": (_narrow_limits, False),
     "slopes_tf32": (_slopes_and_tf32, True),
     "large_grids": (_large_grids, False),
+    "int64_offsets": (_int64_offsets, True),
 }
 QUICK = ("float32", "large_grids")
 

@@ -35,11 +35,23 @@ _INTERPRETER_CONFIG = {"BLOCK_R": 16, "BLOCK_C": 16}
 
 
 @triton.jit
-def tile_ids(C, BLOCK_C: tl.constexpr):
+def offset_index(i, INT64_OFFSETS: tl.constexpr):
+    """``i`` in the integer type of the launch's offsets: int64 where some tensor of the
+    launch reaches 2^31 elements or more (the host decides: ``triton_launchers.sized_offsets``),
+    int32 otherwise, whose multiplies and adds are cheaper. An index vector of that type
+    makes every offset computed from it (``rr * stride``, ``rr * C + rc``) that type."""
+    if INT64_OFFSETS:
+        i = tl.cast(i, tl.int64)  # (tl.cast: the interpreter's loop counters are Python ints)
+    return i
+
+
+@triton.jit
+def tile_ids(C, BLOCK_C: tl.constexpr, INT64_OFFSETS: tl.constexpr):
     """(pid_r, pid_c): the tile of the (R, C) grid this program owns. The launch is
     1-D, cdiv(R, BLOCK_R) * cdiv(C, BLOCK_C) programs in row-major tile order
-    (``triton_launchers.tile_grid``): CUDA caps a grid's y and z at 65 535, x at 2^31 - 1."""
-    pid = tl.program_id(0)
+    (``triton_launchers.tile_grid``): CUDA caps a grid's y and z at 65 535, x at 2^31 - 1.
+    The ids, hence the tile's row and column indices, are of the offsets' type."""
+    pid = offset_index(tl.program_id(0), INT64_OFFSETS)
     tiles_c = tl.cdiv(C, BLOCK_C)
     return pid // tiles_c, pid % tiles_c
 
@@ -85,11 +97,11 @@ def _tile(pid_r, pid_c, R, C, CH, s_ptr,
 def act_fwd_kernel(
     z_ptr, s_ptr, y_ptr, R, C, CH, stride_zr, stride_zc,
     SLOPE: tl.constexpr, SLOPE_ON_ROWS: tl.constexpr, ACT: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # One (BLOCK_R x BLOCK_C) tile: y = act(s * z), computed in fp32 (fp64 for fp64).
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    pid_r, pid_c = tile_ids(C, BLOCK_C, INT64_OFFSETS)
     rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, SLOPE_ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     mask = row_ok[:, None] & col_ok[None, :]
@@ -106,9 +118,9 @@ def act_bwd_kernel(
     R, C, CH, stride_gr, stride_gc, stride_zr, stride_zc,
     SLOPE: tl.constexpr, SLOPE_ON_ROWS: tl.constexpr, ACT: tl.constexpr,
     NEED_DZ: tl.constexpr, NEED_DB: tl.constexpr, NEED_DS: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    pid_r, pid_c = tile_ids(C, BLOCK_C, INT64_OFFSETS)
     dtype = tl.float64 if ACC_FP64 else tl.float32
     rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, SLOPE_ON_ROWS, dtype, BLOCK_R, BLOCK_C)

@@ -44,11 +44,11 @@ def _params_tile(pid_r, pid_c, R, C, CH, p_ptr, ON_ROWS: tl.constexpr, dtype: tl
 def flex_fwd_kernel(
     z_ptr, p_ptr, y_ptr, R, C, CH, stride_zr, stride_zc,
     ON_ROWS: tl.constexpr, KIND: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # One (BLOCK_R x BLOCK_C) tile: y = f(z; p0, p1) in fp32 (fp64 for fp64).
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    pid_r, pid_c = tile_ids(C, BLOCK_C, INT64_OFFSETS)
     rr, rc, row_ok, col_ok, p0, p1 = _params_tile(pid_r, pid_c, R, C, CH,
                                                   p_ptr, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     mask = row_ok[:, None] & col_ok[None, :]
@@ -64,9 +64,10 @@ def flex_bwd_kernel(
     g_ptr, z_ptr, p_ptr, dz_ptr, dp_part_ptr,
     R, C, CH, PART_STRIDE, stride_gr, stride_gc, stride_zr, stride_zc,
     ON_ROWS: tl.constexpr, KIND: tl.constexpr, NEED_DZ: tl.constexpr, NEED_DP: tl.constexpr,
-    ACC_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC_FP64: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    pid_r, pid_c = tile_ids(C, BLOCK_C, INT64_OFFSETS)
     dtype = tl.float64 if ACC_FP64 else tl.float32
     rr, rc, row_ok, col_ok, p0, p1 = _params_tile(pid_r, pid_c, R, C, CH, p_ptr, ON_ROWS, dtype,
                                                   BLOCK_R, BLOCK_C)

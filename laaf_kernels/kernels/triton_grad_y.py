@@ -58,10 +58,10 @@ def _store(ptr, offs, mask, value):
 
 @triton.jit
 def _store_sum(part_ptr, terms, rr, rc, row_ok, col_ok, R, C, ON_ROWS: tl.constexpr,
-               BLOCK_C: tl.constexpr):
+               INT64_OFFSETS: tl.constexpr, BLOCK_C: tl.constexpr):
     """This tile's sums of ``terms`` along the axis the slope does not run on, as
     row pid_c (on rows) or pid_r (on columns) of the partials."""
-    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    pid_r, pid_c = tile_ids(C, BLOCK_C, INT64_OFFSETS)
     if ON_ROWS:  # row sums: partials (column blocks, R)
         tl.store(part_ptr + pid_c * R + rr, tl.sum(terms, axis=1), mask=row_ok)
     else:  # column sums: partials (row blocks, C)
@@ -70,11 +70,11 @@ def _store_sum(part_ptr, terms, rr, rc, row_ok, col_ok, R, C, ON_ROWS: tl.conste
 
 @triton.jit
 def _tile_of_u_g_y(u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE: tl.constexpr,
-                   ON_ROWS: tl.constexpr, dtype: tl.constexpr, BLOCK_R: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
+                   ON_ROWS: tl.constexpr, dtype: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """This program's tile (indices, masks and slopes of ``_tile``, offsets) and u, g,
     y loaded once in the arithmetic dtype; padding reads zeros and adds nothing to ds."""
-    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    pid_r, pid_c = tile_ids(C, BLOCK_C, INT64_OFFSETS)
     rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     offs, mask = _offsets_and_mask(rr, rc, row_ok, col_ok, C)
@@ -88,11 +88,11 @@ def _tile_of_u_g_y(u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE: tl.constexpr,
 def grad_y_kernel(
     g_ptr, y_ptr, s_ptr, gz_ptr, R, C, CH,
     SLOPE: tl.constexpr, ON_ROWS: tl.constexpr, ACT: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # gz = g phi(y) s on one tile, in fp32 (fp64 for fp64).
     dtype = tl.float64 if ACC_FP64 else tl.float32
-    pid_r, pid_c = tile_ids(C, BLOCK_C)
+    pid_r, pid_c = tile_ids(C, BLOCK_C, INT64_OFFSETS)
     rr, rc, row_ok, col_ok, s = _tile(pid_r, pid_c, R, C, CH, s_ptr,
                                       SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
     offs, mask = _offsets_and_mask(rr, rc, row_ok, col_ok, C)
@@ -105,19 +105,21 @@ def grad_y_vjp_kernel(
     u_ptr, g_ptr, y_ptr, s_ptr, dg_ptr, dy_ptr, ds_part_ptr, R, C, CH,
     SLOPE: tl.constexpr, ON_ROWS: tl.constexpr, ACT: tl.constexpr,
     NEED_G: tl.constexpr, NEED_Y: tl.constexpr, NEED_S: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # dg, dy and the ds partials of one tile.
     dtype = tl.float64 if ACC_FP64 else tl.float32
     rr, rc, row_ok, col_ok, s, offs, mask, u, g, y = _tile_of_u_g_y(
-        u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
+        u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE, ON_ROWS, dtype, INT64_OFFSETS,
+        BLOCK_R, BLOCK_C)
     us = u * s
     if NEED_G:
         _store(dg_ptr, offs, mask, us * act_d1_y(y, ACT))
     if NEED_Y:
         _store(dy_ptr, offs, mask, us * g * act_d1_y_dy(y, ACT))
     if NEED_S:
-        _store_sum(ds_part_ptr, u * g * act_d1_y(y, ACT), rr, rc, row_ok, col_ok, R, C, ON_ROWS, BLOCK_C)
+        _store_sum(ds_part_ptr, u * g * act_d1_y(y, ACT), rr, rc, row_ok, col_ok, R, C,
+                   ON_ROWS, INT64_OFFSETS, BLOCK_C)
 
 
 @triton.jit
@@ -127,12 +129,14 @@ def grad_y_vjp2_kernel(
     SLOPE: tl.constexpr, ON_ROWS: tl.constexpr, ACT: tl.constexpr,
     HAS_UG: tl.constexpr, HAS_UY: tl.constexpr, HAS_US: tl.constexpr,
     NEED_U: tl.constexpr, NEED_G: tl.constexpr, NEED_Y: tl.constexpr, NEED_S: tl.constexpr,
-    ACC_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC_FP64: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # du, dg, dy and the ds partials of one tile.
     dtype = tl.float64 if ACC_FP64 else tl.float32
     rr, rc, row_ok, col_ok, s, offs, mask, u, g, y = _tile_of_u_g_y(
-        u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE, ON_ROWS, dtype, BLOCK_R, BLOCK_C)
+        u_ptr, g_ptr, y_ptr, s_ptr, R, C, CH, SLOPE, ON_ROWS, dtype, INT64_OFFSETS,
+        BLOCK_R, BLOCK_C)
     # -- The cotangents of (dg, dy, ds); an absent one is zero. -----------------
     zero = tl.zeros((BLOCK_R, BLOCK_C), dtype)
     ug = zero
@@ -160,4 +164,5 @@ def grad_y_vjp2_kernel(
         inner = ug * s * phi1 + uy * g * s * act_d1_y_dyy(y, ACT) + us * g * phi1
         _store(dy_ptr, offs, mask, u * inner)
     if NEED_S:
-        _store_sum(ds_part_ptr, u * mix, rr, rc, row_ok, col_ok, R, C, ON_ROWS, BLOCK_C)
+        _store_sum(ds_part_ptr, u * mix, rr, rc, row_ok, col_ok, R, C, ON_ROWS, INT64_OFFSETS,
+                   BLOCK_C)

@@ -7,7 +7,6 @@ These functions take validated, already-flattened arguments; the custom ops in
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 from typing import NamedTuple, Optional, Tuple
 
@@ -47,9 +46,9 @@ def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
     return training and not is_narrow(n_out, k_in, dtype)
 
 
-#: The kernels' offsets are int32 (Triton's program ids, and sizes and strides below
-#: 2^31): a tensor must span fewer elements than this.
-MAX_INT32_SPAN = 2**31
+#: Offsets below this many elements fit int32, the kernels' fast index type; a launch
+#: with a tensor that reaches this far indexes in int64 (``INT64_OFFSETS``).
+INT32_SPAN = 2**31
 
 
 def _reach(t: torch.Tensor) -> int:
@@ -61,27 +60,23 @@ def _reach(t: torch.Tensor) -> int:
     return max(n, 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())))
 
 
-def _check_int32_span(name: str, span: int) -> None:
-    if span >= MAX_INT32_SPAN:
-        raise ValueError(f"triton backend: {name} spans {span} elements, beyond the int32 offsets "
-                         "of its kernels (at most 2^31 - 1); use backend='cuda' or 'cpp', "
-                         "or split the batch")
+def needs_int64(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether an offset into one of ``tensors`` (None skipped) can reach 2^31 elements."""
+    return any(t is not None and _reach(t) >= INT32_SPAN for t in tensors)
 
 
-def int32_indexed(launcher):
-    """Refuse, with an error that names the argument, tensors that the kernels' int32
-    offsets cannot reach (the output of a linear layer is checked by its launcher).
-    Runs on every launch, so it stays cheap: under a microsecond per tensor."""
-    names = list(inspect.signature(launcher).parameters)
+def sized_offsets(launcher):
+    """Pass the launcher ``int64_offsets``: whether any tensor argument reaches 2^31
+    elements (outputs as large as an input are covered by it; a linear layer's y,
+    which can be larger, is checked by its launcher). Runs on every launch, so it
+    stays cheap: under a microsecond per contiguous tensor."""
 
     @functools.wraps(launcher)
-    def checked(*args, **kwargs):
-        for name, value in itertools.chain(zip(names, args), kwargs.items()):
-            if isinstance(value, torch.Tensor):
-                _check_int32_span(name, _reach(value))
-        return launcher(*args, **kwargs)
+    def sized(*args, **kwargs):
+        tensors = [v for v in itertools.chain(args, kwargs.values()) if isinstance(v, torch.Tensor)]
+        return launcher(*args, int64_offsets=needs_int64(*tensors), **kwargs)
 
-    return checked
+    return sized
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -98,15 +93,15 @@ def _reduce_ds(partials: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 # Linear layer
 # ---------------------------------------------------------------------------
 
-@int32_indexed
+@sized_offsets
 def linear_forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
-                   s: Optional[torch.Tensor], activation: str,
-                   training: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                   s: Optional[torch.Tensor], activation: str, training: bool, *,
+                   int64_offsets: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """y = act(s * (x W^T + b)) for 2-D x (M, K), and z (M, N) when the
     backward will need it (``stores_z``), else an empty tensor."""
     M, K = x.shape
     N = w.shape[0]
-    _check_int32_span("the output y", M * N)
+    int64_offsets = int64_offsets or M * N >= INT32_SPAN  # y and z may outgrow x
     store_z = stores_z(N, K, training, x.dtype)
     y = x.new_empty((M, N))
     z = x.new_empty((M, N) if store_z else (0,))
@@ -119,15 +114,16 @@ def linear_forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
             M, N, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
             HAS_BIAS=b is not None, SLOPE=slope_kind(s), ACT=ACT_IDS[activation],
             STORE_Z=store_z, ACC_FP64=x.dtype == torch.float64,
-            DOT_PRECISION=dot_precision(x.dtype))
+            DOT_PRECISION=dot_precision(x.dtype), INT64_OFFSETS=int64_offsets)
     return y, z
 
 
-@int32_indexed
+@sized_offsets
 def linear_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
                     b: Optional[torch.Tensor], z: torch.Tensor,
                     s: Optional[torch.Tensor], activation: str,
-                    need_dx: bool, need_dw: bool, need_db: bool, need_ds: bool):
+                    need_dx: bool, need_dw: bool, need_db: bool, need_ds: bool, *,
+                    int64_offsets: bool):
     """(dx, dW, db, ds), None where not needed. Narrow layers take the fused
     persistent kernel; wide ones the activation-backward kernel plus cuBLAS."""
     need_ds = need_ds and s is not None
@@ -136,8 +132,10 @@ def linear_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     if M == 0 or N == 0:
         return _zero_grads(x, w, s, need_dx, need_dw, need_db, need_ds)
     if is_narrow(N, K, x.dtype):
-        return _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db, need_ds)
-    return _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds)
+        return _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db,
+                                       need_ds, int64_offsets)
+    return _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds,
+                                 int64_offsets)
 
 
 def _zero_grads(x, w, s, need_dx, need_dw, need_db, need_ds):
@@ -147,7 +145,8 @@ def _zero_grads(x, w, s, need_dx, need_dw, need_db, need_ds):
             torch.zeros_like(s) if need_ds else None)
 
 
-def _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db, need_ds):
+def _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db, need_ds,
+                            int64_offsets):
     M, K = x.shape
     N = w.shape[0]
     programs = min(persistent_programs(x.device.index if x.is_cuda else -1),
@@ -167,6 +166,7 @@ def _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db
             HAS_BIAS=b is not None, SLOPE=slope_kind(s), ACT=ACT_IDS[activation],
             NEED_DX=need_dx, NEED_DW=need_dw, NEED_DB=need_db, NEED_DS=need_ds,
             ACC_FP64=acc == torch.float64, DOT_PRECISION=dot_precision(x.dtype),
+            INT64_OFFSETS=int64_offsets,
             BLOCK_N=next_pow2_at_least_16(N), BLOCK_K=next_pow2_at_least_16(K))
     return (dx,
             dw_part.sum(0).to(w.dtype) if need_dw else None,
@@ -174,10 +174,12 @@ def _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db
             _reduce_ds(ds_part, s) if need_ds else None)
 
 
-def _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds):
+def _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds,
+                          int64_offsets):
     gz, db_part, ds_part = _act_backward_2d(
         g, z, s, activation, slope_on_rows=False, channels=w.shape[0],
-        need_dz=need_dx or need_dw, need_db=need_db, need_ds=need_ds)
+        need_dz=need_dx or need_dw, need_db=need_db, need_ds=need_ds,
+        int64_offsets=int64_offsets)
     return (torch.mm(gz, w) if need_dx else None,
             torch.mm(gz.t(), x) if need_dw else None,
             db_part.sum(0).to(w.dtype) if need_db else None,
@@ -229,9 +231,9 @@ def tile_grid(R: int, C: int):
     return lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(C, meta["BLOCK_C"]),)
 
 
-@int32_indexed
+@sized_offsets
 def activation_forward(z: torch.Tensor, s: Optional[torch.Tensor], activation: str,
-                       dim: int) -> torch.Tensor:
+                       dim: int, *, int64_offsets: bool) -> torch.Tensor:
     """y = act(s * z), a (C,) s broadcast along ``dim``."""
     y = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     if z.numel() == 0:
@@ -243,13 +245,14 @@ def activation_forward(z: torch.Tensor, s: Optional[torch.Tensor], activation: s
         act_fwd_kernel[grid](
             z2, y if s is None else s, y, R, C, channels, z2.stride(0), z2.stride(1),
             SLOPE=slope_kind(s), SLOPE_ON_ROWS=on_rows, ACT=ACT_IDS[activation],
-            ACC_FP64=z.dtype == torch.float64)
+            ACC_FP64=z.dtype == torch.float64, INT64_OFFSETS=int64_offsets)
     return y
 
 
-@int32_indexed
+@sized_offsets
 def activation_backward(g: torch.Tensor, z: torch.Tensor, s: Optional[torch.Tensor],
-                        activation: str, dim: int, need_dz: bool, need_ds: bool):
+                        activation: str, dim: int, need_dz: bool, need_ds: bool, *,
+                        int64_offsets: bool):
     """(dz, ds), None where not needed: dz = g act'(h) s, ds = sum of g act'(h) z."""
     need_ds = need_ds and s is not None
     if z.numel() == 0:
@@ -258,14 +261,16 @@ def activation_backward(g: torch.Tensor, z: torch.Tensor, s: Optional[torch.Tens
     z2, on_rows, channels = _as_grid(z, s, dim)
     g2 = g.reshape(z2.shape)
     dz, _, ds_part = _act_backward_2d(g2, z2, s, activation, on_rows, channels,
-                                      need_dz=need_dz, need_db=False, need_ds=need_ds)
+                                      need_dz=need_dz, need_db=False, need_ds=need_ds,
+                                      int64_offsets=int64_offsets)
     if need_ds and on_rows:  # partials (blocks, outer * C): fold rows onto channels
         ds_part = ds_part.reshape(-1, channels)
     return (dz.reshape(z.shape) if need_dz else None,
             _reduce_ds(ds_part, s) if need_ds else None)
 
 
-def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need_db, need_ds):
+def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need_db, need_ds,
+                     int64_offsets):
     """Launch ``act_bwd_kernel`` on an (R, C) grid; returns (gz, db partials, ds partials)."""
     R, C = z.shape
     acc = _acc_dtype(z)
@@ -281,7 +286,8 @@ def _act_backward_2d(g, z, s, activation, slope_on_rows, channels, need_dz, need
             dummy if db_part is None else db_part, dummy if ds_part is None else ds_part,
             R, C, channels, g.stride(0), g.stride(1), z.stride(0), z.stride(1),
             SLOPE=slope_kind(s), SLOPE_ON_ROWS=slope_on_rows, ACT=ACT_IDS[activation],
-            NEED_DZ=need_dz, NEED_DB=need_db, NEED_DS=need_ds, ACC_FP64=acc == torch.float64)
+            NEED_DZ=need_dz, NEED_DB=need_db, NEED_DS=need_ds, ACC_FP64=acc == torch.float64,
+            INT64_OFFSETS=int64_offsets)
     return dz, db_part, ds_part
 
 
@@ -298,14 +304,14 @@ class _GradYFrame(NamedTuple):
 
 
 def _grad_y_frame(y: torch.Tensor, s: Optional[torch.Tensor], dim: int,
-                  activation: str) -> _GradYFrame:
+                  activation: str, int64_offsets: bool) -> _GradYFrame:
     """The launch frame of a grad_y kernel (``dim`` may be negative, as in the C++ ops);
     the tile comes from the shape once (triton_grad_y.blocks)."""
     y2, on_rows, channels = _as_grid(y.contiguous(), s, dim % max(1, y.dim()))
     R, C = y2.shape
     meta = grad_y_blocks(R, C)
     flags = dict(SLOPE=slope_kind(s), ON_ROWS=on_rows, ACT=ACT_IDS[activation],
-                 ACC_FP64=y2.dtype == torch.float64, **meta)
+                 ACC_FP64=y2.dtype == torch.float64, INT64_OFFSETS=int64_offsets, **meta)
     grid = tile_grid(R, C)(meta)
     return _GradYFrame(y2, on_rows, channels, grid, flags)
 
@@ -334,28 +340,28 @@ def _or(t: Optional[torch.Tensor], stand_in: torch.Tensor) -> torch.Tensor:
     return stand_in if t is None else t
 
 
-@int32_indexed
-def grad_y(g, y, s, activation: str, dim: int) -> torch.Tensor:
+@sized_offsets
+def grad_y(g, y, s, activation: str, dim: int, *, int64_offsets: bool) -> torch.Tensor:
     """gz = g act'(h) s, act' from y = act(h)."""
     gz = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     if y.numel() == 0:
         return gz
-    f = _grad_y_frame(y, s, dim, activation)
+    f = _grad_y_frame(y, s, dim, activation, int64_offsets)
     with device_guard(y):
         grad_y_kernel[f.grid](_as(g, f.y2), f.y2, _or(s, f.y2), gz, *f.y2.shape, f.channels,
                               **f.flags)
     return gz
 
 
-@int32_indexed
+@sized_offsets
 def grad_y_vjp(u, g, y, s, activation: str, dim: int, need_g: bool, need_y: bool,
-               need_s: bool):
+               need_s: bool, *, int64_offsets: bool):
     """(dg, dy, ds) of gz = g act'(h) s given u = dL/dgz; None where not needed."""
     need_s = need_s and s is not None
     if y.numel() == 0:
         return (torch.zeros_like(y) if need_g else None, torch.zeros_like(y) if need_y else None,
                 torch.zeros_like(s) if need_s else None)
-    f = _grad_y_frame(y, s, dim, activation)
+    f = _grad_y_frame(y, s, dim, activation, int64_offsets)
     y2 = f.y2
     dg = torch.empty_like(y2) if need_g else None
     dy = torch.empty_like(y2) if need_y else None
@@ -368,16 +374,16 @@ def grad_y_vjp(u, g, y, s, activation: str, dim: int, need_g: bool, need_y: bool
             _finish_ds(ds_part, s, f.on_rows, f.channels))
 
 
-@int32_indexed
+@sized_offsets
 def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool, need_g: bool,
-                need_y: bool, need_s: bool):
+                need_y: bool, need_s: bool, *, int64_offsets: bool):
     """(du, dg, dy, ds) of grad_y_vjp's outputs given their cotangents ug, uy, us
     (None: zero); None where not needed."""
     need_s = need_s and s is not None
     if y.numel() == 0:
         return (*(torch.zeros_like(y) if n else None for n in (need_u, need_g, need_y)),
                 torch.zeros_like(s) if need_s else None)
-    f = _grad_y_frame(y, s, dim, activation)
+    f = _grad_y_frame(y, s, dim, activation, int64_offsets)
     y2 = f.y2
     du, dg, dy = (torch.empty_like(y2) if n else None for n in (need_u, need_g, need_y))
     ds_part = _ds_partials(need_s, y2, f.on_rows)
@@ -397,8 +403,9 @@ def grad_y_vjp2(ug, uy, us, u, g, y, s, activation: str, dim: int, need_u: bool,
 # Flexible activations
 # ---------------------------------------------------------------------------
 
-@int32_indexed
-def flexible_forward(z: torch.Tensor, params: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
+@sized_offsets
+def flexible_forward(z: torch.Tensor, params: torch.Tensor, kind: str, dim: int, *,
+                     int64_offsets: bool) -> torch.Tensor:
     """y = f_kind(z; params[0], params[1]), the (2, C) params along ``dim``."""
     y = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     if z.numel() == 0:
@@ -409,13 +416,14 @@ def flexible_forward(z: torch.Tensor, params: torch.Tensor, kind: str, dim: int)
     with device_guard(z):
         flex_fwd_kernel[grid](
             z2, params.contiguous(), y, R, C, channels, z2.stride(0), z2.stride(1),
-            ON_ROWS=on_rows, KIND=KIND_IDS[kind], ACC_FP64=z.dtype == torch.float64)
+            ON_ROWS=on_rows, KIND=KIND_IDS[kind], ACC_FP64=z.dtype == torch.float64,
+            INT64_OFFSETS=int64_offsets)
     return y
 
 
-@int32_indexed
+@sized_offsets
 def flexible_backward(g: torch.Tensor, z: torch.Tensor, params: torch.Tensor, kind: str,
-                      dim: int, need_dz: bool, need_dp: bool):
+                      dim: int, need_dz: bool, need_dp: bool, *, int64_offsets: bool):
     """(dz, dparams), None where not needed: dz = g f_z, dparams[k] = sum of g f_{p_k}."""
     if z.numel() == 0:
         return (torch.zeros_like(z) if need_dz else None,
@@ -432,7 +440,7 @@ def flexible_backward(g: torch.Tensor, z: torch.Tensor, params: torch.Tensor, ki
             g2, z2, params.contiguous(), z if dz is None else dz, z if dp_part is None else dp_part,
             R, C, channels, blocks * width, g2.stride(0), g2.stride(1), z2.stride(0),
             z2.stride(1), ON_ROWS=on_rows, KIND=KIND_IDS[kind], NEED_DZ=need_dz,
-            NEED_DP=need_dp, ACC_FP64=z.dtype == torch.float64)
+            NEED_DP=need_dp, ACC_FP64=z.dtype == torch.float64, INT64_OFFSETS=int64_offsets)
     dp = None
     if need_dp:  # rows of the on_rows layout are (outer, C): fold them onto channels
         dp = dp_part.sum(1).reshape(2, -1, channels).sum(1) if on_rows else dp_part.sum(1)

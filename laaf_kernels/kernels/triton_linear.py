@@ -31,7 +31,7 @@ Every reduction is deterministic: each program writes its own partial sum
 import triton
 import triton.language as tl
 
-from .triton_activation import grad_tile, load_slope
+from .triton_activation import grad_tile, load_slope, offset_index
 from .triton_activations import act_value
 from .triton_prims import dot
 from .triton_utils import autotune
@@ -62,13 +62,14 @@ def linear_fwd_kernel(
     M, N, K,
     stride_xm, stride_xk, stride_wn, stride_wk,
     HAS_BIAS: tl.constexpr, SLOPE: tl.constexpr, ACT: tl.constexpr, STORE_Z: tl.constexpr,
-    ACC_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACC_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- Which output tile (BLOCK_M x BLOCK_N) this program owns. ---------------
     # Grouped ordering: GROUP_M consecutive row blocks sweep the column blocks
-    # together, so the W tiles they share are still in L2 when reused.
-    pid = tl.program_id(0)
+    # together, so the W tiles they share are still in L2 when reused. The ids,
+    # hence rm, rn and every offset, are int64 where a tensor reaches 2^31 elements.
+    pid = offset_index(tl.program_id(0), INT64_OFFSETS)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     pids_per_group = GROUP_M * num_pid_n
@@ -79,7 +80,7 @@ def linear_fwd_kernel(
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
+    rk = offset_index(tl.arange(0, BLOCK_K), INT64_OFFSETS)  # (k0 + rk) * stride_xk too
     row_ok = rm < M
     col_ok = rn < N
 
@@ -133,15 +134,16 @@ def linear_bwd_narrow_kernel(
     stride_gm, stride_gn, stride_xm, stride_xk, stride_wn, stride_wk,
     HAS_BIAS: tl.constexpr, SLOPE: tl.constexpr, ACT: tl.constexpr,
     NEED_DX: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, NEED_DS: tl.constexpr,
-    ACC_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACC_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # BLOCK_N >= N and BLOCK_K >= K: one tile spans every column of z and of x.
+    # rm, rn, rk are in the offsets' type (int64 where a tensor reaches 2^31 elements).
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
-    rn = tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
+    rn = offset_index(tl.arange(0, BLOCK_N), INT64_OFFSETS)
+    rk = offset_index(tl.arange(0, BLOCK_K), INT64_OFFSETS)
     col_ok = rn < N
     k_ok = rk < K
 
@@ -162,7 +164,7 @@ def linear_bwd_narrow_kernel(
 
     # -- Walk row blocks pid, pid + P, pid + 2P, ... (a fixed order: deterministic).
     for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
-        rm = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        rm = offset_index(tile, INT64_OFFSETS) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rm < M
         mask = row_ok[:, None] & col_ok[None, :]
         # Padding rows/columns load g = 0, hence gh = gz = 0: they add nothing.

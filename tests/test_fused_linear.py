@@ -14,7 +14,8 @@ import laaf_kernels
 from helpers import LINEAR_SHAPES, SLOPE_KINDS, linear_inputs
 from laaf_kernels.activations import ACTIVATIONS
 from torch.utils._python_dispatch import TorchDispatchMode
-from fused_cases import TARGETS, compare_linear
+from fused_cases import TARGETS, TRITON_TARGETS, compare_linear
+from laaf_kernels.kernels import triton_launchers as launch
 
 SCALE = 3.0
 
@@ -186,6 +187,32 @@ def test_backward_is_deterministic(target, case, kind):
     first, second = grads(), grads()
     for p, q in zip(first, second):
         assert torch.equal(p, q), "two runs on the same inputs must give identical bits"
+
+
+@pytest.mark.parametrize("target", TRITON_TARGETS)
+def test_a_narrow_backward_that_fits_no_config_takes_the_wide_path(target, monkeypatch):
+    """On a GPU with little shared memory the fused narrow backward of the widest narrow
+    layers fits no config (a T4, 64 KiB: fp32 128 x 128 needs 88 KiB; Triton raises
+    OutOfResources, the dry run on sm_75 shows it). The backward then recomputes z
+    (the forward kept none) and takes the wide path; later backwards of that layer
+    go there at once."""
+    from triton.runtime.errors import OutOfResources
+
+    tries = []
+
+    def fits_no_config(*args):
+        tries.append(args)
+        raise OutOfResources(90112, 65536, "shared memory")
+
+    monkeypatch.setattr(launch, "_NARROW_MISFITS", set())
+    monkeypatch.setattr(launch, "_linear_backward_narrow", fits_no_config)
+    backend, device = target
+    for seed in (18, 19):
+        x, w, b, a = _inputs("m37_k13_n11", "vector", seed=seed, dtype=torch.float64,
+                             device=device)
+        compare_linear(backend, x, w, b, a, "tanh", SCALE)
+    assert len(tries) == 1
+    assert launch.narrow_misfits() == {(x.device, 11, 13, torch.float64)}
 
 
 @pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0] == ("cpp", "cpu")])

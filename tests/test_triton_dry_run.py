@@ -2,8 +2,8 @@
 
 The interpreter tests check what the kernels compute; they never compile them, and
 they take ``triton_prims``' interpreter branches instead of libdevice. Here every
-launcher runs against a stand-in driver for an H100 (sm_90; an A100, sm_80, for the
-scenarios that depend on shared memory): each launch is compiled to a cubin by Triton
+launcher runs against a stand-in driver for an H100 (sm_90; an A100, sm_80, and a T4,
+sm_75, for the scenarios that depend on shared memory): each launch is compiled to a cubin by Triton
 and ptxas, every autotuning config included, and checked against the device's grid,
 shared-memory and thread limits, then skipped. Each scenario runs
 in a subprocess (the tool must not run under ``TRITON_INTERPRET=1``, which this test
@@ -26,10 +26,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "triton_dry_run.py"
 #: The tool's scenarios (test_every_scenario_has_a_test checks that these are all of them).
 SCENARIOS = ["float32", "bfloat16", "float16", "float64", "activations", "narrow_limits",
-             "slopes_tf32", "large_grids", "int64_offsets"]
+             "narrow_backward", "slopes_tf32", "large_grids", "int64_offsets"]
 #: (arch, scenario) pairs: all of them on the H100 (the GPU we are lent); on the A100,
-#: whose shared memory is smaller (163 KiB), the shapes where that matters.
-RUNS = [(90, name) for name in SCENARIOS] + [(80, "narrow_limits"), (80, "float64")]
+#: whose shared memory is smaller (163 KiB), the shapes where that matters; on a T4
+#: (sm_75, 64 KiB, the free notebooks' GPU) the narrow backward, which must fall back.
+RUNS = [(90, name) for name in SCENARIOS] + [(80, "narrow_limits"), (80, "float64"),
+                                             (75, "narrow_backward")]
+#: Narrow layers whose fused backward may fit no config, per arch: on the H100 and the
+#: A100, none (triton_launchers.NARROW_MAX_W_BYTES is sized for them); on the T4, fp32
+#: 128 x 128 at least (88 KiB with the smallest tile), which takes the wide path.
+FALLBACKS = {90: (set(), set()), 80: (set(), set()), 75: ({"128 x 128 float32"}, None)}
 
 
 def _nvidia_backend_problem():
@@ -68,6 +74,9 @@ def test_kernels_compile_and_launch_within_the_device_limits(arch, scenario, tmp
     report = json.loads(report_path.read_text())
     assert [s["name"] for s in report["scenarios"]] == [scenario]
     assert report["scenarios"][0]["ok"] and not report["problems"]
+    at_least, at_most = FALLBACKS[arch]
+    fallbacks = set(report["narrow_fallbacks"])
+    assert at_least <= fallbacks and (at_most is None or fallbacks <= at_most), fallbacks
     variants = report["variants"].values()
     assert variants and all(v["launches"] > 0 and v["registers"] > 0 for v in variants)
 

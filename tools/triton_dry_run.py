@@ -16,10 +16,12 @@ Triton driver that describes a GPU (an H100, sm_90, by default). So:
 It reports, per kernel and compiled variant, the registers, spills (local
 memory) and shared memory that ptxas reports (``cuobjdump -res-usage``).
 
-    python tools/triton_dry_run.py [--arch 90|80] [--quick] [--json FILE]
+    python tools/triton_dry_run.py [--arch 90|80|89|75] [--quick] [--json FILE]
 
 Exit status 1 if any launch failed (a compile error, a config that fits no
-resource limit, a grid out of range). ``tests/test_triton_dry_run.py`` runs it.
+resource limit, a grid out of range). A narrow layer whose fused backward fits no
+config is not a failure: the launcher falls back to the wide path, as it would on
+the GPU, and the report lists it (``narrow_fallbacks``). ``tests/test_triton_dry_run.py`` runs it.
 It needs a Triton with the NVIDIA backend (the PyPI wheels have it) and must
 run without ``TRITON_INTERPRET=1``.
 """
@@ -63,6 +65,10 @@ DEVICES = {
              max_num_regs=65536),
     80: dict(name="A100 (sm_80)", max_shared_mem=166912, multiprocessor_count=108,
              max_num_regs=65536),
+    89: dict(name="RTX 4090 / L4 (sm_89)", max_shared_mem=101376, multiprocessor_count=128,
+             max_num_regs=65536),
+    75: dict(name="T4 (sm_75)", max_shared_mem=65536, multiprocessor_count=40,
+             max_num_regs=65536),
 }
 MAX_GRID = (2**31 - 1, 65535, 65535)
 
@@ -87,6 +93,9 @@ class Report:
     variants: Dict[str, Variant] = field(default_factory=dict)
     scenarios: List[dict] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+    #: "N x K dtype" of the narrow layers whose fused backward fit no config here, so
+    #: that their backward took the wide path (triton_launchers.narrow_misfits).
+    narrow_fallbacks: List[str] = field(default_factory=list)
 
 
 class _Resources:
@@ -250,6 +259,18 @@ def _narrow_limits() -> None:
         _linear(dtype, "tanh", "vector", n, k)
 
 
+def _narrow_backward() -> None:
+    """The backward alone of the narrow_limits layers, as a narrow layer's forward leaves
+    it (no z), first config: on a GPU with little shared memory (sm_75: 64 KiB) the
+    widest of them fit no config, and their backward must fall back to the wide path."""
+    for dtype, n, k in ((torch.float32, 128, 128), (torch.bfloat16, 128, 128),
+                        (torch.float64, 64, 128), (torch.float32, 50, 50)):
+        m = 997
+        x, w, b = _rand(m, k, dtype=dtype), _rand(n, k, dtype=dtype), _rand(n, dtype=dtype)
+        launch.linear_backward(_rand(m, n, dtype=dtype), x, w, b, x.new_empty(0),
+                               _rand(n, dtype=dtype), "tanh", True, True, True, True)
+
+
 def _every_activation() -> None:
     """Each activation of the table in fp32 (its libdevice branch): first config only."""
     from laaf_kernels.activations import ACTIVATIONS, get
@@ -304,6 +325,7 @@ SCENARIOS: Dict[str, tuple] = {
     **{name: (lambda dt=dt: _every_kernel(dt), True) for name, dt in DTYPES.items()},
     "activations": (_every_activation, False),
     "narrow_limits": (_narrow_limits, False),
+    "narrow_backward": (_narrow_backward, False),
     "slopes_tf32": (_slopes_and_tf32, True),
     "large_grids": (_large_grids, False),
     "int64_offsets": (_int64_offsets, True),
@@ -358,6 +380,8 @@ def summary(report: Report) -> str:
     for s in report.scenarios:
         lines.append(f"scenario {s['name']}: {'ok' if s['ok'] else 'FAILED'}, "
                      f"{s['compiled']} compiled, {s['seconds']} s")
+    for layer in report.narrow_fallbacks:
+        lines.append(f"narrow backward did not fit, wide path taken: {layer}")
     lines += report.problems
     return "\n".join(lines)
 
@@ -418,6 +442,8 @@ def main(argv=None) -> int:
     install_driver(args.arch, report)
     for name in names:
         run_scenario(name, report)
+    report.narrow_fallbacks = sorted(f"{n} x {k} {str(dtype).replace('torch.', '')}"
+                                     for _, n, k, dtype in launch.narrow_misfits())
     print(summary(report))
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=1))

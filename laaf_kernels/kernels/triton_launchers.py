@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from .triton_activation import MIN_BLOCK, act_bwd_kernel, act_fwd_kernel
 from .triton_activations import ACT_IDS
@@ -44,6 +46,20 @@ def is_narrow(n_out: int, k_in: int, dtype: torch.dtype) -> bool:
 def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
     """Whether a training forward writes z: only for wide layers."""
     return training and not is_narrow(n_out, k_in, dtype)
+
+
+#: Narrow layers, as (device, N, K, dtype), whose fused backward fits no config in the
+#: GPU's shared memory (Triton's OutOfResources: e.g. fp32 128 x 128 needs 88 KiB with
+#: its smallest tile, a T4 has 64 KiB). Their backward recomputes z with cuBLAS and takes
+#: the wide path. The forward is left as it is (no z), so that its output shapes, which
+#: torch.compile traced from the fake, never change.
+_NARROW_MISFITS: set = set()
+_log = logging.getLogger("laaf_kernels")
+
+
+def narrow_misfits() -> frozenset:
+    """The narrow layers found not to fit this process's GPUs (see ``_NARROW_MISFITS``)."""
+    return frozenset(_NARROW_MISFITS)
 
 
 #: Offsets below this many elements fit int32, the kernels' fast index type; a launch
@@ -132,8 +148,17 @@ def linear_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     if M == 0 or N == 0:
         return _zero_grads(x, w, s, need_dx, need_dw, need_db, need_ds)
     if is_narrow(N, K, x.dtype):
-        return _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw, need_db,
-                                       need_ds, int64_offsets)
+        key = (x.device, N, K, x.dtype)
+        if key not in _NARROW_MISFITS:
+            try:
+                return _linear_backward_narrow(g, x, w, b, s, activation, need_dx, need_dw,
+                                               need_db, need_ds, int64_offsets)
+            except OutOfResources as error:
+                _NARROW_MISFITS.add(key)
+                _log.info("laaf_kernels: the fused narrow backward of a %d x %d %s layer does "
+                          "not fit %s (%s); it recomputes z and takes the wide path",
+                          N, K, x.dtype, x.device, error)
+        z = torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())  # the forward kept none
     return _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds,
                                  int64_offsets)
 

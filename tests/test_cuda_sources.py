@@ -1,7 +1,7 @@
 """The CUDA sources, checked without a GPU (nvcc only):
 
-* ``csrc/*.cu`` compile (device code for sm_90, the flags of torch's JIT build), so a
-  CUDA syntax or type error cannot land;
+* ``csrc/*.cu`` compile (device code for sm_90 and sm_75, the flags of torch's JIT
+  build), so a CUDA syntax or type error cannot land;
 * the generated CUDA activation functors (``csrc/laaf_activations_cuda.cuh``), built
   for the host, give the table's value, act', act'' and act'-from-y.
 
@@ -55,11 +55,14 @@ def _torch_nvcc_flags() -> list:
 
 
 @needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_90", "sm_75"])
 @pytest.mark.parametrize("source", [p.name for p in extension.sources(".cu")])
-def test_cuda_kernels_compile(source, tmp_path):
-    """Compile only (the device code too): nvcc -c, for the H100's sm_90."""
+def test_cuda_kernels_compile(source, arch, tmp_path):
+    """Compile only (the device code too): nvcc -c, for the H100's sm_90 and for the
+    oldest GPU that CUDA 13 still targets, a T4's sm_75 (no bf16 arithmetic there: the
+    kernels compute in float)."""
     cmd = [NVCC, "-c", str(extension.CSRC / source), "-o", str(tmp_path / "out.o"),
-           "-O3", "-arch=sm_90", *_torch_nvcc_flags(), *_include_flags()]
+           "-O3", f"-arch={arch}", *_torch_nvcc_flags(), *_include_flags()]
     done = subprocess.run(cmd, capture_output=True, text=True)
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert done.returncode == 0, "nvcc failed:\n" + "\n".join(errors[:30] or [done.stderr[-4000:]])

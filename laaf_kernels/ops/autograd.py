@@ -212,11 +212,12 @@ def _needs_grad(*values) -> bool:
 def call_op(qualname: str, *args):
     """Run the registered op ``qualname`` on ``args`` with its autograd.
 
-    Under torch.compile or a torch.func transform the op itself is called (what
-    those trace); otherwise the op's kernel runs directly, in an
-    :class:`_EagerCall` when a gradient is wanted. Both paths use the one rule."""
+    Under torch.compile the op itself is called (what it traces); otherwise the
+    op's kernel runs directly, in an :class:`_EagerCall` when a gradient is wanted.
+    Both paths use the one rule. (No call reaches here under a torch.func transform:
+    dispatch.select_backend hands those to the reference.)"""
     rule = _RULES[qualname]
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling():
         return rule.op(*args)
     if _needs_grad(*args):
         return _EagerCall.apply(*args, rule)

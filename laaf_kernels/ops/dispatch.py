@@ -14,6 +14,14 @@ Which backend runs, first match wins:
 
 Asking for a backend by name that cannot run raises a ``RuntimeError`` that says
 why; ``"auto"`` quietly moves on to the next one.
+
+Under a ``torch.func`` transform (grad, vmap, jvp, jacrev, jacfwd, hessian, as
+functorch-style PINN code uses), the backend so chosen hands the call to
+``"reference"``, the same formulas as torch ops, which every transform supports:
+torch.func cannot transform a ``torch.library`` custom op whose autograd is
+registered with ``register_autograd`` (pytorch/pytorch#168393, #179652). Outside
+transforms, including ``torch.autograd.grad(..., create_graph=True)``, the fused
+kernels run.
 """
 from __future__ import annotations
 
@@ -103,6 +111,13 @@ def _requested(backend: Optional[str]):
 
 def select_backend(backend: Optional[str], device: torch.device) -> Backend:
     """The backend that runs a call on ``device`` (see the module docstring)."""
+    chosen = _chosen_backend(backend, device)
+    if torch._C._are_functorch_transforms_active():  # torch.func: see the module docstring
+        return _REGISTRY["reference"]
+    return chosen
+
+
+def _chosen_backend(backend: Optional[str], device: torch.device) -> Backend:
     name, source = _requested(backend)
     name = _check_name(name, source)
     if name == "auto":

@@ -122,22 +122,19 @@ def test_linear_on_a_view_that_reaches_past_2_31(target, far_storage, n_out, acr
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("dim", [1, 0], ids=["slope-on-columns", "slope-on-rows"])
-def test_activation_on_a_view_that_reaches_past_2_31(target, far_storage, dim):
+@pytest.mark.parametrize("op", ["activation", "flexible"])
+@pytest.mark.parametrize("dim", [1, 0], ids=["channels-on-columns", "channels-on-rows"])
+def test_elementwise_ops_on_a_view_that_reaches_past_2_31(target, far_storage, op, dim):
+    """laaf_activation (a per-channel slope) and flexible_activation (per-channel
+    parameters) on 33 rows 2^26 + 3 apart, the channels along either axis."""
     backend, device = target
     gen = generator(32)
     z = _far_view(far_storage(device), ROWS, 6, gen)
-    a = make_slope("vector", z.shape[dim], 1.0, gen, torch.float32).to(device).requires_grad_()
-    compare_activation(backend, z, a, "sigmoid", 1.0, dim)
-
-
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("dim", [1, 0], ids=["params-on-columns", "params-on-rows"])
-def test_flexible_on_a_view_that_reaches_past_2_31(target, far_storage, dim):
-    backend, device = target
-    gen = generator(33)
-    z = _far_view(far_storage(device), ROWS, 6, gen)
     channels = z.shape[dim]
+    if op == "activation":
+        a = make_slope("vector", channels, 1.0, gen, torch.float32).to(device).requires_grad_()
+        compare_activation(backend, z, a, "sigmoid", 1.0, dim)
+        return
     params = torch.stack([0.3 + 0.4 * torch.rand(channels, generator=gen, dtype=torch.float64),
                           0.2 + 0.5 * torch.rand(channels, generator=gen, dtype=torch.float64)])
     compare_flexible(backend, z, params.float().to(device).requires_grad_(), "sigmoid_ramp",

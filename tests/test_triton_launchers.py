@@ -1,7 +1,7 @@
 """Host-side limits of the Triton launchers (laaf_kernels/kernels/triton_launchers.py),
 checked on meta tensors: nothing is allocated and nothing launches.
 
-* (When a launch indexes in int64 is tested in test_int64_offsets.py.)
+* Which launches index in int64 is tested in test_int64_offsets.py.
 * The fused narrow backward holds W in shared memory: which layers take it depends on
   the dtype (an fp64 128 x 128 W fits no GPU's shared memory; tools/triton_dry_run.py).
 """

@@ -111,7 +111,7 @@ def _requested(backend: Optional[str]):
 
 def select_backend(backend: Optional[str], device: torch.device) -> Backend:
     """The backend that runs a call on ``device`` (see the module docstring)."""
-    chosen = _chosen_backend(backend, device)
+    chosen = _chosen_backend(backend, device)  # first: a bad or unavailable name still raises
     if torch._C._are_functorch_transforms_active():  # torch.func: see the module docstring
         return _REGISTRY["reference"]
     return chosen

@@ -11,7 +11,7 @@ from .functional import (flexible_activation, flexible_linear, laaf_activation, 
                          slope_recovery)
 from .nn import (LAAF, MODES, FlexibleActivation, FlexibleLinear, FlexibleLSTM, FlexibleLSTMCell,
                  LAAFLinear, LAAFMLP, convert, flexible_regularization)
-from .ops.dispatch import available_backends, use_backend
+from .ops.dispatch import available_backends, load_ops, use_backend
 
 __version__ = "0.1.0"
 
@@ -20,5 +20,5 @@ __all__ = [
     "FLEXIBLE_KINDS", "flexible_activation", "flexible_linear", "FlexibleActivation",
     "FlexibleLinear", "FlexibleLSTM", "FlexibleLSTMCell", "flexible_regularization",
     "LAAF", "LAAFLinear", "LAAFMLP", "convert", "reference",
-    "available_backends", "use_backend",
+    "available_backends", "load_ops", "use_backend",
 ]

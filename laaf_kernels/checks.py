@@ -30,7 +30,9 @@ def check_scale(scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number > 0, got {type(scale).__name__}")
     scale = float(scale)
-    if not (scale > 0 and math.isfinite(scale)):
+    # Comparisons, not math.isfinite: torch.compile(dynamic=True) passes a module's
+    # float attribute as a SymFloat, which compares (a guard) but has no isfinite.
+    if not 0 < scale < math.inf:  # NaN fails both
         raise ValueError(f"scale must be a finite number > 0, got {scale}")
     return scale
 

@@ -26,9 +26,9 @@ kernels run.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -36,7 +36,7 @@ import torch
 
 from .. import reference
 
-__all__ = ["Backend", "register_backend", "available_backends", "select_backend",
+__all__ = ["Backend", "register_backend", "available_backends", "load_ops", "select_backend",
            "use_backend", "KNOWN_BACKENDS", "ENV_VAR"]
 
 ENV_VAR = "LAAF_BACKEND"
@@ -69,7 +69,10 @@ class Backend:
 
 
 _REGISTRY: Dict[str, Backend] = {}
-_context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("laaf_backend", default=None)
+#: ``use_backend`` names in force, innermost last, per thread. A ``threading.local``
+#: rather than a ``ContextVar``: torch.compile traces (and guards on) a
+#: thread-local's attributes, but cannot trace ``ContextVar.get``.
+_context = threading.local()
 
 
 def register_backend(backend: Backend) -> None:
@@ -79,6 +82,10 @@ def register_backend(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
+# torch.compile folds this to a constant at trace time instead of tracing it (the
+# first call may build the C++ extension). Sound: a backend's availability on a device
+# is settled by its first check and never changes afterwards.
+@torch.compiler.assume_constant_result
 def _why_unavailable(name: str, device: Optional[torch.device]) -> Optional[str]:
     backend = _REGISTRY.get(name)
     if backend is None:
@@ -89,6 +96,17 @@ def _why_unavailable(name: str, device: Optional[torch.device]) -> Optional[str]
 def available_backends() -> List[str]:
     """The backends that can run on this machine (on at least one of its devices)."""
     return [name for name in KNOWN_BACKENDS if _why_unavailable(name, None) is None]
+
+
+def load_ops() -> List[str]:
+    """Register the ``torch.ops.laaf.*`` ops of every fused backend that runs here
+    (building the C++/CUDA extension if needed) and return those backends' names.
+
+    Ops are otherwise registered on a backend's first use. A process that loads a
+    saved ``torch.export`` program holding laaf ops calls this before
+    ``torch.export.load``, so that the program's ops resolve.
+    """
+    return [name for name in available_backends() if name != "reference"]
 
 
 def _check_name(name, source: str) -> str:
@@ -102,8 +120,9 @@ def _requested(backend: Optional[str]):
     """The backend name in force, and where it came from."""
     if backend is not None:
         return backend, "backend="
-    if _context.get() is not None:
-        return _context.get(), "use_backend()"
+    in_force = getattr(_context, "names", ())
+    if in_force:
+        return in_force[-1], "use_backend()"
     if os.environ.get(ENV_VAR):
         return os.environ[ENV_VAR], f"the {ENV_VAR} environment variable"
     return "auto", "auto"
@@ -138,13 +157,15 @@ def use_backend(name: str) -> Iterator[None]:
     """Run the calls inside the ``with`` block on backend ``name`` (or ``"auto"``).
 
     A per-call ``backend=`` still wins. Contexts nest, and are local to the
-    thread or asyncio task.
+    thread. ``torch.compile`` guards on them: a compiled function called under
+    another backend is traced anew.
     """
-    token = _context.set(_check_name(name, "use_backend(name)"))
+    outer = getattr(_context, "names", ())
+    _context.names = outer + (_check_name(name, "use_backend(name)"),)
     try:
         yield
     finally:
-        _context.reset(token)
+        _context.names = outer
 
 
 register_backend(Backend(

@@ -1,0 +1,192 @@
+"""Whole models under torch.compile and torch.export, with the backend chosen the
+way a model's user chooses it (``use_backend``, ``LAAF_BACKEND``, ``"auto"``), not
+per call: no graph break at the dispatch, one graph for every batch size under
+``dynamic=True``, a new trace when the selection changes, and an exported program
+that saves, loads in a fresh process (after ``laaf_kernels.load_ops()``) and runs.
+
+(test_fused_integration.py traces the functional ops with ``backend=`` given.)
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import cuda_emulation
+import laaf_kernels
+from fused_cases import CPP_PROBLEM, INTERPRETING, TARGETS, TRITON_READY
+from laaf_kernels.ops import dispatch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_FEATURES = 3
+
+
+def _model(device) -> nn.Module:
+    """The three op families (LAAF linear, flexible linear, LAAF activation), with
+    slopes and mixing weights moved off their initial values so that a dropped
+    slope or a wrong mix shows."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        laaf_kernels.LAAFLinear(IN_FEATURES, 11, "tanh", mode="neuron", scale=10.0),
+        laaf_kernels.FlexibleLinear(11, 7, "relu_tanh"),
+        laaf_kernels.LAAF("sin", mode="neuron", num_features=7, scale=2.0),
+        nn.Linear(7, 2),
+    ).to(device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("slope", "params")):
+                p.mul_(0.7 + 0.6 * torch.rand_like(p)).add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _laaf_ops(graph: torch.fx.Graph) -> set:
+    return {str(node.target).split(".default")[0] for node in graph.nodes
+            if node.op == "call_function" and str(node.target).startswith("laaf.")}
+
+
+def _fused_ops(backend: str) -> set:
+    return {f"laaf.{backend}_{op}" for op in ("linear_fwd", "flex_fwd", "act_fwd")}
+
+
+def _recording(graphs: list, device: str):
+    """A torch.compile backend that keeps each graph dynamo hands over, then runs it
+    through AOTAutograd (fake tensors, the ops' registered fakes and autograd):
+    'aot_eager' on CPU, inductor on a GPU."""
+    inner = torch._dynamo.lookup_backend("aot_eager" if device == "cpu" else "inductor")
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.graph)
+        return inner(gm, example_inputs)
+    return backend
+
+
+def _loss_and_grads(model, x):
+    loss = model(x).square().sum()
+    return loss, torch.autograd.grad(loss, [x, *model.parameters()])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_compiled_model_is_one_graph_of_fused_ops_for_every_batch_size(target):
+    backend, device = target
+    model, graphs = _model(device), []
+    compiled = torch.compile(model, fullgraph=True, dynamic=True,
+                             backend=_recording(graphs, device))
+    with laaf_kernels.use_backend(backend):
+        for rows in (5, 12, 31):
+            x = torch.randn(rows, IN_FEATURES, device=device, requires_grad=True)
+            loss, grads = _loss_and_grads(compiled, x)
+            eager_loss, eager_grads = _loss_and_grads(model, x)
+            torch.testing.assert_close(loss, eager_loss)
+            for got, want in zip(grads, eager_grads):
+                torch.testing.assert_close(got, want)
+    assert len(graphs) == 1, "dynamic=True: one trace serves every batch size"
+    assert _laaf_ops(graphs[0]) == _fused_ops(backend)
+
+
+def test_a_compiled_model_is_traced_anew_when_use_backend_changes(monkeypatch):
+    """use_backend() is guarded; "auto" is what runs outside it. (LAAF_BACKEND is
+    read when a graph is traced: dynamo does not guard environment variables,
+    pytorch/pytorch#189027.)"""
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    model, graphs = _model("cpu"), []
+    compiled = torch.compile(model, fullgraph=True, backend=_recording(graphs, "cpu"))
+    x = torch.randn(9, IN_FEATURES)
+    with laaf_kernels.use_backend("reference"):
+        expected = model(x)
+
+    def run_and_check():
+        torch.testing.assert_close(compiled(x), expected)
+
+    run_and_check()
+    auto = set() if CPP_PROBLEM else _fused_ops("cpp")
+    with laaf_kernels.use_backend("reference"):
+        run_and_check()
+    assert [_laaf_ops(g) for g in graphs] == [auto, set()]
+    run_and_check()  # back to "auto": the first trace, not a third
+    assert len(graphs) == 2
+    if TRITON_READY and INTERPRETING:
+        with laaf_kernels.use_backend("triton"):
+            run_and_check()
+        assert [_laaf_ops(g) for g in graphs] == [auto, set(), _fused_ops("triton")]
+
+
+_FIRST_USE_COMPILED = """
+import torch, laaf_kernels
+graphs = []
+def recording(gm, example_inputs):
+    graphs.append({str(n.target) for n in gm.graph.nodes if str(n.target).startswith("laaf.")})  # dynamo holds op packets: no ".default"
+    return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+model = laaf_kernels.LAAFMLP([2, 16, 1], scale=5.0)
+x = torch.randn(7, 2)
+y = torch.compile(model, fullgraph=True, backend=recording)(x)  # the library's first call
+with laaf_kernels.use_backend("reference"):
+    torch.testing.assert_close(y, model(x))
+fused = "cpp" in laaf_kernels.available_backends()
+assert graphs == [{"laaf.cpp_linear_fwd"} if fused else set()], graphs
+"""
+
+
+def test_the_first_call_of_a_fresh_process_may_be_a_compiled_one():
+    """"auto" checks, on first use, whether the C++ extension builds and loads; that
+    check runs at trace time (not traced: it holds a lock and may run a build)."""
+    _run_python(_FIRST_USE_COMPILED)
+
+
+def _run_python(source: str, *args: str) -> None:
+    """Run ``source`` in a new interpreter (this one's environment, the repo importable)."""
+    run = subprocess.run([sys.executable, "-c", source, *args], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": REPO}, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# torch.export
+# ---------------------------------------------------------------------------
+
+_LOAD_AND_RUN = """
+import sys, torch, laaf_kernels
+laaf_kernels.load_ops()  # the C++/CUDA ops are otherwise registered on first use
+program = torch.export.load(sys.argv[1])
+saved = torch.load(sys.argv[2])
+torch.testing.assert_close(program.module()(saved["x"]), saved["y"])
+"""
+
+
+def _argument(node: torch.fx.Node, name: str):
+    names = [a.name for a in node.target._schema.arguments]
+    index = names.index(name)
+    return node.args[index] if index < len(node.args) else node.kwargs[name]
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0] != cuda_emulation.TARGET])
+def test_an_exported_model_saves_loads_in_a_fresh_process_and_runs(target, tmp_path):
+    """Exported under no_grad: the inference graph, whose linear forward writes y
+    alone; a symbolic batch dim; run at another batch size here and after a round
+    trip through torch.export.save / load in a new interpreter."""
+    backend, device = target
+    model = _model(device).eval()
+    with laaf_kernels.use_backend(backend), torch.no_grad():
+        program = torch.export.export(
+            model, (torch.randn(9, IN_FEATURES, device=device),),
+            dynamic_shapes=({0: torch.export.Dim("rows")},))
+    assert _laaf_ops(program.graph) == _fused_ops(backend)
+    forwards = [n for n in program.graph.nodes if str(n.target).startswith(f"laaf.{backend}_linear_fwd")]
+    assert [_argument(n, "training") for n in forwards] == [False]
+
+    x = torch.randn(17, IN_FEATURES, device=device)
+    with torch.no_grad(), laaf_kernels.use_backend("reference"):
+        expected = model(x)
+    torch.testing.assert_close(program.module()(x), expected)
+
+    torch.export.save(program, tmp_path / "model.pt2")
+    torch.save({"x": x, "y": expected}, tmp_path / "io.pt")
+    _run_python(_LOAD_AND_RUN, str(tmp_path / "model.pt2"), str(tmp_path / "io.pt"))

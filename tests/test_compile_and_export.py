@@ -50,15 +50,15 @@ def _fused_ops(backend: str) -> set:
     return {f"laaf.{backend}_{op}" for op in ("linear_fwd", "flex_fwd", "act_fwd")}
 
 
-def _recording(graphs: list, device: str):
-    """A torch.compile backend that keeps each graph dynamo hands over, then runs it
-    through AOTAutograd (fake tensors, the ops' registered fakes and autograd):
-    'aot_eager' on CPU, inductor on a GPU."""
-    inner = torch._dynamo.lookup_backend("aot_eager" if device == "cpu" else "inductor")
+def _recording(graphs: list):
+    """A torch.compile backend that keeps each graph dynamo hands over, then compiles
+    it with inductor, as ``torch.compile`` does by default (AOTAutograd: fake tensors,
+    the ops' registered fakes and autograd; C++ or Triton code around the ops)."""
+    inductor = torch._dynamo.lookup_backend("inductor")
 
     def backend(gm, example_inputs):
         graphs.append(gm.graph)
-        return inner(gm, example_inputs)
+        return inductor(gm, example_inputs)
     return backend
 
 
@@ -79,7 +79,7 @@ def test_a_compiled_model_is_one_graph_of_fused_ops_for_every_batch_size(target)
     backend, device = target
     model, graphs = _model(device), []
     compiled = torch.compile(model, fullgraph=True, dynamic=True,
-                             backend=_recording(graphs, device))
+                             backend=_recording(graphs))
     with laaf_kernels.use_backend(backend):
         for rows in (5, 12, 31):
             x = torch.randn(rows, IN_FEATURES, device=device, requires_grad=True)
@@ -98,7 +98,7 @@ def test_a_compiled_model_is_traced_anew_when_use_backend_changes(monkeypatch):
     pytorch/pytorch#189027.)"""
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     model, graphs = _model("cpu"), []
-    compiled = torch.compile(model, fullgraph=True, backend=_recording(graphs, "cpu"))
+    compiled = torch.compile(model, fullgraph=True, backend=_recording(graphs))
     x = torch.randn(9, IN_FEATURES)
     with laaf_kernels.use_backend("reference"):
         expected = model(x)

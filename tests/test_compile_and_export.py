@@ -23,17 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_FEATURES = 3
 
 
-def _model(device) -> nn.Module:
-    """The three op families (LAAF linear, flexible linear, LAAF activation), with
-    slopes and mixing weights moved off their initial values so that a dropped
+def _off_initial_values(model: nn.Module) -> nn.Module:
+    """Slopes and mixing weights moved off their initial values, so that a dropped
     slope or a wrong mix shows."""
-    torch.manual_seed(5)
-    model = nn.Sequential(
-        laaf_kernels.LAAFLinear(IN_FEATURES, 11, "tanh", mode="neuron", scale=10.0),
-        laaf_kernels.FlexibleLinear(11, 7, "relu_tanh"),
-        laaf_kernels.LAAF("sin", mode="neuron", num_features=7, scale=2.0),
-        nn.Linear(7, 2),
-    ).to(device)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("slope", "params")):
@@ -41,13 +33,42 @@ def _model(device) -> nn.Module:
     return model
 
 
+def _model(device) -> nn.Module:
+    """The three op families: LAAF linear, flexible linear, LAAF activation."""
+    torch.manual_seed(5)
+    return _off_initial_values(nn.Sequential(
+        laaf_kernels.LAAFLinear(IN_FEATURES, 11, "tanh", mode="neuron", scale=10.0),
+        laaf_kernels.FlexibleLinear(11, 7, "relu_tanh"),
+        laaf_kernels.LAAF("sin", mode="neuron", num_features=7, scale=2.0),
+        nn.Linear(7, 2),
+    ).to(device))
+
+
+def _channels_last_cnn(device) -> nn.Module:
+    """The standalone activations on channels_last convolution outputs."""
+    torch.manual_seed(6)
+    return _off_initial_values(nn.Sequential(
+        nn.Conv2d(IN_FEATURES, 5, 3),
+        laaf_kernels.LAAF("tanh", mode="neuron", num_features=5, dim=1),
+        laaf_kernels.FlexibleActivation("sigmoid_ramp", 5, dim=1),
+    ).to(device, memory_format=torch.channels_last))
+
+
+#: name -> (model, input of a batch of ``rows``, the fused ops that its graph holds)
+MODELS = {
+    "mlp": (_model, lambda rows: (rows, IN_FEATURES), ("linear_fwd", "flex_fwd", "act_fwd")),
+    "channels_last_cnn": (_channels_last_cnn, lambda rows: (rows, IN_FEATURES, 7, 6),
+                          ("flex_fwd", "act_fwd")),
+}
+
+
 def _laaf_ops(graph: torch.fx.Graph) -> set:
     return {str(node.target).split(".default")[0] for node in graph.nodes
             if node.op == "call_function" and str(node.target).startswith("laaf.")}
 
 
-def _fused_ops(backend: str) -> set:
-    return {f"laaf.{backend}_{op}" for op in ("linear_fwd", "flex_fwd", "act_fwd")}
+def _fused_ops(backend: str, ops=MODELS["mlp"][2]) -> set:
+    return {f"laaf.{backend}_{op}" for op in ops}
 
 
 def _recording(graphs: list):
@@ -75,21 +96,27 @@ def _fresh_dynamo():
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_a_compiled_model_is_one_graph_of_fused_ops_for_every_batch_size(target):
+@pytest.mark.parametrize("name", MODELS)
+def test_a_compiled_model_is_one_graph_of_fused_ops_for_every_batch_size(target, name):
     backend, device = target
-    model, graphs = _model(device), []
+    make, input_shape, ops = MODELS[name]
+    model, graphs = make(device), []
     compiled = torch.compile(model, fullgraph=True, dynamic=True,
                              backend=_recording(graphs))
     with laaf_kernels.use_backend(backend):
-        for rows in (5, 12, 31):
-            x = torch.randn(rows, IN_FEATURES, device=device, requires_grad=True)
+        for rows in (5, 9, 14):  # (torch's channels_last conv2d guards batch <= 15)
+            x = torch.randn(input_shape(rows), device=device)
+            if x.dim() == 4:
+                x = x.to(memory_format=torch.channels_last)
+            x.requires_grad_()
+            assert compiled(x).stride() == model(x).stride()
             loss, grads = _loss_and_grads(compiled, x)
             eager_loss, eager_grads = _loss_and_grads(model, x)
             torch.testing.assert_close(loss, eager_loss)
             for got, want in zip(grads, eager_grads):
                 torch.testing.assert_close(got, want)
     assert len(graphs) == 1, "dynamic=True: one trace serves every batch size"
-    assert _laaf_ops(graphs[0]) == _fused_ops(backend)
+    assert _laaf_ops(graphs[0]) == _fused_ops(backend, ops)
 
 
 def test_a_compiled_model_is_traced_anew_when_use_backend_changes(monkeypatch):

@@ -41,6 +41,7 @@ from ..activations import evaluate, grad_from_y
 from ..activations import get as get_activation
 from ..flexible import evaluate_flexible
 from ..reference import along, flexible_operands
+from .memory_order import in_memory_order
 
 __all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
            "make_flexible", "differentiable_linear_grads", "differentiable_activation_grads",
@@ -361,7 +362,8 @@ def make_activation(prefix: str, dtypes=None, fallback=None):
         if dtypes is not None and z.dtype not in dtypes:
             return fallback(z, slope, activation, scale, dim)
         s: Optional[torch.Tensor] = None if slope is None else scale * slope
-        return call_op(f"laaf::{prefix}_act_fwd", z, s, activation, dim)
+        return in_memory_order(
+            lambda zz, d: call_op(f"laaf::{prefix}_act_fwd", zz, s, activation, d), z, dim)
 
     return activation_fn
 
@@ -411,6 +413,7 @@ def make_flexible(prefix: str, dtypes=None, fallback=None):
     def flexible(z, params, kind: str, dim: int) -> torch.Tensor:
         if dtypes is not None and z.dtype not in dtypes:
             return fallback(z, params, kind, dim)
-        return call_op(f"laaf::{prefix}_flex_fwd", z, params, kind, dim)
+        return in_memory_order(
+            lambda zz, d: call_op(f"laaf::{prefix}_flex_fwd", zz, params, kind, d), z, dim)
 
     return flexible

@@ -5,7 +5,7 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import List
 
-OPS = ("linear", "activation", "flexible")
+OPS = ("linear", "activation", "flexible", "conv_activation")
 PASSES = ("infer", "train_fwd", "bwd", "fwd_bwd")
 SLOPES = ("none", "scalar", "vector")
 
@@ -31,6 +31,11 @@ class Case:
     slope: str
     headline: bool = False  #: a target of the issues: compile providers run here too
 
+    @property
+    def nchw(self):
+        """conv_activation: z's (B, C, H, W), H = W = K; M = B H W rows of C = N channels."""
+        return (self.M // (self.K * self.K), self.N, self.K, self.K)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["pass"] = d.pop("pass_")
@@ -38,6 +43,9 @@ class Case:
 
     @property
     def label(self) -> str:
+        if self.op == "conv_activation":
+            return (f"{self.op} {self.pass_} {'x'.join(map(str, self.nchw))} channels_last "
+                    f"{self.dtype} {self.activation} {self.slope}")
         shape = f"{self.M}x{self.K}x{self.N}" if self.op == "linear" else f"{self.M}x{self.N}"
         return f"{self.op} {self.pass_} {shape} {self.dtype} {self.activation} {self.slope}"
 
@@ -64,6 +72,18 @@ def parse_shape(text: str):
 #: THP_MEM_ALLOC_ENABLE=1 (PyTorch's 2 MiB pages): bench/README.md.
 FLEXIBLE_SHAPES = {"cuda": [(2 ** 20, 256, 256)], "cpu": [(2 ** 16, 256, 256)]}
 FLEXIBLE_KINDS = ("relu_poly", "sigmoid_ramp")
+
+#: laaf_activation on a channels_last convolution output (B, C, H, W), slope along
+#: dim=1 (a ResNet stage-1 activation), against eager and torch.compile of the same:
+#: the fused op reads it in memory order, (B H W, C), with no copy.
+CONV_SHAPES = {"cuda": [(32, 64, 56, 56)], "cpu": [(32, 64, 56, 56)]}
+
+
+def conv_case(pass_: str, nchw, dtype: str) -> "Case":
+    b, c, h, w = nchw
+    assert h == w, "conv cases are square"
+    return Case("conv_activation", pass_, b * h * w, h, c, dtype, "tanh", "vector", True)
+
 
 #: The shapes the issues set targets on, per device. On CPU the float32 headline has a
 #: float64 twin: PINN users often train in float64 (second derivatives of a float32
@@ -105,7 +125,7 @@ def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None,
         for s in dl:
             grid += [(s, dt, "tanh", "vector") for dt in dict.fromkeys((low, "float32"))]
             grid += [(s, low, "relu", "none")]
-    laaf_ops = [op for op in ops if op != "flexible"]
+    laaf_ops = [op for op in ops if op in ("linear", "activation")]
     for op, pass_, (shape, dtype, act, slope) in itertools.product(laaf_ops, passes, grid):
         headline = shapes is not None or _is_headline(device, shape, dtype, act, slope)
         cases.append(Case(op, pass_, *shape, dtype, act, slope, headline))
@@ -114,5 +134,8 @@ def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None,
         flex_dtype = dtype if shapes is not None else "float32"
         for pass_, shape, kind in itertools.product(passes, flex_shapes, FLEXIBLE_KINDS):
             cases.append(Case("flexible", pass_, *shape, flex_dtype, kind, "vector", True))
+    if "conv_activation" in ops and shapes is None:
+        cases += [conv_case(pass_, nchw, "float32")
+                  for pass_, nchw in itertools.product(passes, CONV_SHAPES[device])]
     # Headline cases first: if a run is cut short, what the targets need is measured.
     return sorted(cases, key=lambda c: not c.headline)

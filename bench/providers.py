@@ -53,7 +53,10 @@ def make_inputs(case: Case, device: str, requires_grad: bool, seed: int = 0) -> 
         params = init + 0.1 * torch.randn(2, n_feat, generator=gen)
         tensors["a"] = params.to(device=device, dtype=dtype).requires_grad_(requires_grad)
         return tensors
-    if case.op == "linear":
+    if case.op == "conv_activation":
+        x = rand(*case.nchw).detach().to(memory_format=torch.channels_last)
+        tensors["x"] = x.requires_grad_(requires_grad)
+    elif case.op == "linear":
         tensors["x"] = rand(case.M, case.K)
         tensors["w"] = rand(case.N, case.K, scale=case.K ** -0.5)
         tensors["b"] = rand(case.N)
@@ -75,6 +78,8 @@ def _eager_fn(case: Case) -> Callable:
         return lambda x, w, b, a: act(SCALE * a * F.linear(x, w, b))
     if case.slope == "none":
         return lambda x: act(x)
+    if case.op == "conv_activation":
+        return lambda x, a: act(SCALE * a[:, None, None] * x)
     return lambda x, a: act(SCALE * a * x)
 
 
@@ -83,6 +88,8 @@ def _backend_fn(case: Case, backend: str) -> Callable:
         return lambda x, params: laaf_kernels.flexible_activation(
             x, params, kind=case.activation, backend=backend)
     kw = dict(activation=case.activation, scale=SCALE, backend=backend)
+    if case.op == "conv_activation":
+        return lambda x, a: laaf_kernels.laaf_activation(x, a, dim=1, **kw)
     if case.op == "linear":
         if case.slope == "none":
             return lambda x, w, b: laaf_kernels.laaf_linear(x, w, b, None, **kw)

@@ -2,8 +2,9 @@
 import json
 
 import pytest
+import torch
 
-from bench import cases, roofline, run
+from bench import cases, providers, roofline, run
 
 
 def test_one_tiny_case_writes_rows_with_metadata(tmp_path, capsys, monkeypatch):
@@ -48,7 +49,8 @@ def test_roofline_models():
 
 def test_full_gpu_suite_has_the_headline_cases():
     full = cases.suite("cuda", full=True)
-    heads = {(c.op == "flexible", c.M, c.K, c.N, c.dtype) for c in full if c.headline}
+    heads = {(c.op == "flexible", c.M, c.K, c.N, c.dtype) for c in full
+             if c.headline and c.op != "conv_activation"}
     assert heads == {(False, 2 ** 20, 50, 50, "float32"), (False, 8192, 4096, 4096, "bfloat16"),
                      (True, 2 ** 20, 256, 256, "float32")}  # the flexible issue's shape
     assert {c.pass_ for c in full} == set(cases.PASSES)
@@ -56,9 +58,22 @@ def test_full_gpu_suite_has_the_headline_cases():
 
 def test_quick_cpu_suite_times_the_headline_shape_in_fp32_and_fp64():
     quick = cases.suite("cpu", full=False)
-    heads = {(c.op, c.M, c.K, c.N, c.dtype) for c in quick if c.headline and c.op != "flexible"}
+    heads = {(c.op, c.M, c.K, c.N, c.dtype) for c in quick
+             if c.headline and c.op in ("linear", "activation")}
     assert heads == {(op, 100_000, 50, 50, dt) for op in ("linear", "activation")
                      for dt in ("float32", "float64")}
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_both_suites_time_a_channels_last_conv_activation(device):
+    for full in (False, True):
+        conv = [c for c in cases.suite(device, full) if c.op == "conv_activation"]
+        assert {c.pass_ for c in conv} == set(cases.PASSES)
+        assert {c.nchw for c in conv} == {(32, 64, 56, 56)}
+        assert conv[0].label.startswith("conv_activation") and "32x64x56x56 channels_last" in conv[0].label
+    inputs = providers.make_inputs(conv[0], "cpu", requires_grad=False)
+    assert inputs["x"].is_contiguous(memory_format=torch.channels_last)
+    assert inputs["a"].shape == (64,)
 
 
 def test_shapes_take_the_dtype_option():

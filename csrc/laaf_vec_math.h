@@ -21,6 +21,17 @@ namespace laaf {
 #define LAAF_VEC_FAST_MATH 0
 #endif
 
+// The double paths (exp, tanh) are AVX2-only. Measured one thread, 2^16 lanes in L2
+// (stop 22, Intel Xeon with AVX-512, gcc 12): on AVX2 lanes they beat Sleef (exp
+// 1.17 against 1.88 ns, tanh 2.99 against 5.91, sigmoid 1.56 against 2.35); built for
+// AVX-512 they lose to it (exp 1.12 against 1.01, tanh 4.63 against 3.85, sigmoid
+// 4.16 against 1.39), so an AVX-512 build takes at::vec's Sleef calls for doubles.
+#if defined(CPU_CAPABILITY_AVX2)
+#define LAAF_VEC_FAST_DOUBLE 1
+#else
+#define LAAF_VEC_FAST_DOUBLE 0
+#endif
+
 template <typename V>
 inline constexpr bool kIsFloatLanes = std::is_same_v<V, at::vec::Vectorized<float>>;
 template <typename V>
@@ -58,6 +69,7 @@ inline V exp_nonpositive(const V& x) {
     const V two_n = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(biased));
     return V::blendv(er * two_n, V(0.0f), x < V(-87.33f));
   }
+#if LAAF_VEC_FAST_DOUBLE
   if constexpr (kIsDoubleLanes<V>) {
     using I = at::vec::Vectorized<int64_t>;
     const V xc = at::vec::maximum(x, V(-708.39));  // n >= -1022: 2^n stays normal
@@ -79,6 +91,7 @@ inline V exp_nonpositive(const V& x) {
     const V two_n = at::vec::cast<double>((at::vec::cast<int64_t>(k) + I(1023)) << I(52));
     return V::blendv(er * two_n, V(0.0), x < V(-708.39));
   }
+#endif  // LAAF_VEC_FAST_DOUBLE
 #endif
   return x.exp();
 }
@@ -142,8 +155,8 @@ inline V fast_tanh_double(const V& x) {
 //    rational only enters t as a correction, so its own rounding hardly reaches the
 //    result: within 2.4 ulp of the true tanh, exactly +-1 from |x| ~ 9 on. On AVX2,
 //    2.4 ns per 8 lanes where the expm1 formula it replaced took 4.5.
-//  * double: fast_tanh_double above, within 0.92 ulp, 12.6 ns per 4 lanes on
-//    Zen 3 where at::vec's Sleef tanh_u10 takes 24.5.
+//  * double on AVX2: fast_tanh_double above, within 0.92 ulp, 12.6 ns per 4 lanes
+//    on Zen 3 where at::vec's Sleef tanh_u10 takes 24.5 (AVX-512: Sleef, see the top).
 template <typename V>
 inline V fast_tanh(const V& x) {
 #if LAAF_VEC_FAST_MATH
@@ -158,9 +171,11 @@ inline V fast_tanh(const V& x) {
     const V t2 = at::vec::fmadd(c * v, n / d, c);  // T = 2 tanh(x / 2)
     return (t2 * V(4.0f)) / at::vec::fmadd(t2, t2, V(4.0f));
   }
+#if LAAF_VEC_FAST_DOUBLE
   if constexpr (kIsDoubleLanes<V>) {
     return fast_tanh_double(x);
   }
+#endif
 #endif
   return x.tanh();
 }

@@ -7,6 +7,10 @@ Tolerances: see ``helpers.assert_close_to_truth`` (error against a float64
 truth, bounded by eager PyTorch's own error in the same dtype plus summation
 noise that grows with the reduction length: K for y, N for dx, M for dW and
 db, M*N for a 0-d slope's da, the longest sum)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -438,9 +442,11 @@ def _true_tanh(z: torch.Tensor):
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
 def test_cpp_fp64_tanh_is_within_one_ulp(target):
-    """The C++ fp64 tanh (laaf_vec_math.h: fast_tanh_double; |x| < 0.55 a degree-10
-    correction polynomial, otherwise (1 - e) / (1 + e) with e = exp(-2|x|) inline and
-    the roundings of 1 +- e and the quotient compensated; no Sleef) on a dense grid
+    """The C++ fp64 tanh (AVX2 builds: laaf_vec_math.h's fast_tanh_double; |x| < 0.55 a
+    degree-10 correction polynomial, otherwise (1 - e) / (1 + e) with e = exp(-2|x|)
+    inline and the roundings of 1 +- e and the quotient compensated; AVX-512 builds:
+    Sleef's tanh_u10; test_the_avx2_fast_paths_on_an_avx512_machine runs the AVX2
+    build where this machine runs AVX-512) on a dense grid
     over [-25, 25], near the 0.55 switch and near 0, against a tanh exact far below an
     ulp: within 1 ulp of the true value (0.92 measured, here and on 3.6e8 random
     points; Sleef's tanh_u10, which torch uses, promises 1). Exactly +-1 from 19.06
@@ -460,7 +466,29 @@ def test_cpp_fp64_tanh_is_within_one_ulp(target):
     special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 5e-324, -1e-310], **f64)
     got = torch.ops.laaf.cpp_act_fwd(special, None, "tanh", -1)
     torch.testing.assert_close(got, torch.tanh(special), equal_nan=True, rtol=0, atol=0)
-    assert torch.equal(got.signbit(), torch.tanh(special).signbit())
+    signed = ~special.isnan()  # (a NaN's sign bit means nothing; Sleef's may be set)
+    assert torch.equal(got.signbit()[signed], torch.tanh(special).signbit()[signed])
+
+
+ACCURACY_TESTS = ("test_cpp_fp32_tanh_is_within_three_ulp", "test_cpp_fp64_tanh_is_within_one_ulp",
+                  "test_cpp_sigmoid_is_within_three_ulp")
+
+
+@pytest.mark.skipif(str(torch.backends.cpu.get_cpu_capability()) != "AVX512",
+                    reason="the AVX2 build is the one this machine runs (or it has no AVX-512)")
+@pytest.mark.parametrize("target", CPP_TARGETS)
+def test_the_avx2_fast_paths_on_an_avx512_machine(target):
+    """The extension is built for the running capability, so on an AVX-512 machine the
+    AVX2-only double paths (laaf_vec_math.h: LAAF_VEC_FAST_DOUBLE) would go untested:
+    the accuracy tests run again in a process whose ATen capability is AVX2, which builds
+    and loads the AVX2 extension (a minute or two, once per extension directory)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+         __file__, "-k", " or ".join(ACCURACY_TESTS)],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, capture_output=True, text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)), timeout=1800)
+    assert run.returncode == 0 and f"{len(ACCURACY_TESTS)} passed" in run.stdout, (
+        run.stdout[-3000:] + run.stderr[-2000:])
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)

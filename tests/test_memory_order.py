@@ -10,7 +10,6 @@ import torch
 import laaf_kernels
 from fused_cases import TARGETS, compare_activation, compare_flexible
 from helpers import generator
-from laaf_kernels import reference
 from laaf_kernels.ops import autograd as autograd_module
 from laaf_kernels.ops.memory_order import memory_order
 
@@ -57,44 +56,40 @@ def kernel_inputs(monkeypatch):
     return seen
 
 
-def _check_layout(layout, z, y, dz, reference_y, kernel_inputs):
-    assert y.stride() == reference_y.stride(), "the output keeps the reference's layout"
+def _laaf(z, dim, backend):
+    """(run on a backend, compare the backend with the reference) for laaf_activation."""
+    a = (0.6 + 0.8 * torch.rand(z.shape[dim], generator=generator(62), dtype=z.dtype)) / SCALE
+    a = a.to(z.device).requires_grad_()
+    return (lambda on: laaf_kernels.laaf_activation(z, a, activation="gelu", scale=SCALE,
+                                                    dim=dim, backend=on),
+            lambda: compare_activation(backend, z, a, "gelu", SCALE, dim))
+
+
+def _flexible(z, dim, backend):
+    """As _laaf, for flexible_activation (relu_tanh)."""
+    params = torch.rand(2, z.shape[dim], generator=generator(64), dtype=z.dtype) * 1.6 - 0.3
+    params = params.to(z.device).requires_grad_()
+    return (lambda on: laaf_kernels.flexible_activation(z, params, kind="relu_tanh", dim=dim,
+                                                        backend=on),
+            lambda: compare_flexible(backend, z, params, "relu_tanh", dim))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op", [_laaf, _flexible], ids=["laaf", "flexible"])
+def test_the_activations_keep_the_layout(target, layout, op, kernel_inputs):
+    backend, device = target
+    z, dim = _z(layout, seed=61)
+    z = z.to(device).requires_grad_()
+    run, compare = op(z, dim, backend)
+    y = run(backend)
+    dz, = torch.autograd.grad(y, z, torch.ones_like(y))
+    assert y.stride() == run("reference").stride(), "the output keeps the reference's layout"
     if layout in DENSE:
         assert y.stride() == z.stride() and dz.stride() == z.stride()
         assert [t.data_ptr() for t in kernel_inputs] == [z.data_ptr()], "no copy of z"
         assert all(t.is_contiguous() for t in kernel_inputs)
-
-
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_laaf_activation_keeps_the_layout(target, layout, kernel_inputs):
-    backend, device = target
-    z, dim = _z(layout, seed=61)
-    z = z.to(device).requires_grad_()
-    gen = generator(62)
-    a = ((0.6 + 0.8 * torch.rand(z.shape[dim], generator=gen, dtype=z.dtype)) / SCALE)
-    a = a.to(device).requires_grad_()
-    y = laaf_kernels.laaf_activation(z, a, activation="gelu", scale=SCALE, dim=dim,
-                                     backend=backend)
-    dz, = torch.autograd.grad(y, z, torch.ones_like(y))
-    reference_y = reference.laaf_activation(z, a, activation="gelu", scale=SCALE, dim=dim)
-    _check_layout(layout, z, y, dz, reference_y, kernel_inputs)
-    compare_activation(backend, z, a, "gelu", SCALE, dim)
-
-
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_flexible_activation_keeps_the_layout(target, layout, kernel_inputs):
-    backend, device = target
-    z, dim = _z(layout, seed=63)
-    z = z.to(device).requires_grad_()
-    params = (torch.rand(2, z.shape[dim], generator=generator(64), dtype=z.dtype) * 1.6 - 0.3)
-    params = params.to(device).requires_grad_()
-    y = laaf_kernels.flexible_activation(z, params, kind="relu_tanh", dim=dim, backend=backend)
-    dz, = torch.autograd.grad(y, z, torch.ones_like(y))
-    reference_y = reference.flexible_activation_impl(z, params, "relu_tanh", dim)
-    _check_layout(layout, z, y, dz, reference_y, kernel_inputs)
-    compare_flexible(backend, z, params, "relu_tanh", dim)
+    compare()
 
 
 @pytest.mark.parametrize("layout, expected", [

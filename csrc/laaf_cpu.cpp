@@ -34,9 +34,11 @@
 #include <cstdlib>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "laaf_activations.h"
 #include "laaf_cpu_common.h"
+#include "laaf_cpu_vml.h"
 #include "laaf_cpu_gemm.h"
 
 namespace laaf {
@@ -64,17 +66,39 @@ void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
   });
 }
 
-// Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = act(s z).
-template <typename T, int ACT>
-void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
-                        int64_t v1, int64_t total) {
+// Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = f(s z).
+template <typename T, typename F>
+void map_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0, int64_t v1,
+                    int64_t total, const F& f) {
   using V = Vectorized<Compute<T>>;
   for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
     const int64_t at = v * V::size();
     const int64_t n = std::min<int64_t>(V::size(), total - at);
     const V h = Io<T>::load(z + at, n) * walk.slope(p);
-    Io<T>::store(Act<ACT>::value(h), y + at, n);
+    Io<T>::store(f(h), y + at, n);
   }
+}
+
+// Vectors [v0, v1) of a flat walk over `total` elements: y = act(s z). The double tanh
+// of an AVX-512 build goes through MKL VML where libtorch has it (laaf_cpu_vml.h):
+// block by block, h = s z into y, then VML's tanh on y in place, still in cache.
+template <typename T, int ACT>
+void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
+                        int64_t v1, int64_t total) {
+  using V = Vectorized<Compute<T>>;
+  if constexpr (std::is_same_v<T, double> && ACT == 0) {  // tanh: the table's first entry
+    if (vml_tanh_double()) {
+      const auto identity = [](const V& h) { return h; };
+      for (int64_t b0 = v0; b0 < v1; b0 += kVmlBlock / V::size()) {
+        const int64_t b1 = std::min<int64_t>(v1, b0 + kVmlBlock / V::size());
+        map_flat_range<T>(z, y, walk, b0, b1, total, identity);
+        const int64_t at0 = b0 * V::size();
+        vml_tanh_in_place(y + at0, std::min<int64_t>(b1 * V::size(), total) - at0);
+      }
+      return;
+    }
+  }
+  map_flat_range<T>(z, y, walk, v0, v1, total, [](const V& h) { return Act<ACT>::value(h); });
 }
 
 // Narrow grids with slopes per column, one or none: a flat walk (FlatWalk).

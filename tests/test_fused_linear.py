@@ -470,6 +470,36 @@ def test_cpp_fp64_tanh_is_within_one_ulp(target):
     assert torch.equal(got.signbit()[signed], torch.tanh(special).signbit()[signed])
 
 
+def _libtorch_exports(symbol: str) -> bool:
+    import ctypes
+    try:
+        getattr(ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")),
+                symbol)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux")
+                         and str(torch.backends.cpu.get_cpu_capability()) == "AVX512"
+                         and _libtorch_exports("vmdTanh")),
+                    reason="the VML hook is for Linux AVX-512 builds whose libtorch exports vmdTanh")
+@pytest.mark.parametrize("target", CPP_TARGETS)
+def test_cpp_fp64_tanh_forward_is_mkl_vml_on_avx512(target):
+    """csrc/laaf_cpu_vml.h: an AVX-512 build's fp64 tanh forward calls MKL's vmdTanh
+    (high accuracy), the function torch.tanh itself calls on a long contiguous double
+    tensor, so the two agree bit for bit, slope and a linear layer's z included (Sleef,
+    the fallback, differs in some last bits)."""
+    gen = torch.Generator().manual_seed(61)
+    z = torch.randn(4099, 37, generator=gen, dtype=torch.float64) * 3
+    s = 0.5 + torch.rand(37, generator=gen, dtype=torch.float64)
+    assert torch.equal(torch.ops.laaf.cpp_act_fwd(z, None, "tanh", -1), torch.tanh(z))
+    assert torch.equal(torch.ops.laaf.cpp_act_fwd(z, s, "tanh", -1), torch.tanh(z * s))
+    x, w = torch.randn(4099, 23, generator=gen, dtype=torch.float64), torch.randn(37, 23, generator=gen, dtype=torch.float64)
+    y, zz = torch.ops.laaf.cpp_linear_fwd(x, w, None, s, "tanh", True)
+    assert torch.equal(y, torch.tanh(zz * s))
+
+
 ACCURACY_TESTS = ("test_cpp_fp32_tanh_is_within_three_ulp", "test_cpp_fp64_tanh_is_within_one_ulp",
                   "test_cpp_sigmoid_is_within_three_ulp")
 

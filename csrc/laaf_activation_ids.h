@@ -10,6 +10,18 @@ namespace laaf {
 
 constexpr int kNumActivations = 10;
 
+// Each activation's id, for code that treats one of them specially.
+constexpr int kActTanh = 0;
+constexpr int kActSigmoid = 1;
+constexpr int kActRelu = 2;
+constexpr int kActLeakyRelu = 3;
+constexpr int kActElu = 4;
+constexpr int kActSoftplus = 5;
+constexpr int kActSilu = 6;
+constexpr int kActGelu = 7;
+constexpr int kActSin = 8;
+constexpr int kActIdentity = 9;
+
 // The index of `name` in names[0, count); an error naming `what` if absent.
 inline int name_to_id(const char* const* names, int count, c10::string_view name,
                       const char* what) {

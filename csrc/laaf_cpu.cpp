@@ -50,19 +50,30 @@ using namespace cpu;  // Grid, Io, Compute, grain, lane_sum, sum_parts, slope_in
 // Forward epilogue: y = act(s * z), one vectorised pass (in place allowed)
 // ---------------------------------------------------------------------------
 
+// Whether y = act(h) goes through MKL VML (laaf_cpu_vml.h): the double tanh of a
+// build and libtorch that have the hook. The forward passes then store h = s z and
+// run VML's tanh over what they stored, still in cache.
+template <typename T, int ACT>
+bool act_through_vml() {
+  if constexpr (std::is_same_v<T, double> && ACT == kActTanh) return vml_tanh_double();
+  return false;
+}
+
 // Slopes per row (channels in the middle), or rows too wide for a flat walk: row by
 // row, long rows cut into segments (for_row_segments).
 template <typename T, int ACT>
 void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
   using V = Vectorized<Compute<T>>;
+  const bool vml = act_through_vml<T, ACT>();
   for_row_segments(grid.rows, grid.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
     const T* zr = z + r * grid.cols;
     T* yr = y + r * grid.cols;
     for (int64_t c = c0; c < c1; c += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), c1 - c);
       const V h = Io<T>::load(zr + c, n) * grid.slope(r, c, n);
-      Io<T>::store(Act<ACT>::value(h), yr + c, n);
+      Io<T>::store(vml ? h : Act<ACT>::value(h), yr + c, n);
     }
+    if (vml) vml_tanh_in_place(yr + c0, c1 - c0);
   });
 }
 
@@ -79,26 +90,22 @@ void map_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t 
   }
 }
 
-// Vectors [v0, v1) of a flat walk over `total` elements: y = act(s z). The double tanh
-// of an AVX-512 build goes through MKL VML where libtorch has it (laaf_cpu_vml.h):
-// block by block, h = s z into y, then VML's tanh on y in place, still in cache.
+// Vectors [v0, v1) of a flat walk over `total` elements: y = act(s z); through VML
+// (act_through_vml) block by block of kVmlBlock elements.
 template <typename T, int ACT>
 void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
                         int64_t v1, int64_t total) {
   using V = Vectorized<Compute<T>>;
-  if constexpr (std::is_same_v<T, double> && ACT == 0) {  // tanh: the table's first entry
-    if (vml_tanh_double()) {
-      const auto identity = [](const V& h) { return h; };
-      for (int64_t b0 = v0; b0 < v1; b0 += kVmlBlock / V::size()) {
-        const int64_t b1 = std::min<int64_t>(v1, b0 + kVmlBlock / V::size());
-        map_flat_range<T>(z, y, walk, b0, b1, total, identity);
-        const int64_t at0 = b0 * V::size();
-        vml_tanh_in_place(y + at0, std::min<int64_t>(b1 * V::size(), total) - at0);
-      }
-      return;
-    }
+  if (!act_through_vml<T, ACT>()) {
+    map_flat_range<T>(z, y, walk, v0, v1, total, [](const V& h) { return Act<ACT>::value(h); });
+    return;
   }
-  map_flat_range<T>(z, y, walk, v0, v1, total, [](const V& h) { return Act<ACT>::value(h); });
+  for (int64_t b0 = v0; b0 < v1; b0 += kVmlBlock / V::size()) {
+    const int64_t b1 = std::min<int64_t>(v1, b0 + kVmlBlock / V::size());
+    map_flat_range<T>(z, y, walk, b0, b1, total, [](const V& h) { return h; });
+    const int64_t at0 = b0 * V::size();
+    vml_tanh_in_place(y + at0, std::min<int64_t>(b1 * V::size(), total) - at0);
+  }
 }
 
 // Narrow grids with slopes per column, one or none: a flat walk (FlatWalk).

@@ -11,6 +11,7 @@
 // Sleef runs as before.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 // Linux (ELF weak references) AVX-512 builds only; elsewhere the hook is off.
 #if defined(__linux__) && defined(CPU_CAPABILITY_AVX512)
@@ -44,17 +45,22 @@ inline bool vml_tanh_double() {
 #endif
 }
 
-// y[0, n) = tanh(y[0, n)) in place, in blocks of kVmlBlock (only when vml_tanh_double()).
-inline void vml_tanh_in_place(double* y, int64_t n) {
+// y[0, n) = tanh(y[0, n)) in place, in blocks of kVmlBlock (only when vml_tanh_double());
+// a template so that the forward passes of every dtype compile the call (only the
+// double one is ever reached).
+template <typename T>
+inline void vml_tanh_in_place(T* y, int64_t n) {
 #if LAAF_VML_TANH
-  for (int64_t at = 0; at < n; at += kVmlBlock) {
-    const int count = static_cast<int>(n - at < kVmlBlock ? n - at : kVmlBlock);
-    vmdTanh(count, y + at, y + at, kVmlHighAccuracy);
+  if constexpr (std::is_same_v<T, double>) {
+    for (int64_t at = 0; at < n; at += kVmlBlock) {
+      const int count = static_cast<int>(n - at < kVmlBlock ? n - at : kVmlBlock);
+      vmdTanh(count, y + at, y + at, kVmlHighAccuracy);
+    }
+    return;
   }
-#else
+#endif
   (void)y;
   (void)n;
-#endif
 }
 
 }  // namespace cpu

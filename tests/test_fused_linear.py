@@ -488,13 +488,17 @@ def _libtorch_exports(symbol: str) -> bool:
 def test_cpp_fp64_tanh_forward_is_mkl_vml_on_avx512(target):
     """csrc/laaf_cpu_vml.h: an AVX-512 build's fp64 tanh forward calls MKL's vmdTanh
     (high accuracy), the function torch.tanh itself calls on a long contiguous double
-    tensor, so the two agree bit for bit, slope and a linear layer's z included (Sleef,
-    the fallback, differs in some last bits)."""
+    tensor, so the two agree bit for bit, in both forward passes (a flat walk: no
+    slope, a (C,) slope on columns, a linear layer's z; row by row: a slope per row)
+    (Sleef, the fallback, differs in some last bits)."""
     gen = torch.Generator().manual_seed(61)
     z = torch.randn(4099, 37, generator=gen, dtype=torch.float64) * 3
     s = 0.5 + torch.rand(37, generator=gen, dtype=torch.float64)
     assert torch.equal(torch.ops.laaf.cpp_act_fwd(z, None, "tanh", -1), torch.tanh(z))
     assert torch.equal(torch.ops.laaf.cpp_act_fwd(z, s, "tanh", -1), torch.tanh(z * s))
+    nchw = torch.randn(9, 37, 11, 13, generator=gen, dtype=torch.float64)  # a slope per row
+    assert torch.equal(torch.ops.laaf.cpp_act_fwd(nchw, s, "tanh", 1),
+                       torch.tanh(nchw * s[:, None, None]))
     x, w = torch.randn(4099, 23, generator=gen, dtype=torch.float64), torch.randn(37, 23, generator=gen, dtype=torch.float64)
     y, zz = torch.ops.laaf.cpp_linear_fwd(x, w, None, s, "tanh", True)
     assert torch.equal(y, torch.tanh(zz * s))

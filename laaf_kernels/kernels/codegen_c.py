@@ -136,6 +136,11 @@ def _act_structs(style, qualifiers: str) -> list:
 # The three headers
 # ---------------------------------------------------------------------------
 
+def _camel(name: str) -> str:
+    """leaky_relu -> LeakyRelu."""
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
 def render_ids() -> str:
     cases = " \\\n".join(
         f"    case {i}: {{ constexpr int ACT = {i}; __VA_ARGS__(); break; }}"
@@ -151,6 +156,9 @@ def render_ids() -> str:
         "namespace laaf {",
         "",
         f"constexpr int kNumActivations = {len(ACTIVATIONS)};",
+        "",
+        "// Each activation's id, for code that treats one of them specially.",
+        *(f"constexpr int kAct{_camel(n)} = {i};" for i, n in enumerate(ACTIVATIONS)),
         "",
         "// The index of `name` in names[0, count); an error naming `what` if absent.",
         "inline int name_to_id(const char* const* names, int count, c10::string_view name,",

@@ -190,6 +190,7 @@ def _build(name: str, sources: list, verbose: bool) -> None:
                 compiled.append(str(target))
         extension._ensure_ninja_on_path()
         (directory / name).mkdir(exist_ok=True)
+        extension._remove_stale_baton(directory / name)  # (we hold the build's lock)
         sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if _asan() else []
         cpp_extension.load(
             name=name, sources=compiled,

@@ -109,6 +109,23 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 
 
+def _remove_stale_baton(directory: pathlib.Path) -> None:
+    """Remove torch's build baton (``directory/lock``) left by a killed build.
+
+    ``cpp_extension.load`` creates that file while it builds and deletes it after;
+    a process that finds it waits, without end and without a word, for it to go. A
+    build killed midway (Ctrl-C, a timeout, the OOM killer) leaves it behind, and
+    every later first use then hangs. Called with our own ``build.lock`` held: an OS
+    lock, released when its holder dies, and taken by every laaf_kernels build of
+    this directory; so a baton found here belongs to no live build and is stale.
+    """
+    baton = directory / "lock"
+    if baton.exists():
+        logging.getLogger("laaf_kernels").warning(
+            "laaf_kernels: removing %s, left by a build that was killed", baton)
+        baton.unlink(missing_ok=True)
+
+
 def _jit_build(part: _Part, verbose: bool) -> None:
     from filelock import FileLock
     from torch.utils import cpp_extension
@@ -121,6 +138,7 @@ def _jit_build(part: _Part, verbose: bool) -> None:
             "laaf_kernels: building %s on first use (a minute or more) in %s",
             part.name, directory)
     with FileLock(str(directory / "build.lock")):
+        _remove_stale_baton(directory)
         cpp_extension.load(
             name=part.name, sources=[str(CSRC / s) for s in part.sources],
             extra_cflags=part.cflags(), extra_cuda_cflags=part.cuda_cflags,

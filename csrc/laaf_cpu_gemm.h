@@ -18,7 +18,9 @@
 // broadcast A(r, d) in registers (11 of AVX2's 16): per depth step 2 loads,
 // 4 broadcasts, 8 FMAs, so the FMA units, not the loads, set the pace. An odd
 // number of column vectors ends in one 4 x 3 tile (12 accumulators), placed so
-// that it ends at C's last column (gemm_rows).
+// that it ends at C's last column (gemm_rows). AVX-512's 32 registers hold a 4 x 4
+// tile (16 accumulators, 21 registers): N = 50 in fp32 is then one panel of 4 zmm
+// vectors (kMaxPanel, next_panel_vectors).
 // Every sum runs in a fixed order, whatever the thread count (deterministic).
 #pragma once
 #include <ATen/cpu/vec/vec.h>
@@ -107,10 +109,25 @@ inline void store_lanes(const Vectorized<T>& v, T* cp, int64_t live) {
   }
 }
 
-// How many vectors the last panel of a row holds, for a row of `vectors` vectors:
-// 1 when there is only one, else 2 or 3 (an even or odd count; see gemm_rows).
-constexpr int64_t last_panel_vectors(int64_t vectors) {
-  return vectors == 1 ? 1 : vectors % 2 == 1 ? 3 : 2;
+// The vector registers of the build's ISA: AVX-512's 32 zmm, else AVX2's 16 ymm.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
+// The widest panel (vectors of C per gemm_tile) that a 4-row tile keeps in registers:
+// 4 x 2 accumulators + 2 B vectors + 1 broadcast of AVX2's 16, 4 x 4 + 4 + 1 of
+// AVX-512's 32.
+constexpr int64_t kMaxPanel = kVectorRegisters >= 32 ? 4 : 2;
+
+// The width in vectors of the next panel of a row, `left` vectors of C still to
+// cover: all of them when they fit one panel (3 fit AVX2's 4 x 3 tile too), 3 when
+// one more than a panel is left (never a panel of a lone vector after others: a
+// 4 x 1 tile has too few FMA chains per broadcast), else a whole panel. AVX2:
+// 7 vectors are 2 + 2 + 3; AVX-512: 4 are one panel, 5 are 3 + 2, 7 are 4 + 3.
+constexpr int64_t next_panel_vectors(int64_t left) {
+  return left <= kMaxPanel || left == 3 ? left : left == kMaxPanel + 1 ? 3 : kMaxPanel;
 }
 
 // One R x P tile of C at columns [col, col + P vectors): those below `cols` are
@@ -120,7 +137,7 @@ constexpr int64_t last_panel_vectors(int64_t vectors) {
 // store around every FMA, at half the speed), and always_inline keeps GCC's
 // inlining budget out of it: in a standalone harness, K = N = 50 in L1, the
 // default inlining ran at 64 GFLOP/s and this at 77.
-//   With kTail (a C narrower than the tile, L < cols < P L; see gemm_rows_narrow_c)
+//   With kTail (C one panel, (P - 1) L < cols <= P L; see gemm_rows_of)
 // the last vector is moved left by cols - P L columns (a negative shift) to end at
 // C's last column. It is written as "+ moved(p)" on the unchanged column
 // expressions, which is + 0 for every other tile: GCC then gives gemm_rows the same
@@ -166,107 +183,120 @@ inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
   }
 }
 
-// R rows of C, all of B's columns, in panels of P vectors (one gemm_tile each):
-// panels of 2 from column 0, and an odd count of vectors ends in a panel of 3.
-// (A lone vector has too few FMA chains per broadcast: a 4 x 1 tile ran at half
-// the 4 x 2 tile's rate, and 4 x 3 keeps 12 accumulators + 3 B vectors + the
-// broadcast in AVX2's 16 registers.)
+// The columns of C that gemm_rows and the single-panel tiles cover: B.width()
+// overwriting, B.padded() accumulating (see gemm_rows).
+template <typename T>
+inline int64_t covered_cols(const PackedPanel<T>& B, const GemmInit<T>& init) {
+  return init.accumulate ? B.padded() : B.width();
+}
+
+// The R x P tile of C at column col, P = `vectors` (a run-time width; see gemm_tile).
+template <typename T, int R>
+inline __attribute__((always_inline)) void gemm_panel(int64_t vectors, const StridedA<T>& A,
+                                                      const PackedPanel<T>& B, int64_t col,
+                                                      T* c, int64_t ldc, int64_t cols,
+                                                      const GemmInit<T>& init) {
+  switch (vectors) {
+    case 1: gemm_tile<T, R, 1>(A, B, col, c, ldc, cols, init); break;
+    case 2: gemm_tile<T, R, 2>(A, B, col, c, ldc, cols, init); break;
+    case 3: gemm_tile<T, R, 3>(A, B, col, c, ldc, cols, init); break;
+    default:
+      if constexpr (kMaxPanel >= 4) gemm_tile<T, R, 4>(A, B, col, c, ldc, cols, init);
+  }
+}
+
+// R rows of C, all of B's columns, in panels of next_panel_vectors from column 0.
 //   Overwriting C (forward z, dx), the last panel is moved left to END at C's last
-// column, overlapping its neighbour: N = 50 in vectors of 8 is panels at 0..15 and
-// 16..31, then 3 vectors at 26..49, not 32..55 with 6 dead lanes. Every load and store is
-// then whole; masked ones (vmaskmovps) had cost ~10 % of the GEMM on Zen 3. The
-// overlapped columns are written twice, each time from the same inputs in the
-// same order, so the result is still deterministic. A C narrower than its one
-// panel (8 < N < 16, 16 < N < 24 in fp32) is gemm_rows_narrow_c's; only N < 8
-// keeps masked lanes.
+// column, overlapping its neighbour: N = 50 in AVX2's vectors of 8 is panels at 0..15
+// and 16..31, then 3 vectors at 26..49, not 32..55 with 6 dead lanes. Every load and
+// store is then whole; masked ones (vmaskmovps) had cost ~10 % of the GEMM on Zen 3.
+// The overlapped columns are written twice, each time from the same inputs in the
+// same order, so the result is still deterministic. A C narrower than its one panel
+// (8 < N < 16, 16 < N < 24 in AVX2's fp32; 16 < N < 64 but for 32, 48 in AVX-512's) is
+// one panel (gemm_rows_of); only N < L keeps masked lanes.
 //   Accumulating into C (dW), an overlap would add twice: C must then be padded
 // like B (ldc >= B.padded()), and the panels cover the padding instead.
 // Measured in a standalone harness, K = N = 50, in L1, one Zen 3 core (FMA peak
 // 103 GFLOP/s): the former 4 x 2 + 4 x 1 tiles with masked stores 69-70 GFLOP/s,
 // this 77-82; in the extension, one thread, 10^5 x 50 x 50, the fused linear
 // forward 9.9 -> 9.2 ms and backward 20.3 -> 18.1 ms.
+//   AVX-512 (Intel Xeon, zmm FMA peak 174 GFLOP/s a core): panels of up to 4 vectors
+// instead of AVX2's 2 (and one static tile for a one-panel C, gemm_rows_of), in the
+// harness, 10^5 rows, one thread, fp32, medians of 5: K = N = 50 5.3 -> 4.8 ms,
+// 32 x 32 2.5 -> 1.7, 100 x 100 19.8 -> 18.7, 128 x 128 43.7 -> 36.9, 3 -> 20 0.67 ->
+// 0.56; in the extension, one thread, fp32, forward + backward: 50 x 50 29.2 -> 27.9 ms,
+// 20 x 20 7.6 -> 6.9, 32 x 32 12.6 -> 11.0, 100 x 100 80.8 -> 76.2 (the forward alone
+// unchanged within noise at 50 x 50; AVX2 builds unchanged).
 template <typename T, int R>
 inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64_t ldc,
                       const GemmInit<T>& init) {
   constexpr int64_t L = Vectorized<T>::size();
-  const int64_t cols = init.accumulate ? B.padded() : B.width();
-  const int64_t vectors = (cols + L - 1) / L;
-  const int64_t last = last_panel_vectors(vectors);
-  int64_t col = 0;
-  for (int64_t v = 0; v + last < vectors; v += 2, col += 2 * L) {
-    gemm_tile<T, R, 2>(A, B, col, c, ldc, cols, init);
-  }
-  col = std::max<int64_t>(0, cols - last * L);  // (accumulating: cols - last L == col)
-  if (last == 1) {
-    gemm_tile<T, R, 1>(A, B, col, c, ldc, cols, init);
-  } else if (last == 2) {
-    gemm_tile<T, R, 2>(A, B, col, c, ldc, cols, init);
-  } else {
-    gemm_tile<T, R, 3>(A, B, col, c, ldc, cols, init);
+  const int64_t cols = covered_cols(B, init);
+  int64_t left = (cols + L - 1) / L;
+  for (int64_t col = 0; left > 0;) {
+    const int64_t vectors = next_panel_vectors(left);
+    left -= vectors;
+    if (left == 0) col = std::max<int64_t>(0, cols - vectors * L);  // (accumulating: col)
+    gemm_panel<T, R>(vectors, A, B, col, c, ldc, cols, init);
+    col += vectors * L;
   }
 }
 
-// R rows of an overwritten C narrower than its one panel of 2 or 3 vectors
-// (L < cols < 2 L or 2 L < cols < 3 L): the panel's last vector ends at C's last
-// column, cols - L, overlapping the one before it, so no lane is masked. N = 20
-// in fp32 is vectors at 0..7, 8..15 and 12..19. A function of its own, not a
-// branch in gemm_rows: there, these tiles moved GCC's register allocation of
-// the hot 4 x 3 tile (more row pointers spilled, K = N = 50 forward 3-6 % slower).
+// R rows of C. kOnePanel > 0: C is one panel of that many vectors (next_panel_vectors
+// of its vector count is all of them), one tile, its width a template argument; an
+// overwritten C narrower than the panel (L < cols < P L) has the panel's last vector
+// end at C's last column, cols - L, overlapping the one before it, so that no lane
+// is masked (N = 20 in AVX2's fp32: vectors at 0..7, 8..15 and 12..19). kOnePanel = 0:
+// gemm_rows. The panel width is chosen once per narrow_gemm call, not per tile: a
+// branch in gemm_rows had moved GCC's register allocation of the hot 4 x 3 tile
+// (more row pointers spilled, K = N = 50 forward 3-6 % slower on Zen 3), and a
+// run-time width made N = 20 ~10 % and N = 32 ~7 % slower on AVX-512.
 // Harness, one thread, 10^5 rows: N = K = 20 forward 40 -> 61 GFLOP/s, N = 20,
-// K = 3 (a PINN's input layer) 1.13 -> 0.50 ms, N = K = 12 1.22 -> 0.69 ms.
-template <typename T, int R>
-inline void gemm_rows_narrow_c(const StridedA<T>& A, const PackedPanel<T>& B, T* c,
-                               int64_t ldc, const GemmInit<T>& init) {
-  constexpr int64_t L = Vectorized<T>::size();
-  if (B.width() < 2 * L) {
-    gemm_tile<T, R, 2, true>(A, B, 0, c, ldc, B.width(), init);
-  } else {
-    gemm_tile<T, R, 3, true>(A, B, 0, c, ldc, B.width(), init);
-  }
-}
-
-// R rows of C: gemm_rows_narrow_c when kNarrowC, else gemm_rows.
-template <typename T, int R, bool kNarrowC>
+// K = 3 (a PINN's input layer) 1.13 -> 0.50 ms, N = K = 12 1.22 -> 0.69 ms (Zen 3).
+template <typename T, int R, int kOnePanel>
 inline void gemm_rows_of(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64_t ldc,
                          const GemmInit<T>& init) {
-  if constexpr (kNarrowC) {
-    gemm_rows_narrow_c<T, R>(A, B, c, ldc, init);
+  if constexpr (kOnePanel > 0) {  // (one vector: no shift, masked lanes below L)
+    gemm_tile<T, R, kOnePanel, (kOnePanel > 1)>(A, B, 0, c, ldc, covered_cols(B, init), init);
   } else {
     gemm_rows<T, R>(A, B, c, ldc, init);
   }
 }
 
 // C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows, in tiles of 4 rows, then 2, then 1.
-template <typename T, bool kNarrowC>
-void gemm_row_tiles(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
-                    int64_t ldc, const GemmInit<T>& init) {
+// Not inlined into the callers: inlined into a harness's main, GCC 12 kept the 4 x 4
+// tile's accumulators on the stack (a store after every FMA, 2.5x slower).
+template <typename T, int kOnePanel>
+__attribute__((noinline)) void gemm_row_tiles(const StridedA<T>& A, int64_t rows,
+                                              const PackedPanel<T>& B, T* c, int64_t ldc,
+                                              const GemmInit<T>& init) {
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
-    gemm_rows_of<T, 4, kNarrowC>(A.rows_from(r), B, c + r * ldc, ldc, init);
+    gemm_rows_of<T, 4, kOnePanel>(A.rows_from(r), B, c + r * ldc, ldc, init);
   }
   if (r + 2 <= rows) {  // (dW's rows are N: 50 = 12 x 4 + 2, and 1-row tiles are load-bound)
-    gemm_rows_of<T, 2, kNarrowC>(A.rows_from(r), B, c + r * ldc, ldc, init);
+    gemm_rows_of<T, 2, kOnePanel>(A.rows_from(r), B, c + r * ldc, ldc, init);
     r += 2;
   }
-  if (r < rows) gemm_rows_of<T, 1, kNarrowC>(A.rows_from(r), B, c + r * ldc, ldc, init);
+  if (r < rows) gemm_rows_of<T, 1, kOnePanel>(A.rows_from(r), B, c + r * ldc, ldc, init);
 }
 
 // C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows; C row-major with ldc columns,
-// B.width() of them written (accumulating: B.padded(), see gemm_rows). Serial: the
-// callers run it on one chunk per task.
+// covered_cols of them written. Serial: the callers run it on one chunk per task.
 template <typename T>
 void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
                  int64_t ldc, const GemmInit<T>& init) {
   TORCH_INTERNAL_ASSERT(!init.accumulate || ldc >= B.padded(),
                         "narrow_gemm: an accumulated C must be padded like B");
-  constexpr int64_t L = Vectorized<T>::size();
-  const int64_t vectors = B.padded() / L;
-  const bool narrow_c = !init.accumulate && B.width() > L &&
-                        B.width() < last_panel_vectors(vectors) * L;
-  if (narrow_c) {
-    gemm_row_tiles<T, true>(A, rows, B, c, ldc, init);
-  } else {
-    gemm_row_tiles<T, false>(A, rows, B, c, ldc, init);
+  const int64_t vectors = B.padded() / Vectorized<T>::size();
+  switch (next_panel_vectors(vectors) == vectors ? vectors : 0) {
+    case 1: gemm_row_tiles<T, 1>(A, rows, B, c, ldc, init); break;
+    case 2: gemm_row_tiles<T, 2>(A, rows, B, c, ldc, init); break;
+    case 3: gemm_row_tiles<T, 3>(A, rows, B, c, ldc, init); break;
+    case 4:
+      if constexpr (kMaxPanel >= 4) gemm_row_tiles<T, 4>(A, rows, B, c, ldc, init);
+      break;
+    default: gemm_row_tiles<T, 0>(A, rows, B, c, ldc, init);
   }
 }
 

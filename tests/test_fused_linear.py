@@ -316,7 +316,7 @@ CPP_TARGETS = [t for t in TARGETS if t.values[0] == ("cpp", "cpu")]
 def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
     """Layers with K, N <= 128 (fp32, fp64) run the C++ extension's own GEMMs fused
     with the epilogues (csrc/laaf_cpu_gemm.h): row tiles of 4, 2 and 1, column panels
-    of 1, 2 and 3 vectors, dW summed per group of 64-row chunks (1031 rows: 17 chunks,
+    of 1 to 4 vectors, dW summed per group of 64-row chunks (1031 rows: 17 chunks,
     5 groups, the last chunk partial). Against the reference, and against the
     ATen-GEMM path of the same op (LAAF_CPU_NARROW=0), also with W transposed in
     memory."""
@@ -337,13 +337,16 @@ def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
-#: Widths that reach every column-panel layout of gemm_rows (csrc/laaf_cpu_gemm.h)
-#: in fp32 (8 lanes) and fp64 (4): under one vector (masked lanes), whole vectors,
-#: an even count whose last 2-vector panel moves left onto its neighbour, an odd
-#: count ending in a 3-vector panel moved left, and widths short of their one panel
-#: (gemm_rows_narrow_c: the last vector moved left onto the one before it). Each is
-#: N for z and dW, and K for dx.
-PANEL_WIDTHS = [1, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 20, 23, 24, 25, 31, 33, 41, 50, 63]
+#: Widths that reach every column-panel layout of the narrow GEMM (csrc/laaf_cpu_gemm.h)
+#: in AVX2's vectors (L = 8 fp32, 4 fp64; panels of at most 2 vectors, or 3 at the end)
+#: and AVX-512's (L = 16 fp32, 8 fp64; panels of at most 4): under one vector (masked
+#: lanes), whole vectors, C one panel, short of it (its last vector moved left onto
+#: the one before), and several panels (the last one moved left onto its neighbour:
+#: AVX-512 fp32 5 vectors = 3 + 2 at 65..80, 6 = 4 + 2, 7 = 4 + 3, 8 = 4 + 4 at 113..128).
+#: Each is N for z and dW, and K for dx. (An AVX-512 machine also runs this test in
+#: an AVX2 process: CAPABILITY_TESTS.)
+PANEL_WIDTHS = [1, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 20, 23, 24, 25, 31, 33, 41, 48, 50, 63,
+                64, 65, 79, 81, 96, 100, 113, 128]
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
@@ -504,8 +507,10 @@ def test_cpp_fp64_tanh_forward_is_mkl_vml_on_avx512(target):
     assert torch.equal(y, torch.tanh(zz * s))
 
 
-ACCURACY_TESTS = ("test_cpp_fp32_tanh_is_within_three_ulp", "test_cpp_fp64_tanh_is_within_one_ulp",
-                  "test_cpp_sigmoid_is_within_three_ulp")
+#: The tests whose code paths depend on the build's vector capability.
+CAPABILITY_TESTS = ("test_cpp_fp32_tanh_is_within_three_ulp", "test_cpp_fp64_tanh_is_within_one_ulp",
+                    "test_cpp_sigmoid_is_within_three_ulp", "test_cpp_narrow_gemm_every_panel_layout")
+#: ... which are 5 tests: the panel-layout test runs for fp32 and fp64.
 
 
 @pytest.mark.skipif(str(torch.backends.cpu.get_cpu_capability()) != "AVX512",
@@ -513,15 +518,16 @@ ACCURACY_TESTS = ("test_cpp_fp32_tanh_is_within_three_ulp", "test_cpp_fp64_tanh_
 @pytest.mark.parametrize("target", CPP_TARGETS)
 def test_the_avx2_fast_paths_on_an_avx512_machine(target):
     """The extension is built for the running capability, so on an AVX-512 machine the
-    AVX2-only double paths (laaf_vec_math.h: LAAF_VEC_FAST_DOUBLE) would go untested:
-    the accuracy tests run again in a process whose ATen capability is AVX2, which builds
-    and loads the AVX2 extension (a minute or two, once per extension directory)."""
+    AVX2-only double paths (laaf_vec_math.h: LAAF_VEC_FAST_DOUBLE) and AVX2's GEMM panel
+    layouts (laaf_cpu_gemm.h: kMaxPanel) would go untested: those tests run again in a
+    process whose ATen capability is AVX2, which builds and loads the AVX2 extension (a
+    minute or two, once per extension directory)."""
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-         __file__, "-k", " or ".join(ACCURACY_TESTS)],
+         __file__, "-k", " or ".join(CAPABILITY_TESTS)],
         env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, capture_output=True, text=True,
         cwd=os.path.dirname(os.path.dirname(__file__)), timeout=1800)
-    assert run.returncode == 0 and f"{len(ACCURACY_TESTS)} passed" in run.stdout, (
+    assert run.returncode == 0 and "5 passed" in run.stdout, (
         run.stdout[-3000:] + run.stderr[-2000:])
 
 

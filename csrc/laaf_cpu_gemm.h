@@ -211,9 +211,10 @@ inline __attribute__((always_inline)) void gemm_panel(int64_t vectors, const Str
 // and 16..31, then 3 vectors at 26..49, not 32..55 with 6 dead lanes. Every load and
 // store is then whole; masked ones (vmaskmovps) had cost ~10 % of the GEMM on Zen 3.
 // The overlapped columns are written twice, each time from the same inputs in the
-// same order, so the result is still deterministic. A C narrower than its one panel
-// (8 < N < 16, 16 < N < 24 in AVX2's fp32; 16 < N < 64 but for 32, 48 in AVX-512's) is
-// one panel (gemm_rows_of); only N < L keeps masked lanes.
+// same order, so the result is still deterministic. A C of one panel (up to 3 vectors
+// on AVX2, 4 on AVX-512) does not come here: it is one static tile (gemm_rows_of),
+// where a C narrower than the panel moves its last vector left the same way; only
+// N < L keeps masked lanes.
 //   Accumulating into C (dW), an overlap would add twice: C must then be padded
 // like B (ldc >= B.padded()), and the panels cover the padding instead.
 // Measured in a standalone harness, K = N = 50, in L1, one Zen 3 core (FMA peak
@@ -294,8 +295,11 @@ void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T*
     case 2: gemm_row_tiles<T, 2>(A, rows, B, c, ldc, init); break;
     case 3: gemm_row_tiles<T, 3>(A, rows, B, c, ldc, init); break;
     case 4:
-      if constexpr (kMaxPanel >= 4) gemm_row_tiles<T, 4>(A, rows, B, c, ldc, init);
-      break;
+      if constexpr (kMaxPanel >= 4) {
+        gemm_row_tiles<T, 4>(A, rows, B, c, ldc, init);
+        break;
+      }
+      [[fallthrough]];  // (AVX2: 4 vectors are two panels, never one)
     default: gemm_row_tiles<T, 0>(A, rows, B, c, ldc, init);
   }
 }

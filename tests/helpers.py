@@ -33,6 +33,14 @@ def randn(shape, gen, dtype=torch.float64, device="cpu", noncontig=False):
     return torch.randn(shape, generator=gen, dtype=dtype).to(device)
 
 
+def with_nans(z: torch.Tensor) -> torch.Tensor:
+    """A copy of a (7, >= 37) z with NaN inside full vectors (16 fp32 lanes on
+    AVX-512) and in a row's tail vector."""
+    z = z.detach().clone()
+    z[1, 3], z[4, 20], z[6, 36] = float("nan"), float("nan"), float("nan")
+    return z
+
+
 def make_slope(kind: str, features: int, scale: float, gen, dtype=torch.float64, device="cpu"):
     """A slope of ``kind`` with n * a spread around 1 (in [0.6, 1.4]), never zero."""
     if kind == "none":

@@ -10,7 +10,7 @@ import torch
 
 import laaf_kernels
 from fused_cases import FLEXIBLE_TARGETS, compare_flexible
-from helpers import generator, randn
+from helpers import generator, randn, with_nans
 from laaf_kernels import FLEXIBLE_KINDS
 
 CASES = {  # name -> (shape of z, dim, non-contiguous)
@@ -206,3 +206,22 @@ def test_cpp_cbrt_is_within_one_ulp(target):
 @pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
 def test_cpp_segmented_rows_fp64(target, kind, case):
     _compare_fp64(target, kind, case, seed=45)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreter
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
+def test_nan_reaches_the_output_like_the_reference(target, kind, dtype):
+    """A NaN z gives a NaN value in every kind, and only there: the ramps' clamps and
+    relu's max(z, 0) keep it (see the LAAF activations' test in
+    test_fused_activation.py)."""
+    backend, device = target
+    gen = generator(47)
+    z = with_nans(randn((7, 37), gen)).to(device=device, dtype=dtype)
+    params = (torch.rand(2, 37, generator=gen, dtype=torch.float64) * 0.8 + 0.1).to(device=device, dtype=dtype)
+    got = laaf_kernels.flexible_activation(z, params, kind=kind, backend=backend)
+    want = laaf_kernels.flexible_activation(z, params, kind=kind, backend="reference")
+    assert torch.equal(got.isnan(), z.isnan()), got.isnan().nonzero()
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(got, want, equal_nan=True, **tol)

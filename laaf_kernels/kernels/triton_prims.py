@@ -107,12 +107,20 @@ def where(cond, a, b):
 
 @triton.jit
 def maximum(a, b):
-    return tl.maximum(a, b)
+    """max(a, b), NaN where either is NaN, as torch.maximum (relu(NaN) is NaN).
+
+    Not tl.maximum: its default (PropagateNan.NONE) leaves NaN to the hardware, and a
+    GPU's max.f32 and the interpreter return the other operand, so relu(NaN) gave 0;
+    PTX's NaN-propagating max.NaN exists for f32 but not f64, so PropagateNan.ALL
+    relies on a lowering we could not run on a GPU. A compare and a select (what
+    torch.compile's Triton helpers use) work for every dtype on every target."""
+    return tl.where((a > b) | (a != a), a, b)
 
 
 @triton.jit
 def minimum(a, b):
-    return tl.minimum(a, b)
+    """min(a, b), NaN where either is NaN (see maximum)."""
+    return tl.where((a < b) | (a != a), a, b)
 
 
 @triton.jit

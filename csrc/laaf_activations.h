@@ -84,11 +84,11 @@ struct Act<2> {
   static constexpr bool kD1FromY = true;
   template <typename V>
   static inline V value(const V& h) {
-    return at::vec::maximum(h, V(0.0));
+    return at::vec::clamp_min(h, V(0.0));
   }
   template <typename V>
   static inline V d1(const V& h) {
-    return V::blendv(V(0.0), V(1.0), (h > V(0.0)));
+    return select(mask_gt(h, V(0.0)), V(1.0), V(0.0));
   }
   template <typename V>
   static inline V d2(const V& h) {
@@ -96,7 +96,7 @@ struct Act<2> {
   }
   template <typename V>
   static inline V d1_y(const V& y) {
-    return V::blendv(V(0.0), V(1.0), (y > V(0.0)));
+    return select(mask_gt(y, V(0.0)), V(1.0), V(0.0));
   }
   template <typename V>
   static inline V d1_y_dy(const V& y) {
@@ -113,11 +113,11 @@ struct Act<3> {
   static constexpr bool kD1FromY = true;
   template <typename V>
   static inline V value(const V& h) {
-    return V::blendv((V(0.01) * h), h, (h > V(0.0)));
+    return select(mask_gt(h, V(0.0)), h, (V(0.01) * h));
   }
   template <typename V>
   static inline V d1(const V& h) {
-    return V::blendv(V(0.01), V(1.0), (h > V(0.0)));
+    return select(mask_gt(h, V(0.0)), V(1.0), V(0.01));
   }
   template <typename V>
   static inline V d2(const V& h) {
@@ -125,7 +125,7 @@ struct Act<3> {
   }
   template <typename V>
   static inline V d1_y(const V& y) {
-    return V::blendv(V(0.01), V(1.0), (y > V(0.0)));
+    return select(mask_gt(y, V(0.0)), V(1.0), V(0.01));
   }
   template <typename V>
   static inline V d1_y_dy(const V& y) {
@@ -142,17 +142,17 @@ struct Act<4> {
   static constexpr bool kD1FromY = false;
   template <typename V>
   static inline V value(const V& h) {
-    return V::blendv(at::vec::minimum(h, V(0.0)).expm1(), h, (h > V(0.0)));
+    return select(mask_gt(h, V(0.0)), h, at::vec::clamp_max(h, V(0.0)).expm1());
   }
   template <typename V>
   static inline V d1(const V& h) {
-    const V e = at::vec::minimum(h, V(0.0)).exp();
-    return V::blendv(e, V(1.0), (h > V(0.0)));
+    const V e = at::vec::clamp_max(h, V(0.0)).exp();
+    return select(mask_gt(h, V(0.0)), V(1.0), e);
   }
   template <typename V>
   static inline V d2(const V& h) {
-    const V e = at::vec::minimum(h, V(0.0)).exp();
-    return V::blendv(e, V(0.0), (h > V(0.0)));
+    const V e = at::vec::clamp_max(h, V(0.0)).exp();
+    return select(mask_gt(h, V(0.0)), V(0.0), e);
   }
 };
 
@@ -161,17 +161,17 @@ struct Act<5> {
   static constexpr bool kD1FromY = false;
   template <typename V>
   static inline V value(const V& h) {
-    return V::blendv(at::vec::minimum(h, V(20.0)).exp().log1p(), h, (h > V(20.0)));
+    return select(mask_gt(h, V(20.0)), h, at::vec::clamp_max(h, V(20.0)).exp().log1p());
   }
   template <typename V>
   static inline V d1(const V& h) {
     const V s = sigmoid(h);
-    return V::blendv(s, V(1.0), (h > V(20.0)));
+    return select(mask_gt(h, V(20.0)), V(1.0), s);
   }
   template <typename V>
   static inline V d2(const V& h) {
     const V s = sigmoid(h);
-    return V::blendv((s * (V(1.0) - s)), V(0.0), (h > V(20.0)));
+    return select(mask_gt(h, V(20.0)), V(0.0), (s * (V(1.0) - s)));
   }
 };
 
@@ -275,17 +275,17 @@ template <>  // relu_poly
 struct Flex<0> {
   template <typename V>
   static inline V value(const V& z, const V& p0, const V& p1) {
-    const V r = at::vec::maximum(z, V(0.0));
+    const V r = at::vec::clamp_min(z, V(0.0));
     const V c = cbrt(z);
     return (((p0 * r) + (((p1 * z) * z) * z)) + (((V(1.0) - p0) - p1) * c));
   }
   template <typename V>
   static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
-    const V r = at::vec::maximum(z, V(0.0));
-    const V step = V::blendv(V(0.0), V(1.0), (z > V(0.0)));
+    const V r = at::vec::clamp_min(z, V(0.0));
+    const V step = select(mask_gt(z, V(0.0)), V(1.0), V(0.0));
     const V cube = ((z * z) * z);
     const V c = cbrt(z);
-    const V cm = at::vec::maximum(c.abs(), V(0.01));
+    const V cm = at::vec::clamp_min(c.abs(), V(0.01));
     const V dc = (V(1.0) / ((V(3.0) * cm) * cm));
     return {(((p0 * step) + (((V(3.0) * p1) * z) * z)) + (((V(1.0) - p0) - p1) * dc)),
             (r - c),
@@ -297,14 +297,14 @@ template <>  // relu_tanh
 struct Flex<1> {
   template <typename V>
   static inline V value(const V& z, const V& p0, const V& p1) {
-    const V r = at::vec::maximum(z, V(0.0));
+    const V r = at::vec::clamp_min(z, V(0.0));
     const V t = fast_tanh(z);
     return (((p0 * r) + (((p1 * z) * z) * z)) + (((V(1.0) - p0) - p1) * t));
   }
   template <typename V>
   static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
-    const V r = at::vec::maximum(z, V(0.0));
-    const V step = V::blendv(V(0.0), V(1.0), (z > V(0.0)));
+    const V r = at::vec::clamp_min(z, V(0.0));
+    const V step = select(mask_gt(z, V(0.0)), V(1.0), V(0.0));
     const V cube = ((z * z) * z);
     const V t = fast_tanh(z);
     return {(((p0 * step) + (((V(3.0) * p1) * z) * z)) + (((V(1.0) - p0) - p1) * (V(1.0) - (t * t)))),
@@ -319,15 +319,15 @@ struct Flex<2> {
   static inline V value(const V& z, const V& p0, const V& p1) {
     const V sg = sigmoid(z);
     const V u = ((p1 * z) + V(0.5));
-    const V ramp = at::vec::minimum(at::vec::maximum(u, V(0.0)), V(1.0));
+    const V ramp = at::vec::clamp_max(at::vec::clamp_min(u, V(0.0)), V(1.0));
     return ((p0 * sg) + ((V(1.0) - p0) * ramp));
   }
   template <typename V>
   static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
     const V sg = sigmoid(z);
     const V u = ((p1 * z) + V(0.5));
-    const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(0.0)));
-    const V ramp = at::vec::minimum(at::vec::maximum(u, V(0.0)), V(1.0));
+    const V band = select(mask_ge(u, V(0.0)), select(mask_le(u, V(1.0)), V(1.0), V(0.0)), V(0.0));
+    const V ramp = at::vec::clamp_max(at::vec::clamp_min(u, V(0.0)), V(1.0));
     return {(((p0 * sg) * (V(1.0) - sg)) + (((V(1.0) - p0) * p1) * band)),
             (sg - ramp),
             (((V(1.0) - p0) * z) * band)};
@@ -340,15 +340,15 @@ struct Flex<3> {
   static inline V value(const V& z, const V& p0, const V& p1) {
     const V t = fast_tanh(z);
     const V u = (p1 * z);
-    const V ramp = at::vec::minimum(at::vec::maximum(u, V(-1.0)), V(1.0));
+    const V ramp = at::vec::clamp_max(at::vec::clamp_min(u, V(-1.0)), V(1.0));
     return ((p0 * t) + ((V(1.0) - p0) * ramp));
   }
   template <typename V>
   static inline FlexGrads<V> grads(const V& z, const V& p0, const V& p1) {
     const V t = fast_tanh(z);
     const V u = (p1 * z);
-    const V band = V::blendv(V(0.0), V::blendv(V(0.0), V(1.0), (u <= V(1.0))), (u >= V(-1.0)));
-    const V ramp = at::vec::minimum(at::vec::maximum(u, V(-1.0)), V(1.0));
+    const V band = select(mask_ge(u, V(-1.0)), select(mask_le(u, V(1.0)), V(1.0), V(0.0)), V(0.0));
+    const V ramp = at::vec::clamp_max(at::vec::clamp_min(u, V(-1.0)), V(1.0));
     return {((p0 * (V(1.0) - (t * t))) + (((V(1.0) - p0) * p1) * band)),
             (t - ramp),
             (((V(1.0) - p0) * z) * band)};

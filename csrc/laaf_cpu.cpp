@@ -38,7 +38,6 @@
 
 #include "laaf_activations.h"
 #include "laaf_cpu_common.h"
-#include "laaf_cpu_vml.h"
 #include "laaf_cpu_gemm.h"
 
 namespace laaf {
@@ -50,61 +49,32 @@ using namespace cpu;  // Grid, Io, Compute, grain, lane_sum, sum_parts, slope_in
 // Forward epilogue: y = act(s * z), one vectorised pass (in place allowed)
 // ---------------------------------------------------------------------------
 
-// Whether y = act(h) goes through MKL VML (laaf_cpu_vml.h): the double tanh of a
-// build and libtorch that have the hook. The forward passes then store h = s z and
-// run VML's tanh over what they stored, still in cache.
-template <typename T, int ACT>
-bool act_through_vml() {
-  if constexpr (std::is_same_v<T, double> && ACT == kActTanh) return vml_tanh_double();
-  return false;
-}
-
 // Slopes per row (channels in the middle), or rows too wide for a flat walk: row by
 // row, long rows cut into segments (for_row_segments).
 template <typename T, int ACT>
 void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
   using V = Vectorized<Compute<T>>;
-  const bool vml = act_through_vml<T, ACT>();
   for_row_segments(grid.rows, grid.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
     const T* zr = z + r * grid.cols;
     T* yr = y + r * grid.cols;
     for (int64_t c = c0; c < c1; c += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), c1 - c);
       const V h = Io<T>::load(zr + c, n) * grid.slope(r, c, n);
-      Io<T>::store(vml ? h : Act<ACT>::value(h), yr + c, n);
+      Io<T>::store(Act<ACT>::value(h), yr + c, n);
     }
-    if (vml) vml_tanh_in_place(yr + c0, c1 - c0);
   });
 }
 
-// Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = f(s z).
-template <typename T, typename F>
-void map_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0, int64_t v1,
-                    int64_t total, const F& f) {
+// Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = act(s z).
+template <typename T, int ACT>
+void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
+                        int64_t v1, int64_t total) {
   using V = Vectorized<Compute<T>>;
   for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
     const int64_t at = v * V::size();
     const int64_t n = std::min<int64_t>(V::size(), total - at);
     const V h = Io<T>::load(z + at, n) * walk.slope(p);
-    Io<T>::store(f(h), y + at, n);
-  }
-}
-
-// Vectors [v0, v1) of a flat walk over `total` elements: y = act(s z); through VML
-// (act_through_vml) block by block of kVmlBlock elements.
-template <typename T, int ACT>
-void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
-                        int64_t v1, int64_t total) {
-  using V = Vectorized<Compute<T>>;
-  if (!act_through_vml<T, ACT>()) {
-    map_flat_range<T>(z, y, walk, v0, v1, total, [](const V& h) { return Act<ACT>::value(h); });
-    return;
-  }
-  for (int64_t b0 = v0; b0 < v1; b0 += kVmlBlock / V::size()) {
-    const int64_t b1 = std::min<int64_t>(v1, b0 + kVmlBlock / V::size());
-    map_flat_range<T>(z, y, walk, b0, b1, total, [](const V& h) { return h; });
-    const int64_t at0 = b0 * V::size();
-    vml_tanh_in_place(y + at0, std::min<int64_t>(b1 * V::size(), total) - at0);
+    Io<T>::store(Act<ACT>::value(h), y + at, n);
   }
 }
 

@@ -446,11 +446,11 @@ def _true_tanh(z: torch.Tensor):
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
 def test_cpp_fp64_tanh_is_within_one_ulp(target):
-    """The C++ fp64 tanh (AVX2 builds: laaf_vec_math.h's fast_tanh_double; |x| < 0.55 a
-    degree-10 correction polynomial, otherwise (1 - e) / (1 + e) with e = exp(-2|x|)
-    inline and the roundings of 1 +- e and the quotient compensated; AVX-512 builds:
-    Sleef's tanh_u10; test_the_avx2_fast_paths_on_an_avx512_machine runs the AVX2
-    build where this machine runs AVX-512) on a dense grid
+    """The C++ fp64 tanh (AVX2 and AVX-512 builds: laaf_vec_math.h's fast_tanh_double;
+    |x| < 0.55 a degree-10 correction polynomial, otherwise (1 - e) / (1 + e) with
+    e = exp(-2|x|) inline and the roundings of 1 +- e and the quotient compensated;
+    other builds: Sleef's tanh_u10; test_the_avx2_fast_paths_on_an_avx512_machine runs
+    the AVX2 build where this machine runs AVX-512) on a dense grid
     over [-25, 25], near the 0.55 switch and near 0, against a tanh exact far below an
     ulp: within 1 ulp of the true value (0.92 measured, here and on 3.6e8 random
     points; Sleef's tanh_u10, which torch uses, promises 1). Exactly +-1 from 19.06
@@ -474,44 +474,20 @@ def test_cpp_fp64_tanh_is_within_one_ulp(target):
     assert torch.equal(got.signbit()[signed], torch.tanh(special).signbit()[signed])
 
 
-def _libtorch_exports(symbol: str) -> bool:
-    import ctypes
-    try:
-        getattr(ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")),
-                symbol)
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-@pytest.mark.skipif(not (sys.platform.startswith("linux")
-                         and str(torch.backends.cpu.get_cpu_capability()) == "AVX512"
-                         and _libtorch_exports("vmdTanh")),
-                    reason="the VML hook is for Linux AVX-512 builds whose libtorch exports vmdTanh")
-@pytest.mark.parametrize("target", CPP_TARGETS)
-def test_cpp_fp64_tanh_forward_is_mkl_vml_on_avx512(target):
-    """csrc/laaf_cpu_vml.h: an AVX-512 build's fp64 tanh forward calls MKL's vmdTanh
-    (high accuracy), the function torch.tanh itself calls on a long contiguous double
-    tensor, so the two agree bit for bit, in both forward passes (a flat walk: no
-    slope, a (C,) slope on columns, a linear layer's z; row by row: a slope per row)
-    (Sleef, the fallback, differs in some last bits)."""
-    gen = torch.Generator().manual_seed(61)
-    z = torch.randn(4099, 37, generator=gen, dtype=torch.float64) * 3
-    s = 0.5 + torch.rand(37, generator=gen, dtype=torch.float64)
-    assert torch.equal(torch.ops.laaf.cpp_act_fwd(z, None, "tanh", -1), torch.tanh(z))
-    assert torch.equal(torch.ops.laaf.cpp_act_fwd(z, s, "tanh", -1), torch.tanh(z * s))
-    nchw = torch.randn(9, 37, 11, 13, generator=gen, dtype=torch.float64)  # a slope per row
-    assert torch.equal(torch.ops.laaf.cpp_act_fwd(nchw, s, "tanh", 1),
-                       torch.tanh(nchw * s[:, None, None]))
-    x, w = torch.randn(4099, 23, generator=gen, dtype=torch.float64), torch.randn(37, 23, generator=gen, dtype=torch.float64)
-    y, zz = torch.ops.laaf.cpp_linear_fwd(x, w, None, s, "tanh", True)
-    assert torch.equal(y, torch.tanh(zz * s))
-
-
-#: The tests whose code paths depend on the build's vector capability.
-CAPABILITY_TESTS = ("test_cpp_fp32_tanh_is_within_three_ulp", "test_cpp_fp64_tanh_is_within_one_ulp",
-                    "test_cpp_sigmoid_is_within_three_ulp", "test_cpp_narrow_gemm_every_panel_layout")
-#: ... which are 5 tests: the panel-layout test runs for fp32 and fp64.
+#: The tests whose code paths depend on the build's vector capability (lane width, and
+#: on AVX-512 mask registers for comparisons: laaf_vec_math.h), by file, and how many
+#: cpp-cpu tests they are: the panel-layout test runs for fp32 and fp64, the NaN tests
+#: for every activation (10) or kind (4) in fp32 and fp64.
+CAPABILITY_TESTS = {
+    "test_fused_linear.py": ("test_cpp_fp32_tanh_is_within_three_ulp",
+                             "test_cpp_fp64_tanh_is_within_one_ulp",
+                             "test_cpp_sigmoid_is_within_three_ulp",
+                             "test_cpp_narrow_gemm_every_panel_layout"),
+    "test_fused_flexible.py": ("test_cpp_cbrt_is_within_one_ulp",
+                               "test_nan_reaches_the_output_like_the_reference"),
+    "test_fused_activation.py": ("test_nan_reaches_the_output_like_the_reference",),
+}
+CAPABILITY_TEST_COUNT = 5 + (1 + 8) + 20
 
 
 @pytest.mark.skipif(str(torch.backends.cpu.get_cpu_capability()) != "AVX512",
@@ -519,16 +495,20 @@ CAPABILITY_TESTS = ("test_cpp_fp32_tanh_is_within_three_ulp", "test_cpp_fp64_tan
 @pytest.mark.parametrize("target", CPP_TARGETS)
 def test_the_avx2_fast_paths_on_an_avx512_machine(target):
     """The extension is built for the running capability, so on an AVX-512 machine the
-    AVX2-only double paths (laaf_vec_math.h: LAAF_VEC_FAST_DOUBLE) and AVX2's GEMM panel
-    layouts (laaf_cpu_gemm.h: kMaxPanel) would go untested: those tests run again in a
+    fast paths on AVX2 lanes (laaf_vec_math.h: 8 fp32 / 4 fp64 lanes, ymm registers) and
+    AVX2's GEMM panel layouts (laaf_cpu_gemm.h: kMaxPanel) would go untested: those tests run again in a
     process whose ATen capability is AVX2, which builds and loads the AVX2 extension (a
     minute or two, once per extension directory)."""
+    here = os.path.dirname(__file__)
+    names = sorted({name for tests in CAPABILITY_TESTS.values() for name in tests})
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-         __file__, "-k", " or ".join(CAPABILITY_TESTS)],
+         *(os.path.join(here, f) for f in CAPABILITY_TESTS),
+         "-k", f"({' or '.join(names)}) and cpp-cpu"],
         env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, capture_output=True, text=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)), timeout=1800)
-    assert run.returncode == 0 and re.search(r"(?<!\d)5 passed", run.stdout), (
+        cwd=os.path.dirname(here), timeout=1800)
+    assert (run.returncode == 0
+            and re.search(rf"(?<!\d){CAPABILITY_TEST_COUNT} passed", run.stdout)), (
         run.stdout[-3000:] + run.stderr[-2000:])
 
 

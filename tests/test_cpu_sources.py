@@ -43,6 +43,31 @@ def test_cpu_sources_compile_for_the_other_capabilities(capability):
     cmd = [CXX, "-fsyntax-only", "-std=c++20", "-DTORCH_API_INCLUDE_EXTENSION_H",
            "-DTORCH_EXTENSION_NAME=laaf_syntax_check", *extension.VECTOR_FLAGS[capability],
            *extension._openmp_flags(), *includes, *map(str, extension.sources(".cpp"))]
+    _assert_compiles(cmd, capability)
+
+
+def _assert_compiles(cmd, what):
     done = subprocess.run(cmd, capture_output=True, text=True)
     errors = [line for line in done.stderr.splitlines() if "error" in line]
-    assert done.returncode == 0, f"{capability}:\n" + "\n".join(errors[:30] or [done.stderr[-4000:]])
+    assert done.returncode == 0, f"{what}:\n" + "\n".join(errors[:30] or [done.stderr[-4000:]])
+
+
+#: The standalone C++ timing harnesses (their build lines are in their headers).
+TOOLS = sorted((extension.CSRC.parent / "tools").glob("*.cpp"))
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler ($CXX or c++) here")
+@pytest.mark.parametrize("capability", sorted(extension.VECTOR_FLAGS))
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda p: p.name)
+def test_tools_compile(tool, capability):
+    """tools/*.cpp include csrc's headers directly: a header change that breaks them
+    fails here, not on the next engineer's first run."""
+    from torch.utils import cpp_extension
+    includes = [f"-isystem{p}" for p in cpp_extension.include_paths()]
+    cmd = [CXX, "-fsyntax-only", "-std=c++17", *extension.VECTOR_FLAGS[capability], *includes,
+           f"-I{extension.CSRC}", str(tool)]
+    _assert_compiles(cmd, f"{tool.name}, {capability}")
+
+
+def test_the_tools_are_found():
+    assert {p.name for p in TOOLS} >= {"narrow_gemm_bench.cpp", "vec_math_bench.cpp"}

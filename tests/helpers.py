@@ -41,6 +41,14 @@ def with_nans(z: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def assert_nan_exactly_where_z_is(got, want, z):
+    """got is NaN exactly where z is (with_nans), and close to the reference want
+    elsewhere: 1e-12 in fp64, 2e-6 in fp32 (both a few ulp of these O(1) values)."""
+    assert torch.equal(got.isnan(), z.isnan()), got.isnan().nonzero()
+    tol = 1e-12 if z.dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=tol, atol=tol)
+
+
 def make_slope(kind: str, features: int, scale: float, gen, dtype=torch.float64, device="cpu"):
     """A slope of ``kind`` with n * a spread around 1 (in [0.6, 1.4]), never zero."""
     if kind == "none":

@@ -17,6 +17,7 @@ import torch
 
 import laaf_kernels
 from helpers import LINEAR_SHAPES, SLOPE_KINDS, linear_inputs
+from laaf_kernels import FLEXIBLE_KINDS
 from laaf_kernels.activations import ACTIVATIONS
 from torch.utils._python_dispatch import TorchDispatchMode
 from fused_cases import TARGETS, TRITON_TARGETS, compare_linear
@@ -477,7 +478,7 @@ def test_cpp_fp64_tanh_is_within_one_ulp(target):
 #: The tests whose code paths depend on the build's vector capability (lane width, and
 #: on AVX-512 mask registers for comparisons: laaf_vec_math.h), by file, and how many
 #: cpp-cpu tests they are: the panel-layout test runs for fp32 and fp64, the NaN tests
-#: for every activation (10) or kind (4) in fp32 and fp64.
+#: for every activation or flexible kind in fp32 and fp64.
 CAPABILITY_TESTS = {
     "test_fused_linear.py": ("test_cpp_fp32_tanh_is_within_three_ulp",
                              "test_cpp_fp64_tanh_is_within_one_ulp",
@@ -487,7 +488,7 @@ CAPABILITY_TESTS = {
                                "test_nan_reaches_the_output_like_the_reference"),
     "test_fused_activation.py": ("test_nan_reaches_the_output_like_the_reference",),
 }
-CAPABILITY_TEST_COUNT = 5 + (1 + 8) + 20
+CAPABILITY_TEST_COUNT = 5 + (1 + 2 * len(FLEXIBLE_KINDS)) + 2 * len(ACTIVATIONS)
 
 
 @pytest.mark.skipif(str(torch.backends.cpu.get_cpu_capability()) != "AVX512",

@@ -35,12 +35,12 @@ constexpr int kReps = 10000;
 
 // Best of 5 runs of y = f(z, a, b) over kLanes lanes, repeated kReps times: ns a lane.
 template <typename T, typename F>
-double ns_per_lane(F f, float zero_every = 0) {
+double ns_per_lane(F f, int zero_every = 0) {
   using V = at::vec::Vectorized<T>;
   std::vector<T> z(kLanes), y(kLanes), a(kLanes, T(0.4)), b(kLanes, T(0.3));
   for (int i = 0; i < kLanes; ++i) z[i] = T((i % 97 - 48.5) * 0.07);  // no exact zero
   if (zero_every > 0)
-    for (int i = 0; i < kLanes; i += int(zero_every)) z[i] = T(0);
+    for (int i = 0; i < kLanes; i += zero_every) z[i] = T(0);
   double best = 1e30;
   for (int run = 0; run < 5; ++run) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -221,6 +221,65 @@ inline V fast_tanh(const V& x) {
   return x.tanh();
 }
 
+// Cube root of a positive, finite double a (subnormals included), without a division:
+//  * a = m 2^E (a subnormal a scaled by 2^300 first, the root by 2^-100 after), E split
+//    as 3q + j with j in {0, 1, 2}, so that cbrt(a) = cbrt(f) 2^q, f = m 2^j in [1, 8);
+//  * u ~ f^(-1/3) from m: u = P(m) 2^(-j/3), P of degree 4 (minimax on [1, 2),
+//    relative error 3.8e-5, tools/fit_minimax.py fp64_cbrt);
+//  * one cubically convergent step on u, division-free: e = 1 - f u^3,
+//    u <- u (1 + e/3 + 2e^2/9)  (the series of (1 - e)^(-1/3)): 3.8e-5 -> ~3e-13;
+//  * r = f u^2 ~ cbrt(f), and one Newton step on r, r <- r - (r^3 - f) u^2 / 3, whose
+//    residual r^3 - f is formed exactly but for one rounding (r^2 split by an FMA):
+//    within ~0.5 ulp (tests/test_fused_flexible.py asserts 1).
+// Where exp(log a / 3) and a Halley step (Sleef's two calls and a division) took 3.86
+// ns a lane on AVX-512 and 8.56 on AVX2, this takes 1.62 and 4.2 (one Intel Xeon
+// thread, in L1, tools/vec_math_bench.cpp); what is left is instruction count (~60 a
+// vector), not latency.
+#if LAAF_VEC_FAST_MATH
+// The biased exponent field of double lanes' bits, bits >> 52 (a logical shift by an
+// immediate: at::vec's int64 >> is arithmetic and by a vector, emulated on AVX2).
+inline at::vec::Vectorized<int64_t> exponent_field(const at::vec::Vectorized<int64_t>& bits) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_srli_epi64(bits, 52);
+#else
+  return _mm256_srli_epi64(bits, 52);
+#endif
+}
+
+template <typename V>
+inline V cbrt_double_normalised(const V& a) {
+  using I = at::vec::Vectorized<int64_t>;
+  const auto tiny = mask_lt(a, V(0x1p-1022));
+  const V as = select(tiny, a * V(0x1p300), a);
+  const I bits = at::vec::cast<int64_t>(as);
+  // E as a double: the biased exponent field OR-ed into the mantissa of 2^52.
+  const V e = at::vec::cast<double>(exponent_field(bits) | I(0x4330000000000000)) - V(0x1p52 + 1023);
+  const V q = ((e + V(0.5)) * V(1.0 / 3.0)).floor();  // E = 3q + j (E + 0.5: no rounding down)
+  const V j = e - q * V(3.0);
+  const V m = at::vec::cast<double>((bits & I(0x000FFFFFFFFFFFFF)) | I(0x3FF0000000000000));
+  const auto j1 = mask_eq(j, V(1.0)), j2 = mask_eq(j, V(2.0));
+  const V f = m * select(j1, V(2.0), select(j2, V(4.0), V(1.0)));
+  V u = at::vec::fmadd(V(0.028589010894489657), m, V(-0.2212257804490869));
+  u = at::vec::fmadd(u, m, V(0.6954559992802771));
+  u = at::vec::fmadd(u, m, V(-1.1728546070228179));
+  u = at::vec::fmadd(u, m, V(1.669997693481625));
+  u = u * select(j1, V(0.79370052598409974), select(j2, V(0.62996052494743658), V(1.0)));
+  const V u2 = u * u;
+  const V err = at::vec::fmadd(f.neg(), u2 * u, V(1.0));
+  const V step = err * at::vec::fmadd(err, V(2.0 / 9.0), V(1.0 / 3.0));
+  u = at::vec::fmadd(u, step, u);
+  const V w = u * u;  // ~ f^(-2/3) = 1 / cbrt(f)^2
+  V r = f * w;
+  const V r2 = r * r;
+  const V r2_low = at::vec::fmadd(r, r, r2.neg());  // r^2 = r2 + r2_low exactly
+  const V residual = at::vec::fmadd(r2_low, r, at::vec::fmadd(r2, r, f.neg()));
+  r = at::vec::fmadd(residual.neg(), w * V(1.0 / 3.0), r);
+  // 2^q (|q| <= 342, normal) from q's bits, as exp_nonpositive builds 2^n.
+  const V two_q = at::vec::cast<double>((at::vec::cast<int64_t>(q + V(0x1.8p52)) + I(1023)) << I(52));
+  return r * two_q * select(tiny, V(0x1p-100), V(1.0));
+}
+#endif  // LAAF_VEC_FAST_MATH
+
 // Real cube root of a = |x|, then x's sign; a = 0, inf and NaN are their own roots.
 // Each refinement is a Halley step written as a correction,
 //   r <- r - r e / (2 r^3 + a),   e = r^3 - a (one FMA: r^2 r - a),
@@ -230,7 +289,8 @@ inline V fast_tanh(const V& x) {
 // [2^-100, 2^100] (denormals included) is scaled by 2^-+96 first and the root by
 // 2^+-32, so that nothing under- or overflows: within 0.73 ulp of the true root
 // (tests/test_fused_flexible.py: <= 1), at ~2 ns per 8 lanes where exp(log a / 3)
-// took 29. Other lanes: exp(log a / 3), then one step.
+// took 29. fp64 on AVX2 / AVX-512: cbrt_double_normalised above. Other lanes:
+// exp(log a / 3), then one step.
 template <typename V>
 inline V cbrt(const V& x) {
   const V a = x.abs();
@@ -255,6 +315,8 @@ inline V cbrt(const V& x) {
     r = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(third) + I(0x2a5137a0));
     r = halley(halley(r, as), as);
     r = select(tiny, r * V(0x1p-32f), select(huge, r * V(0x1p32f), r));
+  } else if constexpr (kIsDoubleLanes<V>) {
+    r = cbrt_double_normalised(a1);
   } else
 #endif
   {

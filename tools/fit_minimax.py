@@ -1,6 +1,6 @@
 """Fit the coefficients of the C++ CPU fast paths (csrc/laaf_activations.h).
 
-    python tools/fit_minimax.py [fp32_tanh | fp64_tanh | fp64_exp ...]   (all by default)
+    python tools/fit_minimax.py [fp32_tanh | fp64_tanh | fp64_exp | fp64_cbrt ...]   (all by default)
 
 Each fit is a weighted minimax of a rational N/D (D(0) = 1; a polynomial where D has
 degree 0), by Lawson's iteratively reweighted least squares in 40-digit mpmath, the
@@ -30,6 +30,10 @@ As a correction, P's rounding reaches the result scaled by v / 3 <= 0.1.
 
 fp64_exp (``exp_nonpositive`` on double lanes): exp(r) = 1 + r + r^2 Q(r), Q of degree 9
 over the reduced range |r| <= ln2 / 2, weighted by r^2 / exp(r) (relative error).
+
+fp64_cbrt (``cbrt_double_normalised``, the first guess): u(m) ~ m^(-1/3) for the mantissa m in
+[1, 2], a polynomial of degree 4 weighted by 1 / m^(-1/3) (relative error). The guess only
+needs ~4e-5: one cubic step and one Newton step follow.
 """
 import sys
 
@@ -139,7 +143,17 @@ def fit_fp64_exp():
     report("fp64_exp", err, [("Q", q, rs)], target, weight, "double")
 
 
-FITS = {"fp32_tanh": fit_fp32_tanh, "fp64_tanh": fit_fp64_tanh, "fp64_exp": fit_fp64_exp}
+def fit_fp64_cbrt():
+    degree, points = 4, 300
+    ms = chebyshev_points(1, 2, points)
+    target = [m ** (-mp.mpf(1) / 3) for m in ms]
+    weight = [1 / t for t in target]
+    num, _, err = lawson(ms, target, weight, degree, 0, 1, iterations=25)
+    report("fp64_cbrt", err, [("P", num, ms)], target, weight, "double")
+
+
+FITS = {"fp32_tanh": fit_fp32_tanh, "fp64_tanh": fit_fp64_tanh, "fp64_exp": fit_fp64_exp,
+        "fp64_cbrt": fit_fp64_cbrt}
 
 if __name__ == "__main__":
     mp.mp.dps = 40

@@ -81,6 +81,18 @@ inline at::vec::Vectorized<double> select(__mmask8 m, const at::vec::Vectorized<
 }
 #endif
 
+// maximum / minimum of two lane vectors, NaN from either operand (torch.maximum's rule),
+// on the lane masks (against a literal the generated code takes at::vec::clamp_min /
+// clamp_max instead, one instruction).
+template <typename V>
+inline V nan_maximum(const V& a, const V& b) {
+  return select(mask_gt(a, b) | mask_ne(a, a), a, b);
+}
+template <typename V>
+inline V nan_minimum(const V& a, const V& b) {
+  return select(mask_lt(a, b) | mask_ne(a, a), a, b);
+}
+
 // exp(x) for x <= 0 (NaN propagates). x = n ln2 + r with n = round(x log2 e) and
 // |r| <= ln2 / 2, exp(x) = 2^n exp(r), 2^n built from n's exponent bits; an x whose
 // e^x lies below the normal range gives 0. Inline, where Sleef's exp is a call per

@@ -21,3 +21,17 @@ def test_literal_arguments_of_helpers_are_broadcast_over_the_variable():
     # a literal passed to a @triton.jit helper would be typed fp32 (1e-06 inexact in fp64)
     assert codegen._triton_expr("maximum(abs(z), 1e-06)", "z") == \
         "maximum(abs(z), zeros_like(z) + 1e-06)"
+
+
+def test_vector_extrema_keep_nan_and_take_one_instruction_against_a_literal():
+    """maximum / minimum on at::vec lanes: against a literal (either side, named
+    constants and negated literals too) at::vec's clamp_min / clamp_max, max(c, x), which
+    keeps a NaN x; of two variables laaf_vec_math.h's nan_maximum / nan_minimum, NaN from
+    either side (never at::vec::maximum: slow on AVX-512, see codegen_c.VecStyle)."""
+    from laaf_kernels.kernels.codegen_c import ScalarStyle, VecStyle, render_expr
+    assert render_expr("maximum(z, 0.0)", VecStyle) == "at::vec::clamp_min(z, V(0.0))"
+    assert render_expr("maximum(0.0, z)", VecStyle) == "at::vec::clamp_min(z, V(0.0))"
+    assert render_expr("minimum(u, -1.0)", VecStyle) == "at::vec::clamp_max(u, V(-1.0))"
+    assert render_expr("maximum(z, w)", VecStyle) == "nan_maximum(z, w)"
+    assert render_expr("minimum(exp(1.0), z)", VecStyle) == "nan_minimum(V(1.0).exp(), z)"
+    assert render_expr("minimum(z, w)", ScalarStyle) == "prim_minimum(z, w)"

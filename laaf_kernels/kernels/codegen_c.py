@@ -58,21 +58,26 @@ class VecStyle:
             return f"{args[0]}.{name}()"
         if name == "where":  # laaf_vec_math.h: a mask register on AVX-512
             return f"select({args[0]}, {args[1]}, {args[2]})"
-        return _vec_extremum(name, args)
+        raise ValueError(f"no vector rendering for {name}()")
+
+    @staticmethod
+    def extremum(name: str, args, literal) -> str:
+        """maximum / minimum, NaN from either operand (torch.maximum's rule).
+
+        Against a literal c: at::vec's clamp_min / clamp_max, one max/min instruction,
+        ``max(c, x)``, which keeps a NaN x (the instruction returns its second operand
+        when either is NaN). Of two variables: laaf_vec_math.h's nan_maximum /
+        nan_minimum, on the lane masks. Not at::vec::maximum: its NaN test goes through
+        a mask register turned into a vector on AVX-512, and there, with a blend in the
+        same formula, GCC 12's code ran exp_nonpositive 3.7x slower (1.05 against 0.28
+        ns a lane, one Intel Xeon thread)."""
+        x, c = (args[1], args[0]) if literal[0] and not literal[1] else args
+        if literal[0] or literal[1]:
+            return f"at::vec::{_CLAMP_OF[name]}({x}, {c})"
+        return f"nan_{name}({x}, {c})"
 
 
-#: maximum / minimum against a literal: at::vec's clamp_min / clamp_max, which are one
-#: max/min instruction, ``max(c, x)``, and keep a NaN x (the instruction returns its
-#: second operand when either is NaN). at::vec::maximum adds a NaN test through a mask
-#: register on AVX-512, and there, with a blend in the same formula, GCC 12's code ran
-#: exp_nonpositive 3.7x slower (1.05 against 0.28 ns a lane, one Intel Xeon thread).
 _CLAMP_OF = {"maximum": "clamp_min", "minimum": "clamp_max"}
-
-
-def _vec_extremum(name: str, args) -> str:
-    if args[1].startswith("V("):
-        return f"at::vec::{_CLAMP_OF[name]}({args[0]}, {args[1]})"
-    return f"at::vec::{name}({args[0]}, {args[1]})"
 
 
 class ScalarStyle:
@@ -98,6 +103,19 @@ class ScalarStyle:
             return f"({args[0]} ? {args[1]} : {args[2]})"
         return f"prim_{name}({', '.join(args)})"
 
+    @staticmethod
+    def extremum(name: str, args, literal) -> str:
+        """prim_maximum / prim_minimum (NaN from either operand)."""
+        return f"prim_{name}({', '.join(args)})"
+
+
+def _is_literal(node) -> bool:
+    """A number in the formula: a constant, a negated one, or a named constant."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    return (isinstance(node, ast.Constant)
+            or (isinstance(node, ast.Name) and node.id in CONSTANTS))
+
 
 def _render(node, style) -> str:
     """A formula's AST as a C++ expression in ``style``."""
@@ -115,7 +133,10 @@ def _render(node, style) -> str:
         return style.compare(_CMP[type(node.ops[0])], _render(node.left, style),
                              _render(node.comparators[0], style))
     if isinstance(node, ast.Call):
-        return style.call(node.func.id, [_render(a, style) for a in node.args])
+        args = [_render(a, style) for a in node.args]
+        if node.func.id in _CLAMP_OF:
+            return style.extremum(node.func.id, args, [_is_literal(a) for a in node.args])
+        return style.call(node.func.id, args)
     raise ValueError(f"no C++ rendering for {ast.dump(node)}")
 
 

@@ -80,3 +80,17 @@ def test_shapes_take_the_dtype_option():
     args = run.parse_args(["--device", "cpu", "--shapes", "64x8x8", "--dtype", "float64"])
     chosen = cases.suite("cpu", False, args.ops, args.passes, args.shapes, args.dtype)
     assert chosen and {c.dtype for c in chosen} == {"float64"}
+
+
+def test_gpu_script_parses_and_refuses_a_bad_mode():
+    """bench/gpu.sh only ever runs on a lent GPU machine, in one call: a syntax error
+    or a broken argument check would cost that call. bash -n parses it; a bad mode
+    exits 2 with the valid ones named, before anything is built."""
+    import pathlib
+    import subprocess
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "gpu.sh"
+    parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    bad = subprocess.run(["bash", str(script), "everything"], capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode == 2 and "all, tests or bench" in bad.stderr, (bad.returncode, bad.stderr)

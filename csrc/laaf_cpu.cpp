@@ -12,6 +12,10 @@
 //     dx = gz W, dW = gz^T x             narrow layers: our GEMM on each chunk's gz
 //                                        buffer (dW per fixed group of chunks);
 //                                        otherwise ATen GEMMs
+// Narrow layers whose act' is a function of y (tanh, sigmoid, relu, ...) keep no z
+// at all: the backward runs on gh = g act'(y) and forms ds from G = gh^T x, the dW
+// GEMM's own sum, as sum_n W(n, :) . G(n, :) + b(n) sum gh(:, n) (linear_bwd_narrow);
+// autograd then saves x and y, 2/3 of eager's x, z and y.
 //
 // Determinism: rows are cut into fixed chunks of kRowsPerChunk (and dW's groups
 // depend on the row count alone), whatever the thread count; each chunk or group
@@ -128,7 +132,9 @@ inline __attribute__((always_inline)) std::array<Vectorized<Compute<T>>, 2> grad
 // Elements [at0, end) of a flat backward walk (FlatWalk), at0 a whole number of
 // vectors: gz to gz_out[at - at0] (unless null), column sums of gz and gh z into
 // db and ds (unless null). The narrow linear backward's epilogue, chunk by chunk.
-template <typename T, int ACT>
+// FROM_Y (no z; act' from y, Act<ACT>::kD1FromY): gh instead of gz, and its column
+// sums into db (ds comes from the dW GEMM instead: see linear_bwd_narrow).
+template <typename T, int ACT, bool FROM_Y = false>
 void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t at0, int64_t end,
                          const FlatWalk<Compute<T>>& walk, PhaseSums<Compute<T>>* db,
                          PhaseSums<Compute<T>>* ds) {
@@ -138,6 +144,12 @@ void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t 
   int64_t p = walk.phase_of(at0 / L);
   for (int64_t at = at0; at < end; at += L, p = walk.next(p)) {
     const int64_t n = std::min<int64_t>(L, end - at);
+    if constexpr (FROM_Y) {
+      const V gh = Io<T>::load(g + at, n) * Act<ACT>::d1_y(Io<T>::load(y + at, n));
+      if (gz_out != nullptr) Io<T>::store(gh, gz_out + (at - at0), n);
+      if (db != nullptr) db->add(p, V::set(V(C(0)), gh, n));
+      continue;
+    }
     const auto terms = grad_terms<T, ACT>(g, z, y, at, n, walk.slope(p));
     if (gz_out != nullptr) Io<T>::store(terms[0], gz_out + (at - at0), n);
     // (V::set keeps the n live lanes: the rest must not reach the sums.)
@@ -231,14 +243,15 @@ constexpr int64_t kMaxNarrowForwardArea = 120 * 120;
 // most kMaxNarrow (and for the fp32 forward K * N at most kMaxNarrowForwardArea),
 // and LAAF_CPU_NARROW is not "0" (read at every call, so that benchmarks and
 // tests can compare the two paths in one process).
+inline bool narrow_shape(at::ScalarType dtype, int64_t N, int64_t K, bool forward) {
+  const bool sgemm_wins = forward && dtype == at::kFloat && K * N > kMaxNarrowForwardArea;
+  return (dtype == at::kFloat || dtype == at::kDouble) && N <= kMaxNarrow && K <= kMaxNarrow &&
+         !sgemm_wins;
+}
 inline bool narrow_fused(const Tensor& x, const Tensor& weight, bool forward) {
   const char* env = std::getenv("LAAF_CPU_NARROW");
   const bool enabled = env == nullptr || std::string(env) != "0";
-  const auto dtype = x.scalar_type();
-  const int64_t N = weight.size(0), K = weight.size(1);
-  const bool sgemm_wins = forward && dtype == at::kFloat && K * N > kMaxNarrowForwardArea;
-  return enabled && (dtype == at::kFloat || dtype == at::kDouble) && N <= kMaxNarrow &&
-         K <= kMaxNarrow && !sgemm_wins;
+  return enabled && narrow_shape(x.scalar_type(), weight.size(0), weight.size(1), forward);
 }
 
 // Forward: chunk by chunk of kRowsPerChunk rows, z = x W^T + b (narrow_gemm, into
@@ -282,7 +295,10 @@ struct DwGroups {
 // DwGroups::per_group chunks (dw_parts[group], N rows of k_padded = x_chunk's
 // padded width, as narrow_gemm accumulates; zeroed here); the caller folds the
 // groups in order and drops the padding. A null output is not computed.
-template <typename T, int ACT>
+// FROM_Y (z null): the buffer holds gh, `w` must be packed as diag(s) W (so that
+// dx = gh diag(s) W = gz W), db_part gets the sums of gh and dw_parts those of
+// gh^T x: the caller scales them by s (linear_bwd_narrow).
+template <typename T, int ACT, bool FROM_Y = false>
 void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_t x_col_stride,
                             int64_t K, const T* z, const T* y,
                             const PackedPanel<T>& w, T* dx, T* dw_parts, double* db_part,
@@ -305,7 +321,7 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
         const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
         db.clear();
         ds.clear();
-        backward_flat_chunk<T, ACT>(g, z, y, gz.data(), r0 * cols,
+        backward_flat_chunk<T, ACT, FROM_Y>(g, z, y, gz.data(), r0 * cols,
                                     std::min(total, (r0 + rows) * cols), walk,
                                     db_part != nullptr ? &db : nullptr,
                                     ds_part != nullptr ? &ds : nullptr);
@@ -338,13 +354,22 @@ PackedPanel<T> pack_weight(const Tensor& weight, bool transposed) {
   return panel;
 }
 
+// Whether act' of activation `act` is a function of y = act(h) (the table's d1_y).
+bool d1_from_y(int act) {
+  bool from_y = false;
+  LAAF_ACT_SWITCH(act, [&] { from_y = Act<ACT>::kD1FromY; });
+  return from_y;
+}
+
+// keep_z: write z as well as y (training, for an act' that needs h; otherwise the
+// backward needs only x and y, see linear_bwd_narrow, and z is an empty tensor).
 std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weight,
                                              const c10::optional<Tensor>& bias, const Tensor& s_c,
-                                             int kind, int act, bool training) {
+                                             int kind, int act, bool keep_z) {
   const int64_t rows = x.size(0), K = x.size(1), N = weight.size(0);
   Tensor y = at::empty({rows, N}, x.options());
-  Tensor z = training ? at::empty({rows, N}, x.options()) : y;
-  if (rows * N == 0) return {y, training ? z : at::empty({0}, x.options())};
+  Tensor z = keep_z ? at::empty({rows, N}, x.options()) : y;
+  if (rows * N == 0) return {y, keep_z ? z : at::empty({0}, x.options())};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_fwd_narrow", [&] {
     const auto wt = pack_weight<scalar_t>(weight, true);
     const auto bias_row = padded_row<scalar_t>(
@@ -356,53 +381,109 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weig
                                            z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
     });
   });
-  return {y, training ? z : at::empty({0}, x.options())};
+  return {y, keep_z ? z : at::empty({0}, x.options())};
 }
 
 struct Needs {
   bool dx, dw, db, ds;
 };
 
+// The per-row factors of diag(s) W: s's values in T, one per output n (1 without s).
+template <typename T>
+std::vector<T> slope_per_row(const Tensor& s_c, int kind, int64_t N) {
+  std::vector<T> factor(N, T(1));
+  if (kind == kScalar) std::fill(factor.begin(), factor.end(), s_c.data_ptr<T>()[0]);
+  if (kind == kVector) std::copy(s_c.data_ptr<T>(), s_c.data_ptr<T>() + N, factor.begin());
+  return factor;
+}
+
+// The narrow backward. With z: gz, its db / ds partials, and the GEMMs on gz
+// (linear_backward_narrow). Without z (from_y: the forward kept none, act' comes
+// from y): the same pass on gh = g act'(h); since gz = gh s column by column,
+//     dx = gh (diag(s) W),   dW = diag(s) G,   db = s * sum_rows gh,   G = gh^T x,
+//     ds = sum gh z = sum_n ( W(n, :) . G(n, :) + b(n) sum_rows gh(:, n) )
+// (z = x W^T + b, summed in another order), so z is neither stored nor read: the
+// training forward writes y alone and autograd keeps x and y, not z. G, the column
+// sums and ds are folded and formed in double.
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
-    const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& z,
-    const c10::optional<Tensor>& s, const Tensor& s_c, const c10::optional<Tensor>& y, int act,
-    int64_t chunks, Needs need) {
-  const int64_t rows = z.size(0), N = z.size(1), K = x.size(1);
+    const Tensor& g, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
+    const Tensor& z, const c10::optional<Tensor>& s, const Tensor& s_c,
+    const c10::optional<Tensor>& y, int act, int64_t chunks, Needs need, bool from_y) {
+  const int64_t rows = g.size(0), N = g.size(1), K = x.size(1);
   const int64_t groups = DwGroups(chunks).count;
   const auto dbl = x.options().dtype(at::kDouble);
+  // What the kernel sums: gz^T x (or G) and the column sums of gz (or gh), gh z.
+  const bool want_g = need.dw || (from_y && need.ds);
+  const bool want_cols = need.db || (from_y && need.ds && bias.has_value());
   Tensor dx = need.dx ? at::empty({rows, K}, x.options()) : Tensor();
-  Tensor db_part = need.db ? at::empty({chunks, N}, dbl) : Tensor();
-  Tensor ds_part = need.ds ? at::empty({chunks, N}, dbl) : Tensor();
-  Tensor dw;
+  Tensor db_part = want_cols ? at::empty({chunks, N}, dbl) : Tensor();
+  Tensor ds_part = need.ds && !from_y ? at::empty({chunks, N}, dbl) : Tensor();
+  Tensor gram;  // the folded gz^T x or G, (N, K), double
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
-    const auto w = need.dx ? pack_weight<scalar_t>(weight, false) : PackedPanel<scalar_t>(0, K);
+    auto w = need.dx ? pack_weight<scalar_t>(weight, false) : PackedPanel<scalar_t>(0, K);
+    if (from_y && need.dx) w.scale_rows(slope_per_row<scalar_t>(s_c, slope_kind(s), N).data());
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
     const int64_t k_padded = padded_width<scalar_t>(K);  // dW's rows (narrow_gemm accumulates)
-    Tensor dw_parts = need.dw ? at::empty({groups, N, k_padded}, x.options()) : Tensor();
-    LAAF_ACT_SWITCH(act, [&] {
-      linear_backward_narrow<scalar_t, ACT>(
-          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
-          z.data_ptr<scalar_t>(), data_or_null<scalar_t>(y), w, data_or_null<scalar_t>(dx),
-          data_or_null<scalar_t>(dw_parts), data_or_null<double>(db_part),
-          data_or_null<double>(ds_part), grid);
-    });
-    if (need.dw) {
-      dw = sum_parts<scalar_t>(dw_parts, N * k_padded)
-               .view({N, k_padded})
-               .narrow(1, 0, K)
-               .to(x.scalar_type())
-               .contiguous();
+    Tensor dw_parts = want_g ? at::empty({groups, N, k_padded}, x.options()) : Tensor();
+    const auto run = [&](auto from_y_c) {
+      LAAF_ACT_SWITCH(act, [&] {
+        if constexpr (!decltype(from_y_c)::value || Act<ACT>::kD1FromY) {
+          linear_backward_narrow<scalar_t, ACT, decltype(from_y_c)::value>(
+              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
+              data_or_null<scalar_t>(z), data_or_null<scalar_t>(y), w,
+              data_or_null<scalar_t>(dx), data_or_null<scalar_t>(dw_parts),
+              data_or_null<double>(db_part), data_or_null<double>(ds_part), grid);
+        }
+      });
+    };
+    if (from_y) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
+    if (want_g) {
+      gram = sum_parts<scalar_t>(dw_parts, N * k_padded).view({N, k_padded}).narrow(1, 0, K);
     }
   });
   const Tensor empty = at::empty({0}, x.options());
-  return {need.dx ? dx : empty, need.dw ? dw : empty,
-          need.db ? sum_parts(db_part, N).to(x.scalar_type()) : empty,
-          need.ds ? finish_ds(sum_parts(ds_part, N), *s) : empty};
+  const Tensor cols = want_cols ? sum_parts(db_part, N) : Tensor();
+  if (!from_y) {
+    return {need.dx ? dx : empty,
+            need.dw ? gram.to(x.scalar_type()).contiguous() : empty,
+            need.db ? cols.to(x.scalar_type()) : empty,
+            need.ds ? finish_ds(sum_parts(ds_part, N), *s) : empty};
+  }
+  // dW = diag(s) G and db = s * sum gh (s broadcast from a 0-d s), in double.
+  Tensor dw = gram, db = cols, ds = empty;
+  if (s.has_value()) {
+    const Tensor s_col = s->to(at::kDouble).expand({N});
+    if (need.dw) dw = gram * s_col.unsqueeze(1);
+    if (need.db) db = cols * s_col;
+  }
+  if (need.ds) {
+    Tensor per_channel = (gram * weight.to(at::kDouble)).sum(1);
+    if (bias.has_value()) per_channel = per_channel + bias->to(at::kDouble) * cols;
+    ds = finish_ds(per_channel, *s);
+  }
+  return {need.dx ? dx : empty, need.dw ? dw.to(x.scalar_type()).contiguous() : empty,
+          need.db ? db.to(x.scalar_type()) : empty, ds};
 }
 
 // ---------------------------------------------------------------------------
 // The ops
 // ---------------------------------------------------------------------------
+
+// Whether cpp_linear_fwd returns z (else an empty tensor): in training, unless the
+// layer's shape is a narrow one and act' is a function of y (linear_bwd_narrow needs
+// no z then). A function of the shape, dtype and activation alone, not of
+// LAAF_CPU_NARROW: the fake of cpp_linear_fwd asks it, and traced shapes must match
+// the kernel's whatever that switch says later (with the switch off, the backward
+// forms z again).
+bool linear_stores_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType dtype,
+                     c10::string_view activation) {
+  return training && !(narrow_shape(dtype, n_out, k_in, /*forward=*/true) &&
+                       d1_from_y(activation_id(activation)));
+}
 
 std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
                                       const c10::optional<Tensor>& bias,
@@ -411,19 +492,21 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
   check_dtype(x, "x");
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, x.scalar_type());
+  const bool keep_z =
+      linear_stores_z(weight.size(0), weight.size(1), training, x.scalar_type(), activation);
   if (narrow_fused(x, weight, /*forward=*/true)) {
-    return linear_fwd_narrow(x, weight, bias, s_c, slope_kind(s), act, training);
+    return linear_fwd_narrow(x, weight, bias, s_c, slope_kind(s), act, keep_z);
   }
   Tensor z = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
-  // Inference: the epilogue runs in place, z's buffer becomes y.
-  Tensor y = training ? at::empty_like(z) : z;
+  // Unless z is kept: the epilogue runs in place, z's buffer becomes y.
+  Tensor y = keep_z ? at::empty_like(z) : z;
   LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_linear_fwd", [&] {
     const auto grid = make_grid<scalar_t>(z.size(0), z.size(1), s_c, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
       forward_pass<scalar_t, ACT>(z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
     });
   });
-  return {y, training ? z : at::empty({0}, x.options())};
+  return {y, keep_z ? z : at::empty({0}, x.options())};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
@@ -436,21 +519,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   need_ds = need_ds && s.has_value();
   const Tensor g = g_in.contiguous();
   const auto y = contiguous(y_in);
-  const int64_t rows = z.size(0), cols = z.size(1);
+  const int64_t rows = g.size(0), cols = g.size(1);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const auto dbl = x.options().dtype(at::kDouble);
-  if (rows * cols > 0 && narrow_fused(x, weight, /*forward=*/false)) {
-    return linear_bwd_narrow(g, x, weight, z, s, s_c, y, act, chunks,
-                             {need_dx, need_dw, need_db, need_ds});
+  // An empty z: the forward kept none (linear_fwd_narrow), and the narrow backward
+  // takes act' from y. Anywhere else (no y given; LAAF_CPU_NARROW turned off between
+  // the passes) z is formed again, as the forward formed it.
+  const bool no_z = z.sizes() != g.sizes();
+  TORCH_CHECK(!no_z || z.numel() == 0, "laaf cpp_linear_bwd: z must have g's shape ", g.sizes(),
+              " or be empty (not kept by the forward), got ", z.sizes());
+  if (rows * cols > 0 && narrow_fused(x, weight, /*forward=*/false) &&
+      (!no_z || (y.has_value() && d1_from_y(act)))) {
+    return linear_bwd_narrow(g, x, weight, bias, z, s, s_c, y, act, chunks,
+                             {need_dx, need_dw, need_db, need_ds}, no_z);
   }
-  Tensor gz = empty_if(need_dx || need_dw, z);
+  const Tensor z_full =
+      !no_z ? z : bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  Tensor gz = empty_if(need_dx || need_dw, z_full);
   Tensor db_part = need_db ? at::empty({chunks, cols}, dbl) : Tensor();
   Tensor ds_part = need_ds ? at::empty({chunks, cols}, dbl) : Tensor();
-  LAAF_DISPATCH_CPU_TYPES(z.scalar_type(), "laaf_cpp_linear_bwd", [&] {
+  LAAF_DISPATCH_CPU_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd", [&] {
     const auto grid = make_grid<scalar_t>(rows, cols, s_c, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
       backward_pass<scalar_t, ACT>(
-          g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), data_or_null<scalar_t>(y),
+          g.data_ptr<scalar_t>(), z_full.data_ptr<scalar_t>(), data_or_null<scalar_t>(y),
           data_or_null<scalar_t>(gz), data_or_null<double>(db_part),
           data_or_null<double>(ds_part), grid);
     });
@@ -528,6 +620,8 @@ int64_t parallel_threads() {
 
 TORCH_LIBRARY_FRAGMENT(laaf, m) {
   m.def("cpp_parallel_threads() -> int", &parallel_threads);
+  m.def("cpp_linear_stores_z(int n_out, int k_in, bool training, ScalarType dtype, "
+        "str activation) -> bool", &linear_stores_z);
   m.def("cpp_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "
         "bool training) -> (Tensor, Tensor)");
   m.def("cpp_linear_bwd(Tensor g, Tensor x, Tensor weight, Tensor? bias, Tensor z, Tensor? s, "

@@ -68,6 +68,13 @@ class PackedPanel {
   int64_t width() const { return width_; }
   int64_t padded() const { return padded_; }
   const T* row(int64_t d) const { return data_.data() + d * padded_; }
+  // B(d, :) *= factor[d] for d < depth (the padding lanes stay zero).
+  void scale_rows(const T* factor) {
+    for (int64_t d = 0; d < depth_; ++d) {
+      T* r = data_.data() + d * padded_;
+      for (int64_t w = 0; w < width_; ++w) r[w] *= factor[d];
+    }
+  }
 
  private:
   int64_t width_, padded_, depth_ = 0;

@@ -374,24 +374,97 @@ def test_cpp_fp32_forward_crossover(target, k_in, n_out, monkeypatch):
     """fp32 layers above K * N = 120^2 take ATen's sgemm forward and the narrow
     backward (csrc/laaf_cpu.cpp: kMaxNarrowForwardArea); just below, the narrow path
     both ways. Either way the op agrees with the float64 reference, and its forward
-    is the ATen path's exactly where the rule sends it there."""
+    is the ATen path's exactly where the rule sends it there. (z is compared for sin,
+    which keeps z in training on both paths; tanh keeps none on the narrow one.)"""
     backend, device = target
     x, w, b, a = _inputs(((71,), k_in, n_out, True), "vector", seed=23, dtype=torch.float32,
                          device=device)
     compare_linear(backend, x, w, b, a, "tanh", SCALE, ", float32")
     s = (SCALE * a).detach()
-    fwd = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s, "tanh", True)
+    fwd = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s, "sin", True)
     monkeypatch.setenv("LAAF_CPU_NARROW", "0")
-    aten = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s, "tanh", True)
+    aten = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s, "sin", True)
     takes_sgemm = k_in * n_out > 120 * 120
     assert torch.equal(fwd[1], aten[1]) == takes_sgemm, "z from the other GEMM than the rule says"
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
-def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cpp_training_forward_keeps_z_only_where_the_backward_needs_it(target, dtype):
+    """The narrow path (K, N <= 128) with an act' given by y keeps no z: its backward
+    takes gh = g act'(y) and ds = sum_n W(n, :) . (gh^T x)(n, :) + b(n) sum gh(:, n)
+    (csrc/laaf_cpu.cpp: linear_bwd_narrow). So autograd saves x and y only, 2/3 of what
+    eager saves at K = N (x, z and y). A layer whose act' needs h (sin), or a wide one
+    (K = 130, ATen's GEMMs), keeps z. The fake (cpp_backend.stores_z) says the same as
+    the kernel in every case."""
+    from bench.memory import saved_bytes
+    from laaf_kernels.ops import cpp_backend
+    gen = torch.Generator().manual_seed(43)
+    for activation, k_in, keeps in (("tanh", 50, False), ("relu", 50, False), ("sin", 50, True),
+                                     ("tanh", 130, True)):
+        x = torch.randn(257, k_in, generator=gen, dtype=dtype)
+        w = (torch.randn(50, k_in, generator=gen, dtype=dtype) / k_in ** 0.5).requires_grad_()
+        b = torch.randn(50, generator=gen, dtype=dtype).requires_grad_()
+        a = (torch.rand(50, generator=gen, dtype=dtype) + 0.5).requires_grad_()
+        s = (SCALE * a).detach()
+        _, z = torch.ops.laaf.cpp_linear_fwd(x, w.detach(), b.detach(), s, activation, True)
+        assert (z.shape == (257, 50)) == keeps and (keeps or z.numel() == 0), (activation, k_in)
+        assert cpp_backend.stores_z(50, k_in, True, dtype, activation) == keeps
+        assert not cpp_backend.stores_z(50, k_in, False, dtype, activation)
+        if activation == "tanh" and k_in == 50:
+            ours = saved_bytes(lambda: laaf_kernels.laaf_linear(
+                x, w, b, a, activation="tanh", scale=SCALE, backend=target[0]), (w, b, a))
+            eager = saved_bytes(lambda: torch.tanh(SCALE * a * torch.nn.functional.linear(x, w, b)),
+                                (w, b, a))
+            element = x.element_size()
+            assert ours == 2 * 257 * 50 * element + 50 * element  # x, y and s = scale * a
+            assert ours <= 2 / 3 * eager + 50 * element
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+def test_cpp_backward_without_z_forms_it_again_off_the_narrow_path(target, monkeypatch):
+    """A forward that kept no z, then a backward that cannot take the narrow path
+    (LAAF_CPU_NARROW=0 set between the two; or no y given to the raw op) forms z again
+    with ATen's GEMM and runs the wide backward: the same gradients, to rounding.
+    Whether z is kept depends on the shape, dtype and activation alone (what the fake
+    says, and torch.compile traced): the ATen forward under LAAF_CPU_NARROW=0 keeps
+    none either."""
+    backend, _ = target
+    x, w, b, a = _inputs(((131,), 37, 23, True), "vector", seed=47, dtype=torch.float64,
+                         device="cpu")
+    g = torch.randn(131, 23, dtype=torch.float64)
+    params = (x, w, b, a)
+    y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
+    narrow = torch.autograd.grad(y, params, g, retain_graph=True)
+    monkeypatch.setenv("LAAF_CPU_NARROW", "0")
+    wide = torch.autograd.grad(y, params, g)
+    for p, q in zip(narrow, wide):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    s = (SCALE * a).detach()
+    aten_y, aten_z = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s,
+                                                   "tanh", True)
+    assert aten_z.numel() == 0
+    torch.testing.assert_close(aten_y, y.detach(), rtol=1e-12, atol=1e-12)
+    monkeypatch.delenv("LAAF_CPU_NARROW")
+    xd, wd, bd = x.detach(), w.detach(), b.detach()
+    y_raw, z = torch.ops.laaf.cpp_linear_fwd(xd, wd, bd, s, "tanh", True)
+    assert z.numel() == 0
+    dx, dw, db, ds = torch.ops.laaf.cpp_linear_bwd(g, xd, wd, bd, z, s, None, "tanh",
+                                                   *(True,) * 4)
+    for p, q in zip((dx, dw, db, SCALE * ds), narrow):  # (da = n ds)
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="z must have g's shape"):
+        torch.ops.laaf.cpp_linear_bwd(g, xd, wd, bd, z[:0].new_zeros(5, 3), s, y_raw, "tanh",
+                                      *(True,) * 4)
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("activation", ["tanh", "sin"])
+def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target, activation):
     """The narrow path's GEMMs are ours, so here even z, dx and dW are bit-identical
     whatever the thread count: every sum runs in a fixed order over fixed chunks
-    and groups (cf. the test above it, where ATen's GEMMs must be held fixed)."""
+    and groups (cf. the test above it, where ATen's GEMMs must be held fixed). tanh
+    keeps no z (its backward takes act' from y and ds from the dW GEMM), sin keeps z."""
     gen = torch.Generator().manual_seed(37)
     x, w = torch.randn(1031, 50, generator=gen), torch.randn(29, 50, generator=gen)
     b, s = torch.randn(29, generator=gen), torch.rand(29, generator=gen)
@@ -400,8 +473,8 @@ def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target):
     for threads in (1, 2):
         torch.set_num_threads(threads)
         try:
-            y, z = torch.ops.laaf.cpp_linear_fwd(x, w, b, s, "tanh", True)
-            grads = torch.ops.laaf.cpp_linear_bwd(g, x, w, b, z, s, y, "tanh", *(True,) * 4)
+            y, z = torch.ops.laaf.cpp_linear_fwd(x, w, b, s, activation, True)
+            grads = torch.ops.laaf.cpp_linear_bwd(g, x, w, b, z, s, y, activation, *(True,) * 4)
             results.append([y, z, *grads])
         finally:
             torch.set_num_threads(2)

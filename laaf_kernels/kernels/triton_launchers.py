@@ -43,8 +43,9 @@ def is_narrow(n_out: int, k_in: int, dtype: torch.dtype) -> bool:
     return tile_bytes <= NARROW_MAX_W_BYTES
 
 
-def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
-    """Whether a training forward writes z: only for wide layers."""
+def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype,
+             activation: Optional[str] = None) -> bool:
+    """Whether a training forward writes z: only for wide layers (any activation)."""
     return training and not is_narrow(n_out, k_in, dtype)
 
 

@@ -284,13 +284,14 @@ def _empty_unless(need: bool, like: torch.Tensor, shape) -> torch.Tensor:
 
 
 def _register_fakes(prefix: str, stores_z) -> None:
-    """Fakes of laaf::<prefix>_{linear,act}_{fwd,bwd}; ``stores_z(N, K, training, dtype)``
-    says whether the forward returns z (else an empty tensor)."""
+    """Fakes of laaf::<prefix>_{linear,act}_{fwd,bwd}; ``stores_z(N, K, training, dtype,
+    activation=...)`` says whether the forward returns z (else an empty tensor)."""
 
     @torch.library.register_fake(f"laaf::{prefix}_linear_fwd")
     def _(x, weight, bias, s, activation, training):
         shape = (x.shape[0], weight.shape[0])
-        return x.new_empty(shape), _empty_unless(stores_z(*weight.shape, training, x.dtype), x, shape)
+        keeps_z = stores_z(*weight.shape, training, x.dtype, activation=activation)
+        return x.new_empty(shape), _empty_unless(keeps_z, x, shape)
 
     @torch.library.register_fake(f"laaf::{prefix}_linear_bwd")
     def _(g, x, weight, bias, z, s, y, activation, need_dx, need_dw, need_db, need_ds):

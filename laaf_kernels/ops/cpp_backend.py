@@ -20,14 +20,20 @@ __all__ = ["linear", "activation", "flexible", "DTYPES"]
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
-    """The CPU forward keeps z whenever it trains (recomputing it would be a second GEMM)."""
-    return training
+def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype, activation: str) -> bool:
+    """Whether the CPU forward returns z: in training, except for a narrow layer (K, N <=
+    128; fp32 up to K N = 120^2) whose act' is a function of y: its backward needs only
+    x and y (csrc/laaf_cpu.cpp: linear_bwd_narrow forms ds from W and gh^T x). Elsewhere
+    recomputing z would be a second GEMM. The C++ op answers (a function of the shape,
+    dtype and activation, not of LAAF_CPU_NARROW), so that the fake and the kernel
+    cannot disagree."""
+    return torch.ops.laaf.cpp_linear_stores_z(int(n_out), int(k_in), training, dtype, activation)
 
 
 # Saving y (where act' is a function of y) spares the backward a second tanh /
 # sigmoid per element, which on a CPU costs more than the memory passes; the
-# create_graph passes (a PINN's) then run on the fused grad_y ops.
+# create_graph passes (a PINN's) then run on the fused grad_y ops. On the narrow
+# path such a layer keeps y and no z (stores_z).
 register_grad_y_ops("cpp")
 register_backend_ops("cpp", stores_z, saves_y=True, grad_y=make_grad_y("cpp"))
 

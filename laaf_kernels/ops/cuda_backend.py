@@ -11,6 +11,8 @@ from z is cheaper than reading one more tensor.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
@@ -22,8 +24,9 @@ __all__ = ["linear", "activation", "flexible", "DTYPES"]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype) -> bool:
-    """The CUDA forward returns z whenever it trains."""
+def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype,
+             activation: Optional[str] = None) -> bool:
+    """The CUDA forward returns z whenever it trains (any activation)."""
     return training
 
 

@@ -525,6 +525,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   // An empty z: the forward kept none (linear_fwd_narrow), and the narrow backward
   // takes act' from y. Anywhere else (no y given; LAAF_CPU_NARROW turned off between
   // the passes) z is formed again, as the forward formed it.
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == weight.size(0),
+              "laaf cpp_linear_bwd: g must have shape (x.size(0), weight.size(0)) = (",
+              x.size(0), ", ", weight.size(0), "), got ", g.sizes());
+  TORCH_CHECK(!y.has_value() || y->sizes() == g.sizes(), "laaf cpp_linear_bwd: y must have g's shape ",
+              g.sizes(), ", got ", y.has_value() ? y->sizes() : g.sizes());
   const bool no_z = z.sizes() != g.sizes();
   TORCH_CHECK(!no_z || z.numel() == 0, "laaf cpp_linear_bwd: z must have g's shape ", g.sizes(),
               " or be empty (not kept by the forward), got ", z.sizes());

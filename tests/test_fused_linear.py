@@ -456,6 +456,10 @@ def test_cpp_backward_without_z_forms_it_again_off_the_narrow_path(target, monke
     with pytest.raises(RuntimeError, match="z must have g's shape"):
         torch.ops.laaf.cpp_linear_bwd(g, xd, wd, bd, z[:0].new_zeros(5, 3), s, y_raw, "tanh",
                                       *(True,) * 4)
+    with pytest.raises(RuntimeError, match="y must have g's shape"):
+        torch.ops.laaf.cpp_linear_bwd(g, xd, wd, bd, z, s, y_raw[:7], "tanh", *(True,) * 4)
+    with pytest.raises(RuntimeError, match=r"g must have shape \(x.size\(0\), weight.size\(0\)\)"):
+        torch.ops.laaf.cpp_linear_bwd(g[:, :5], xd, wd, bd, z, s, y_raw, "tanh", *(True,) * 4)
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)

@@ -490,6 +490,7 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
                                       const c10::optional<Tensor>& s,
                                       c10::string_view activation, bool training) {
   check_dtype(x, "x");
+  check_linear_shapes("cpp_linear_fwd", x, weight, bias, s);
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, x.scalar_type());
   const bool keep_z =
@@ -525,11 +526,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   // An empty z: the forward kept none (linear_fwd_narrow), and the narrow backward
   // takes act' from y. Anywhere else (no y given; LAAF_CPU_NARROW turned off between
   // the passes) z is formed again, as the forward formed it.
+  check_linear_shapes("cpp_linear_bwd", x, weight, bias, s);
   TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == weight.size(0),
               "laaf cpp_linear_bwd: g must have shape (x.size(0), weight.size(0)) = (",
               x.size(0), ", ", weight.size(0), "), got ", g.sizes());
-  TORCH_CHECK(!y.has_value() || y->sizes() == g.sizes(), "laaf cpp_linear_bwd: y must have g's shape ",
-              g.sizes(), ", got ", y.has_value() ? y->sizes() : g.sizes());
+  check_shape_like("cpp_linear_bwd", "y", y, "g", g);
   const bool no_z = z.sizes() != g.sizes();
   TORCH_CHECK(!no_z || z.numel() == 0, "laaf cpp_linear_bwd: z must have g's shape ", g.sizes(),
               " or be empty (not kept by the forward), got ", z.sizes());
@@ -562,6 +563,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
 Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s, c10::string_view activation,
                int64_t dim) {
   check_dtype(z_in, "z");
+  check_channel_values("cpp_act_fwd", "s", s, z_in, dim);
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, z_in.scalar_type());
   const Tensor z = z_in.contiguous();
@@ -583,6 +585,9 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
                                    const c10::optional<Tensor>& y_in, c10::string_view activation,
                                    int64_t dim, bool need_dz, bool need_ds) {
   check_dtype(z_in, "z");
+  check_channel_values("cpp_act_bwd", "s", s, z_in, dim);
+  check_shape_like("cpp_act_bwd", "g", g_in, "z", z_in);
+  check_shape_like("cpp_act_bwd", "y", y_in, "z", z_in);
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, z_in.scalar_type());
   need_ds = need_ds && s.has_value();

@@ -70,6 +70,7 @@ void flex_backward_pass(const T* g, const T* z, T* dz, const std::array<double*,
 
 Tensor flex_fwd(const Tensor& z_in, const Tensor& params, c10::string_view kind, int64_t dim) {
   check_dtype(z_in, "z");
+  check_flex_params("cpp_flex_fwd", params, z_in, dim);
   const int kind_id = flexible_kind_id(kind);
   const Tensor z = z_in.contiguous();
   Tensor y = at::empty_like(z);
@@ -89,6 +90,8 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
                                     c10::string_view kind, int64_t dim, bool need_dz,
                                     bool need_dp) {
   check_dtype(z_in, "z");
+  check_flex_params("cpp_flex_bwd", params, z_in, dim);
+  check_shape_like("cpp_flex_bwd", "g", g_in, "z", z_in);
   const int kind_id = flexible_kind_id(kind);
   const Tensor z = z_in.contiguous(), g = g_in.contiguous();
   const Tensor empty = at::empty({0}, z.options());

@@ -282,6 +282,7 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x_in, const Tensor& weight_i
                                       const c10::optional<Tensor>& s, c10::string_view activation,
                                       bool training) {
   check_cuda(x_in, "x");
+  check_linear_shapes("cuda_linear_fwd", x_in, weight_in, bias_in, s);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const int act = activation_id(activation);
   const Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
@@ -316,6 +317,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     const Tensor& z_in, const c10::optional<Tensor>& s, const c10::optional<Tensor>& y_in,
     c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
   check_cuda(x, "x");
+  check_linear_shapes("cuda_linear_bwd", x, weight, bias, s);
+  TORCH_CHECK(z_in.dim() == 2 && z_in.size(0) == x.size(0) && z_in.size(1) == weight.size(0),
+              "laaf cuda_linear_bwd: z must have shape (x.size(0), weight.size(0)) = (",
+              x.size(0), ", ", weight.size(0), "), got ", z_in.sizes());
+  check_shape_like("cuda_linear_bwd", "g", g_in, "z", z_in);
+  check_shape_like("cuda_linear_bwd", "y", y_in, "z", z_in);
   const c10::cuda::CUDAGuard guard(x.device());
   const int act = activation_id(activation);
   need_ds = need_ds && s.has_value();
@@ -344,6 +351,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
 Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s, c10::string_view activation,
                int64_t dim) {
   check_cuda(z_in, "z");
+  check_channel_values("cuda_act_fwd", "s", s, z_in, dim);
   const c10::cuda::CUDAGuard guard(z_in.device());
   const int act = activation_id(activation);
   const Tensor z = z_in.contiguous();
@@ -366,6 +374,9 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
                                    const c10::optional<Tensor>& y_in, c10::string_view activation,
                                    int64_t dim, bool need_dz, bool need_ds) {
   check_cuda(z_in, "z");
+  check_channel_values("cuda_act_bwd", "s", s, z_in, dim);
+  check_shape_like("cuda_act_bwd", "g", g_in, "z", z_in);
+  check_shape_like("cuda_act_bwd", "y", y_in, "z", z_in);
   const c10::cuda::CUDAGuard guard(z_in.device());
   const int act = activation_id(activation);
   need_ds = need_ds && s.has_value();

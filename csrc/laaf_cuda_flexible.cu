@@ -68,6 +68,7 @@ ParamGrids<A> param_grids(const Tensor& params_acc, const ActLayout& L) {
 
 Tensor flex_fwd(const Tensor& z_in, const Tensor& params, c10::string_view kind, int64_t dim) {
   check_cuda(z_in, "z");
+  check_flex_params("cuda_flex_fwd", params, z_in, dim);
   const c10::cuda::CUDAGuard guard(z_in.device());
   const int kind_id = flexible_kind_id(kind);
   const Tensor z = z_in.contiguous();
@@ -92,6 +93,8 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
                                     c10::string_view kind, int64_t dim, bool need_dz,
                                     bool need_dp) {
   check_cuda(z_in, "z");
+  check_flex_params("cuda_flex_bwd", params, z_in, dim);
+  check_shape_like("cuda_flex_bwd", "g", g_in, "z", z_in);
   const c10::cuda::CUDAGuard guard(z_in.device());
   const int kind_id = flexible_kind_id(kind);
   const Tensor z = z_in.contiguous(), g = g_in.contiguous();

@@ -25,6 +25,57 @@ inline c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) 
   return t->contiguous();
 }
 
+// ---------------------------------------------------------------------------
+// Shape checks of the raw ops. The public API (laaf_kernels.functional) checks its
+// arguments before dispatch, in the user's terms; these keep a direct
+// torch.ops.laaf.* call from reading or writing out of bounds.
+// ---------------------------------------------------------------------------
+
+// `t` must have `like`'s shape (an absent optional passes).
+inline void check_shape_like(const char* op, const char* name, const at::Tensor& t,
+                             const char* like_name, const at::Tensor& like) {
+  TORCH_CHECK(t.sizes() == like.sizes(), "laaf ", op, ": ", name, " must have ", like_name,
+              "'s shape ", like.sizes(), ", got ", t.sizes());
+}
+inline void check_shape_like(const char* op, const char* name,
+                             const c10::optional<at::Tensor>& t, const char* like_name,
+                             const at::Tensor& like) {
+  if (t.has_value()) check_shape_like(op, name, *t, like_name, like);
+}
+
+// Per-channel values along `dim` of z: absent, 0-d, or (C,) with C = z.size(dim).
+inline void check_channel_values(const char* op, const char* name,
+                                 const c10::optional<at::Tensor>& s, const at::Tensor& z,
+                                 int64_t dim) {
+  if (!s.has_value() || s->dim() == 0) return;
+  const int64_t channels = z.dim() == 0 ? 1 : z.size(at::maybe_wrap_dim(dim, z.dim()));
+  TORCH_CHECK(s->dim() == 1 && s->size(0) == channels, "laaf ", op, ": ", name,
+              " must be 0-d or (C,) with C = z.size(", dim, ") = ", channels, ", got ",
+              s->sizes());
+}
+
+// A flexible kind's params: (2, C), C = z.size(dim).
+inline void check_flex_params(const char* op, const at::Tensor& params, const at::Tensor& z,
+                              int64_t dim) {
+  TORCH_CHECK(params.dim() == 2 && params.size(0) == 2, "laaf ", op,
+              ": params must be (2, C), got ", params.sizes());
+  check_channel_values(op, "params[0]", params.select(0, 0), z, dim);
+}
+
+// The linear layer: x (rows, K), weight (N, K), bias (N,), s 0-d or (N,).
+inline void check_linear_shapes(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias,
+                                const c10::optional<at::Tensor>& s) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "laaf ", op,
+              ": x must be (rows, K) and weight (N, K), got ", x.sizes(), " and ",
+              weight.sizes());
+  const int64_t N = weight.size(0);
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == N), "laaf ", op,
+              ": bias must be (N,) with N = ", N, ", got ", bias->sizes());
+  TORCH_CHECK(!s.has_value() || s->dim() == 0 || (s->dim() == 1 && s->size(0) == N), "laaf ",
+              op, ": s must be 0-d or (N,) with N = ", N, ", got ", s->sizes());
+}
+
 // Rows up to this wide stay rows when nothing is per channel (see ActLayout).
 constexpr int64_t kMaxUnsplitRow = 512;
 

@@ -388,6 +388,43 @@ def test_cpp_fp32_forward_crossover(target, k_in, n_out, monkeypatch):
     assert torch.equal(fwd[1], aten[1]) == takes_sgemm, "z from the other GEMM than the rule says"
 
 
+#: The C++ and CUDA extensions' raw ops (the CUDA ones emulated on the CPU here).
+RAW_OP_TARGETS = [t for t in TARGETS if t.values[0] in (("cpp", "cpu"), ("cuda", "cpu"))]
+
+
+@pytest.mark.parametrize("target", RAW_OP_TARGETS)
+def test_raw_ops_refuse_mis_shaped_arguments(target):
+    """torch.ops.laaf.<cpp|cuda>_* read their tensors at flat offsets, trusting the
+    public API's checks (laaf_kernels.checks). Called directly with a mis-shaped
+    argument they raise a clear error naming it (csrc/laaf_layout.h: check_*),
+    never read out of bounds."""
+    prefix = target[0]
+    ops = torch.ops.laaf
+    gen = torch.Generator().manual_seed(53)
+    x, w, b = torch.randn(9, 4, generator=gen), torch.randn(5, 4, generator=gen), torch.randn(5)
+    s, g, z = torch.rand(5) + 0.5, torch.randn(9, 5, generator=gen), torch.randn(9, 5)
+    params = torch.rand(2, 5)
+    fwd, bwd = getattr(ops, f"{prefix}_linear_fwd"), getattr(ops, f"{prefix}_linear_bwd")
+    cases = [
+        (lambda: fwd(x, w[:, :3], b, s, "tanh", True), "x must be \\(rows, K\\) and weight"),
+        (lambda: fwd(x, w, b[:4], s, "tanh", True), "bias must be \\(N,\\)"),
+        (lambda: fwd(x, w, b, s[:3], "tanh", True), "s must be 0-d or \\(N,\\)"),
+        (lambda: bwd(g[:, :4], x, w, b, z, s, None, "tanh", *(True,) * 4), "must have"),
+        (lambda: getattr(ops, f"{prefix}_act_fwd")(z, s[:4], "tanh", -1), "s must be 0-d or"),
+        (lambda: getattr(ops, f"{prefix}_act_bwd")(g[:8], z, s, None, "tanh", -1, True, True),
+         "g must have z's shape"),
+        (lambda: getattr(ops, f"{prefix}_flex_fwd")(z, params[:1], "relu_poly", -1),
+         "params must be \\(2, C\\)"),
+        (lambda: getattr(ops, f"{prefix}_flex_fwd")(z, params[:, :4], "relu_poly", -1),
+         "params\\[0\\] must be"),
+        (lambda: getattr(ops, f"{prefix}_flex_bwd")(g[:8], z, params, "relu_poly", -1, True, True),
+         "g must have z's shape"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+
+
 @pytest.mark.parametrize("target", CPP_TARGETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_cpp_training_forward_keeps_z_only_where_the_backward_needs_it(target, dtype):

@@ -354,13 +354,6 @@ PackedPanel<T> pack_weight(const Tensor& weight, bool transposed) {
   return panel;
 }
 
-// Whether act' of activation `act` is a function of y = act(h) (the table's d1_y).
-bool d1_from_y(int act) {
-  bool from_y = false;
-  LAAF_ACT_SWITCH(act, [&] { from_y = Act<ACT>::kD1FromY; });
-  return from_y;
-}
-
 // keep_z: write z as well as y (training, for an act' that needs h; otherwise the
 // backward needs only x and y, see linear_bwd_narrow, and z is an empty tensor).
 std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weight,
@@ -421,25 +414,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   Tensor gram;  // the folded gz^T x or G, (N, K), double
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
     auto w = need.dx ? pack_weight<scalar_t>(weight, false) : PackedPanel<scalar_t>(0, K);
-    if (from_y && need.dx) w.scale_rows(slope_per_row<scalar_t>(s_c, slope_kind(s), N).data());
+    if (from_y && need.dx && s.has_value()) {
+      w.scale_rows(slope_per_row<scalar_t>(s_c, slope_kind(s), N).data());
+    }
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
     const int64_t k_padded = padded_width<scalar_t>(K);  // dW's rows (narrow_gemm accumulates)
     Tensor dw_parts = want_g ? at::empty({groups, N, k_padded}, x.options()) : Tensor();
-    const auto run = [&](auto from_y_c) {
-      LAAF_ACT_SWITCH(act, [&] {
-        if constexpr (!decltype(from_y_c)::value || Act<ACT>::kD1FromY) {
-          linear_backward_narrow<scalar_t, ACT, decltype(from_y_c)::value>(
-              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
-              data_or_null<scalar_t>(z), data_or_null<scalar_t>(y), w,
-              data_or_null<scalar_t>(dx), data_or_null<scalar_t>(dw_parts),
-              data_or_null<double>(db_part), data_or_null<double>(ds_part), grid);
-        }
-      });
+    const auto run = [&](auto act_c, auto from_y_c) {
+      linear_backward_narrow<scalar_t, decltype(act_c)::value, decltype(from_y_c)::value>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
+          data_or_null<scalar_t>(z), data_or_null<scalar_t>(y), w, data_or_null<scalar_t>(dx),
+          data_or_null<scalar_t>(dw_parts), data_or_null<double>(db_part),
+          data_or_null<double>(ds_part), grid);
     };
-    if (from_y) {
-      run(std::true_type{});
+    if (from_y) {  // only for an act' written in y: any other is an error, not a no-op
+      with_y_activation<Act>(act, [&](auto act_c) { run(act_c, std::true_type{}); });
     } else {
-      run(std::false_type{});
+      LAAF_ACT_SWITCH(act, [&] { run(std::integral_constant<int, ACT>{}, std::false_type{}); });
     }
     if (want_g) {
       gram = sum_parts<scalar_t>(dw_parts, N * k_padded).view({N, k_padded}).narrow(1, 0, K);
@@ -479,10 +470,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
 // LAAF_CPU_NARROW: the fake of cpp_linear_fwd asks it, and traced shapes must match
 // the kernel's whatever that switch says later (with the switch off, the backward
 // forms z again).
+bool keeps_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType dtype, int act) {
+  return training &&
+         !(narrow_shape(dtype, n_out, k_in, /*forward=*/true) && d1_from_y<Act>(act));
+}
 bool linear_stores_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType dtype,
                      c10::string_view activation) {
-  return training && !(narrow_shape(dtype, n_out, k_in, /*forward=*/true) &&
-                       d1_from_y(activation_id(activation)));
+  return keeps_z(n_out, k_in, training, dtype, activation_id(activation));
 }
 
 std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
@@ -493,8 +487,7 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
   check_linear_shapes("cpp_linear_fwd", x, weight, bias, s);
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, x.scalar_type());
-  const bool keep_z =
-      linear_stores_z(weight.size(0), weight.size(1), training, x.scalar_type(), activation);
+  const bool keep_z = keeps_z(weight.size(0), weight.size(1), training, x.scalar_type(), act);
   if (narrow_fused(x, weight, /*forward=*/true)) {
     return linear_fwd_narrow(x, weight, bias, s_c, slope_kind(s), act, keep_z);
   }
@@ -523,19 +516,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   const int64_t rows = g.size(0), cols = g.size(1);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const auto dbl = x.options().dtype(at::kDouble);
-  // An empty z: the forward kept none (linear_fwd_narrow), and the narrow backward
-  // takes act' from y. Anywhere else (no y given; LAAF_CPU_NARROW turned off between
-  // the passes) z is formed again, as the forward formed it.
   check_linear_shapes("cpp_linear_bwd", x, weight, bias, s);
   TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == weight.size(0),
               "laaf cpp_linear_bwd: g must have shape (x.size(0), weight.size(0)) = (",
               x.size(0), ", ", weight.size(0), "), got ", g.sizes());
   check_shape_like("cpp_linear_bwd", "y", y, "g", g);
+  // An empty z: the forward kept none (linear_fwd_narrow), and the narrow backward
+  // takes act' from y. Anywhere else (no y given; LAAF_CPU_NARROW turned off between
+  // the passes) z is formed again, as the forward formed it.
   const bool no_z = z.sizes() != g.sizes();
   TORCH_CHECK(!no_z || z.numel() == 0, "laaf cpp_linear_bwd: z must have g's shape ", g.sizes(),
               " or be empty (not kept by the forward), got ", z.sizes());
   if (rows * cols > 0 && narrow_fused(x, weight, /*forward=*/false) &&
-      (!no_z || (y.has_value() && d1_from_y(act)))) {
+      (!no_z || (y.has_value() && d1_from_y<Act>(act)))) {
     return linear_bwd_narrow(g, x, weight, bias, z, s, s_c, y, act, chunks,
                              {need_dx, need_dw, need_db, need_ds}, no_z);
   }

@@ -156,4 +156,12 @@ void with_y_activation(int act, const F& f) {
   LAAF_ACT_SWITCH(act, [&] { call_if_from_y<ActT, ACT>(f); });
 }
 
+// Whether the table writes act' of activation id `act` in y (ActT<act>::kD1FromY).
+template <template <int> class ActT>
+bool d1_from_y(int act) {
+  bool from_y = false;
+  LAAF_ACT_SWITCH(act, [&] { from_y = ActT<ACT>::kD1FromY; });
+  return from_y;
+}
+
 }  // namespace laaf

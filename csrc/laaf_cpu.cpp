@@ -341,10 +341,12 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
 }
 
 // B(k, n) = W(n, k): the forward's panel (x W^T); B(n, k) = W(n, k): the backward's (gz W).
+// dot_tail: the GEMM's A (x, or the gz buffer) has a contiguous depth, so that C's last
+// few columns may be dot products (laaf_cpu_gemm.h: dot_tail_columns).
 template <typename T>
-PackedPanel<T> pack_weight(const Tensor& weight, bool transposed) {
+PackedPanel<T> pack_weight(const Tensor& weight, bool transposed, bool dot_tail) {
   const int64_t N = weight.size(0), K = weight.size(1);
-  PackedPanel<T> panel(transposed ? K : N, transposed ? N : K);
+  PackedPanel<T> panel(transposed ? K : N, transposed ? N : K, dot_tail);
   const T* w = weight.data_ptr<T>();
   if (transposed) {
     panel.pack(w, K, weight.stride(1), weight.stride(0));
@@ -364,7 +366,7 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weig
   Tensor z = keep_z ? at::empty({rows, N}, x.options()) : y;
   if (rows * N == 0) return {y, keep_z ? z : at::empty({0}, x.options())};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_fwd_narrow", [&] {
-    const auto wt = pack_weight<scalar_t>(weight, true);
+    const auto wt = pack_weight<scalar_t>(weight, true, /*dot_tail=*/x.stride(1) == 1);
     const auto bias_row = padded_row<scalar_t>(
         bias.has_value() ? bias->contiguous().data_ptr<scalar_t>() : nullptr, N);
     const auto grid = make_grid<scalar_t>(rows, N, s_c, kind, false, 0);
@@ -413,7 +415,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   Tensor ds_part = need.ds && !from_y ? at::empty({chunks, N}, dbl) : Tensor();
   Tensor gram;  // the folded gz^T x or G, (N, K), double
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
-    auto w = need.dx ? pack_weight<scalar_t>(weight, false) : PackedPanel<scalar_t>(0, K);
+    auto w = need.dx ? pack_weight<scalar_t>(weight, false, /*dot_tail=*/true)  // (A = gz)
+                     : PackedPanel<scalar_t>(0, K);
     if (from_y && need.dx && s.has_value()) {
       w.scale_rows(slope_per_row<scalar_t>(s_c, slope_kind(s), N).data());
     }

@@ -21,10 +21,15 @@
 // that it ends at C's last column (gemm_rows). AVX-512's 32 registers hold a 4 x 4
 // tile (16 accumulators, 21 registers): N = 50 in fp32 is then one panel of 4 zmm
 // vectors (kMaxPanel, next_panel_vectors).
-// Every sum runs in a fixed order, whatever the thread count (deterministic).
+// On AVX-512 an overwritten C's few columns past its last whole vector are dot
+// products instead (dot_tail_columns, dot_tail_rows): the tiles then cover whole
+// vectors only. Every sum runs in a fixed order, whatever the thread count
+// (deterministic).
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/Exception.h>
+
+#include "laaf_cpu_lane_sums.h"  // lane_sums, LAAF_HAS_LANE_SUMS
 
 #include <algorithm>
 #include <vector>
@@ -44,13 +49,45 @@ constexpr int64_t padded_width(int64_t width) {
   return (width + L - 1) / L * L;
 }
 
-// B(d, w) for d < depth, w < width, row-major in `depth` rows of `padded` lanes.
+// The dot-product tail (dot_tail_gemm): how many of an overwritten C's `width`
+// columns are left out of the vector tiles and formed as dot products along a
+// contiguous depth instead, 0 where the tiles are cheaper. The tiles cover whole
+// vectors of columns, so C's last `rem` = width mod L columns cost a whole vector
+// column of FMAs, `depth` a row; as dot products they cost ceil(depth / L) FMAs a
+// row and column, plus ~3 instructions a sum (lane_sums). Taken for rem <= L / 4
+// when that is at most half the vector column: fp32 N = 50 (3 vectors + 2) at
+// K = 50, and a PINN's output layer (N = 1) behind a hidden layer of 20 or more;
+// not a K = 3 input layer. The tail reads A's chunk a second time, so only where a
+// 64-row chunk of it fits 32 KB of L1 (a row of at most 512 bytes): fp64 at K = 100
+// and 128 had streamed it from L2 and lost (N = 66: 262 -> 345 ns a row). AVX-512
+// builds only (lane_sums), where L = 16 makes the padding of N = 50 14 lanes in 64.
+// Measured (tools/narrow_gemm_bench.cpp's loop, one thread, a 64-row chunk in L1, ns
+// a row, without / with the tail): fp32 N = K = 50 45.7 / 37.1, N = 1 K = 50 17.5 /
+// 3.1, N = 17 K = 64 28.6 / 24.6; fp64 N = K = 50 85.2 / 75.0.
+constexpr int64_t kDotTailMaxRowBytes = 512;
+template <typename T>
+constexpr int64_t dot_tail_columns(int64_t width, int64_t depth) {
+  constexpr int64_t L = Vectorized<T>::size();
+  const int64_t rem = width % L, depth_vectors = (depth + L - 1) / L;
+  const bool cheaper = rem > 0 && rem <= L / 4 && 2 * rem * (depth_vectors + 3) <= depth &&
+                       depth * int64_t(sizeof(T)) <= kDotTailMaxRowBytes;
+  return LAAF_HAS_LANE_SUMS && cheaper ? rem : 0;
+}
+
+// B(d, w) for d < depth, w < width + tail_columns(): row-major in `depth` rows of
+// `padded` lanes for the tiles' columns w < width(), and with dot_tail (an
+// overwritten C, an A whose depth is contiguous) the last dot_tail_columns of them
+// apart, transposed: tail_row(t)[d] = B(d, width() + t), padded with zeros to whole
+// vectors of depth.
 template <typename T>
 class PackedPanel {
  public:
-  PackedPanel(int64_t max_depth, int64_t width)
-      : width_(width), padded_(padded_width<T>(width)),
-        data_(std::max<int64_t>(1, max_depth) * padded_, T(0)) {}
+  PackedPanel(int64_t max_depth, int64_t width, bool dot_tail = false)
+      : tail_(dot_tail ? dot_tail_columns<T>(width, max_depth) : 0),
+        width_(width - tail_), padded_(padded_width<T>(width_)),
+        depth_padded_(padded_width<T>(max_depth)),
+        data_(std::max<int64_t>(1, max_depth) * padded_, T(0)),
+        tail_data_(tail_ * depth_padded_, T(0)) {}
 
   // B(d, w) = src[d * sd + w * sw] for d < depth (the padding lanes stay zero).
   void pack(const T* src, int64_t depth, int64_t sd, int64_t sw) {
@@ -63,22 +100,30 @@ class PackedPanel {
         for (int64_t w = 0; w < width_; ++w) row[w] = src[d * sd + w * sw];
       }
     }
+    for (int64_t t = 0; t < tail_; ++t) {
+      T* row = tail_data_.data() + t * depth_padded_;
+      for (int64_t d = 0; d < depth; ++d) row[d] = src[d * sd + (width_ + t) * sw];
+      std::fill(row + depth, row + depth_padded_, T(0));
+    }
   }
   int64_t depth() const { return depth_; }
-  int64_t width() const { return width_; }
+  int64_t width() const { return width_; }  // the tiles' columns
   int64_t padded() const { return padded_; }
+  int64_t tail_columns() const { return tail_; }
   const T* row(int64_t d) const { return data_.data() + d * padded_; }
+  const T* tail_row(int64_t t) const { return tail_data_.data() + t * depth_padded_; }
   // B(d, :) *= factor[d] for d < depth (the padding lanes stay zero).
   void scale_rows(const T* factor) {
     for (int64_t d = 0; d < depth_; ++d) {
       T* r = data_.data() + d * padded_;
       for (int64_t w = 0; w < width_; ++w) r[w] *= factor[d];
+      for (int64_t t = 0; t < tail_; ++t) tail_data_[t * depth_padded_ + d] *= factor[d];
     }
   }
 
  private:
-  int64_t width_, padded_, depth_ = 0;
-  std::vector<T> data_;
+  int64_t tail_, width_, padded_, depth_padded_, depth_ = 0;
+  std::vector<T> data_, tail_data_;
 };
 
 // The operand A(r, d) = a[r * row_stride + d * depth_stride].
@@ -289,6 +334,69 @@ __attribute__((noinline)) void gemm_row_tiles(const StridedA<T>& A, int64_t rows
   if (r < rows) gemm_rows_of<T, 1, kOnePanel>(A.rows_from(r), B, c + r * ldc, ldc, init);
 }
 
+#if LAAF_HAS_LANE_SUMS
+// C(r, t) = init(t) + sum_d A(r, d) Bt(t, d) for r < rows and the panel's kCols tail
+// columns t (C and init start at the first of them; init may be null): dot products
+// along the depth, A's rows read as vectors (its depth stride is 1). The rows go in
+// groups of R = L / kCols, so that the group's R x kCols accumulators, one vector
+// each, are at most one vector's lanes: lane_sums turns them into one vector of
+// results. Per depth vector: kCols loads of Bt, R of A, L FMAs. The last depth
+// vector is a masked load of A (a row's end), met by Bt's zero padding. A group's
+// rows past `rows` read row rows - 1 again and are not stored.
+template <typename T, int kCols>
+__attribute__((noinline)) void dot_tail_rows(const StridedA<T>& A, int64_t rows,
+                                             const PackedPanel<T>& B, T* c, int64_t ldc,
+                                             const T* init) {
+  using V = Vectorized<T>;
+  constexpr int L = V::size(), R = L / kCols;
+  const int64_t depth = B.depth(), whole = depth / L * L;
+  T start[L] = {}, out[L];  // start: lane r * kCols + t holds init(t)
+  if (init != nullptr) {
+    for (int i = 0; i < R * kCols; ++i) start[i] = init[i % kCols];
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += R) {
+    const T* a[R];
+    for (int r = 0; r < R; ++r) a[r] = A.a + std::min<int64_t>(r0 + r, rows - 1) * A.row_stride;
+    V acc[L];
+    for (int i = 0; i < L; ++i) acc[i] = V(T(0));
+    // One depth vector at d, `live` lanes of A read (the rest zero).
+    auto step = [&](int64_t d, int64_t live) __attribute__((always_inline)) {
+      V b[kCols];
+#pragma GCC unroll 4
+      for (int t = 0; t < kCols; ++t) b[t] = V::loadu(B.tail_row(t) + d);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const V x = V::loadu(a[r] + d, live);
+#pragma GCC unroll 4
+        for (int t = 0; t < kCols; ++t) {
+          acc[r * kCols + t] = at::vec::fmadd(x, b[t], acc[r * kCols + t]);
+        }
+      }
+    };
+    for (int64_t d = 0; d < whole; d += L) step(d, L);
+    if (whole < depth) step(whole, depth - whole);
+    (lane_sums(acc) + V::loadu(start)).store(out);
+    for (int64_t r = 0; r < std::min<int64_t>(R, rows - r0); ++r) {
+      for (int t = 0; t < kCols; ++t) c[(r0 + r) * ldc + t] = out[r * kCols + t];
+    }
+  }
+}
+
+// The panel's tail columns of C (see dot_tail_columns), dispatched on their count.
+template <typename T>
+void dot_tail_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
+                   int64_t ldc, const T* init) {
+  TORCH_INTERNAL_ASSERT(A.depth_stride == 1, "dot_tail_gemm: A's depth must be contiguous");
+  switch (B.tail_columns()) {
+    case 1: dot_tail_rows<T, 1>(A, rows, B, c, ldc, init); break;
+    case 2: dot_tail_rows<T, 2>(A, rows, B, c, ldc, init); break;
+    case 3: dot_tail_rows<T, 3>(A, rows, B, c, ldc, init); break;
+    case 4: dot_tail_rows<T, 4>(A, rows, B, c, ldc, init); break;
+    default: TORCH_INTERNAL_ASSERT(false, "dot_tail_gemm: ", B.tail_columns(), " tail columns");
+  }
+}
+#endif
+
 // C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows; C row-major with ldc columns,
 // covered_cols of them written. Serial: the callers run it on one chunk per task.
 template <typename T>
@@ -297,7 +405,8 @@ void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T*
   TORCH_INTERNAL_ASSERT(!init.accumulate || ldc >= B.padded(),
                         "narrow_gemm: an accumulated C must be padded like B");
   const int64_t vectors = B.padded() / Vectorized<T>::size();
-  switch (next_panel_vectors(vectors) == vectors ? vectors : 0) {
+  switch (vectors == 0 ? -1 : next_panel_vectors(vectors) == vectors ? vectors : 0) {
+    case -1: break;  // (all of C is the dot tail)
     case 1: gemm_row_tiles<T, 1>(A, rows, B, c, ldc, init); break;
     case 2: gemm_row_tiles<T, 2>(A, rows, B, c, ldc, init); break;
     case 3: gemm_row_tiles<T, 3>(A, rows, B, c, ldc, init); break;
@@ -309,6 +418,13 @@ void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T*
       [[fallthrough]];  // (AVX2: 4 vectors are two panels, never one)
     default: gemm_row_tiles<T, 0>(A, rows, B, c, ldc, init);
   }
+#if LAAF_HAS_LANE_SUMS
+  if (B.tail_columns() > 0) {  // (after the tiles: A is then in L1)
+    TORCH_INTERNAL_ASSERT(!init.accumulate, "narrow_gemm: a dot tail overwrites C");
+    dot_tail_gemm(A, rows, B, c + B.width(), ldc,
+                  init.row == nullptr ? nullptr : init.row + B.width());
+  }
+#endif
 }
 
 // A row vector padded to whole vectors with zeros (the bias as a GemmInit row).

@@ -116,15 +116,117 @@ def _runnable_capabilities():
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler ($CXX or c++) here")
 @pytest.mark.parametrize("capability", _runnable_capabilities())
 def test_nan_extrema_keep_nan_from_either_side(capability, tmp_path):
+    _build_and_run(_NAN_EXTREMA_CHECK, "nan_extrema", capability, tmp_path)
+
+
+#: The narrow GEMM (csrc/laaf_cpu_gemm.h) on its own, every capability this CPU can
+#: execute: C = A B + bias against double sums, over widths that leave 0 to 15 columns
+#: past the last whole vector, depths from 1 to 128 (the dot tail's masked last depth
+#: vector at every residue), row counts that end in partial row groups, with and
+#: without the dot tail; and lane_sums against scalar sums. On AVX-512 the tail must be
+#: taken where dot_tail_columns says (fp32 and fp64 N = K = 50, a K = 50 output layer).
+_NARROW_GEMM_CHECK = r"""
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+#include "laaf_cpu_gemm.h"
+using namespace laaf::cpu;
+template <typename T> int check_gemm(std::mt19937& gen) {
+  std::uniform_real_distribution<double> dist(-1, 1);
+  const double eps = sizeof(T) == 4 ? 6e-8 : 1.2e-16;
+  int bad = 0;
+  for (int64_t width : {1, 2, 3, 4, 5, 15, 16, 17, 18, 19, 20, 30, 33, 35, 50, 51, 52, 66, 99, 100, 127, 128})
+    for (int64_t depth : {1, 3, 17, 20, 33, 50, 64, 100, 128})
+      for (int64_t rows : {1, 7, 67})
+        for (bool tail : {false, true}) {
+          std::vector<T> a(rows * depth), b(depth * width), bias(width), c(rows * width, T(7));
+          for (auto& e : a) e = T(dist(gen));
+          for (auto& e : b) e = T(dist(gen));
+          for (auto& e : bias) e = T(dist(gen));
+          PackedPanel<T> panel(depth, width, tail);
+          panel.pack(b.data(), depth, width, 1);
+          const auto bias_row = padded_row(bias.data(), width);
+          narrow_gemm(StridedA<T>{a.data(), depth, 1}, rows, panel, c.data(), width,
+                      GemmInit<T>{bias_row.data(), false});
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t w = 0; w < width; ++w) {
+              double exact = bias[w], size = std::abs(double(bias[w]));
+              for (int64_t d = 0; d < depth; ++d) {
+                exact += double(a[r * depth + d]) * b[d * width + w];
+                size += std::abs(double(a[r * depth + d]) * b[d * width + w]);
+              }
+              if (!(std::abs(c[r * width + w] - exact) <= 4 * (depth + 1) * eps * size)) {
+                if (bad++ < 5) std::printf("T%zu width %ld depth %ld rows %ld tail %ld: C(%ld, %ld) = %g, not %g\n",
+                                           sizeof(T), long(width), long(depth), long(rows),
+                                           long(panel.tail_columns()), long(r), long(w),
+                                           double(c[r * width + w]), exact);
+              }
+            }
+        }
+  return bad;
+}
+template <typename T> int check_tail_taken(int64_t width, int64_t depth, int64_t expected) {
+  const int64_t got = PackedPanel<T>(depth, width, true).tail_columns();
+  const int64_t want = LAAF_HAS_LANE_SUMS ? expected : 0;
+  if (got != want) std::printf("T%zu N %ld K %ld: %ld tail columns, not %ld\n", sizeof(T),
+                               long(width), long(depth), long(got), long(want));
+  return got != want;
+}
+#if LAAF_HAS_LANE_SUMS
+template <typename T> int check_lane_sums(std::mt19937& gen) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int L = V::size();
+  std::uniform_real_distribution<double> dist(-1, 1);
+  T in[L][L], out[L];
+  V acc[L];
+  for (int i = 0; i < L; ++i) {
+    for (int j = 0; j < L; ++j) in[i][j] = T(dist(gen));
+    acc[i] = V::loadu(in[i]);
+  }
+  lane_sums(acc).store(out);
+  int bad = 0;
+  for (int i = 0; i < L; ++i) {
+    double exact = 0, size = 0;
+    for (int j = 0; j < L; ++j) exact += in[i][j], size += std::abs(double(in[i][j]));
+    bad += !(std::abs(out[i] - exact) <= L * size * (sizeof(T) == 4 ? 6e-8 : 1.2e-16));
+  }
+  if (bad) std::printf("lane_sums T%zu: %d wrong lanes\n", sizeof(T), bad);
+  return bad;
+}
+#endif
+int main() {
+  std::mt19937 gen(3);
+  int bad = check_gemm<float>(gen) + check_gemm<double>(gen);
+  bad += check_tail_taken<float>(50, 50, 2) + check_tail_taken<double>(50, 50, 2);
+  bad += check_tail_taken<float>(1, 50, 1) + check_tail_taken<float>(50, 3, 0);
+#if LAAF_HAS_LANE_SUMS
+  for (int i = 0; i < 20; ++i) bad += check_lane_sums<float>(gen) + check_lane_sums<double>(gen);
+#endif
+  std::printf(bad ? "wrong: %d\n" : "ok\n", bad);
+  return bad != 0;
+}
+"""
+
+
+def _build_and_run(source_text, name, capability, tmp_path):
+    """Compiles a check program against csrc/ and libtorch for `capability`, runs it,
+    and asserts that it printed "ok"."""
     from torch.utils import cpp_extension
-    source = tmp_path / "nan_extrema.cpp"
-    source.write_text(_NAN_EXTREMA_CHECK)
+    source = tmp_path / f"{name}.cpp"
+    source.write_text(source_text)
     torch_dir = os.path.dirname(torch.__file__)
-    binary = tmp_path / "nan_extrema"
+    binary = tmp_path / name
     includes = [f"-isystem{p}" for p in cpp_extension.include_paths()]
     cmd = [CXX, "-O2", "-std=c++17", *extension.VECTOR_FLAGS[capability], *includes,
            f"-I{extension.CSRC}", str(source), f"-L{torch_dir}/lib", "-ltorch_cpu", "-lc10",
            f"-Wl,-rpath,{torch_dir}/lib", "-o", str(binary)]
-    _assert_compiles(cmd, f"nan_extrema.cpp, {capability}")
+    _assert_compiles(cmd, f"{name}.cpp, {capability}")
     run = subprocess.run([str(binary)], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", (capability, run.stdout, run.stderr)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler ($CXX or c++) here")
+@pytest.mark.parametrize("capability", _runnable_capabilities())
+def test_narrow_gemm_and_its_dot_tail_against_double_sums(capability, tmp_path):
+    _build_and_run(_NARROW_GEMM_CHECK, "narrow_gemm_check", capability, tmp_path)

@@ -20,6 +20,7 @@
 // (unpadded) FLOPs; compare with this CPU's FMA peak (2 x 8 x 2 flop a cycle per core, AVX2).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -78,7 +79,7 @@ int main(int argc, char** argv) {
   const auto bias = random_vector(N, gen), gz = random_vector(kChunk * N, gen);
   std::vector<float> z(kRows * N);
 
-  PackedPanel<float> wt(K, N);  // B(k, n) = W(n, k)
+  PackedPanel<float> wt(K, N, /*dot_tail=*/true);  // B(k, n) = W(n, k)
   wt.pack(w.data(), K, 1, K);
   const auto bias_row = laaf::cpu::padded_row(bias.data(), N);
   const Timing fwd = time_ms([&] {
@@ -98,7 +99,18 @@ int main(int argc, char** argv) {
     }
   });
 
+  // z against a double-precision x W^T + b on every 97th row (a wrong tile shows here).
+  double worst = 0;
+  for (int64_t r = 0; r < kRows; r += 97) {
+    for (int64_t n = 0; n < N; ++n) {
+      double truth = bias[n];
+      for (int64_t k = 0; k < K; ++k) truth += double(x[r * K + k]) * w[n * K + k];
+      worst = std::max(worst, std::abs(z[r * N + n] - truth));
+    }
+  }
   const double gflop = 2.0 * kRows * N * K / 1e9;
+  std::printf("N=%ld K=%ld: %ld dot-tail columns, fwd max |z - exact| %.2e\n", (long)N,
+              (long)K, (long)wt.tail_columns(), worst);
   std::printf("N=%ld K=%ld, M=%ld, one thread: median (min) ms, GFLOP/s of the median\n",
               (long)N, (long)K, (long)kRows);
   for (const auto& [name, t] : {std::pair{"fwd", fwd}, std::pair{"dW ", dw_time}}) {

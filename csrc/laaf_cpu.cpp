@@ -511,6 +511,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     const Tensor& z, const c10::optional<Tensor>& s, const c10::optional<Tensor>& y_in,
     c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
   check_dtype(x, "x");
+  check_linear_shapes("cpp_linear_bwd", x, weight, bias, s);
+  TORCH_CHECK(g_in.dim() == 2 && g_in.size(0) == x.size(0) && g_in.size(1) == weight.size(0),
+              "laaf cpp_linear_bwd: g must have shape (x.size(0), weight.size(0)) = (",
+              x.size(0), ", ", weight.size(0), "), got ", g_in.sizes());
+  check_shape_like("cpp_linear_bwd", "y", y_in, "g", g_in);
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, x.scalar_type());
   need_ds = need_ds && s.has_value();
@@ -519,11 +524,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   const int64_t rows = g.size(0), cols = g.size(1);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const auto dbl = x.options().dtype(at::kDouble);
-  check_linear_shapes("cpp_linear_bwd", x, weight, bias, s);
-  TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == weight.size(0),
-              "laaf cpp_linear_bwd: g must have shape (x.size(0), weight.size(0)) = (",
-              x.size(0), ", ", weight.size(0), "), got ", g.sizes());
-  check_shape_like("cpp_linear_bwd", "y", y, "g", g);
   // An empty z: the forward kept none (linear_fwd_narrow), and the narrow backward
   // takes act' from y. Anywhere else (no y given; LAAF_CPU_NARROW turned off between
   // the passes) z is formed again, as the forward formed it.

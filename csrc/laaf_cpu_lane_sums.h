@@ -28,37 +28,47 @@ namespace cpu {
 #if defined(CPU_CAPABILITY_AVX512)
 #define LAAF_HAS_LANE_SUMS 1
 
+// One level over 128-bit blocks, float and double alike: v[i] = shuffle(v[2i], v[2i+1],
+// kLo) + shuffle(v[2i], v[2i+1], kHi) for i < n / 2 (in place: v[i] is written after
+// v[2i] and v[2i + 1] are read).
+template <int kLo, int kHi>
+inline __m512 add_block_pair(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, kLo), _mm512_shuffle_f32x4(a, b, kHi));
+}
+template <int kLo, int kHi>
+inline __m512d add_block_pair(__m512d a, __m512d b) {
+  return _mm512_add_pd(_mm512_shuffle_f64x2(a, b, kLo), _mm512_shuffle_f64x2(a, b, kHi));
+}
+template <int kLo, int kHi, typename M, int n>
+inline void add_block_pairs(M (&v)[n], int count) {
+  for (int i = 0; i < count / 2; ++i) v[i] = add_block_pair<kLo, kHi>(v[2 * i], v[2 * i + 1]);
+}
+
+// Levels 1 and 2 on L vectors (in v's first L / 4 slots after them, block k of v[i]
+// holds partial sums of input 4i + k alone).
+template <typename M, int n>
+inline void sum_into_blocks(M (&v)[n]) {
+  add_block_pairs<0x44, 0xEE>(v, n);      // [a0 a1 b0 b1] + [a2 a3 b2 b3]
+  add_block_pairs<0x88, 0xDD>(v, n / 2);  // [a0 a2 b0 b2] + [a1 a3 b1 b3]
+}
+
 inline at::vec::Vectorized<float> lane_sums(const at::vec::Vectorized<float> (&acc)[16]) {
-  __m512 v[16], w[8], u[4], s[2];
+  __m512 v[16];
   for (int m = 0; m < 16; ++m) v[m] = acc[(m % 4) * 4 + m / 4];
-  for (int i = 0; i < 8; ++i) {
-    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
-  }
+  sum_into_blocks(v);  // v[0..3]
   for (int i = 0; i < 2; ++i) {
-    s[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    v[i] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
   }
-  return _mm512_add_ps(_mm512_shuffle_ps(s[0], s[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_ps(s[0], s[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 inline at::vec::Vectorized<double> lane_sums(const at::vec::Vectorized<double> (&acc)[8]) {
-  __m512d v[8], w[4], u[2];
+  __m512d v[8];
   for (int m = 0; m < 8; ++m) v[m] = acc[(m % 4) * 2 + m / 4];
-  for (int i = 0; i < 4; ++i) {
-    w[i] = _mm512_add_pd(_mm512_shuffle_f64x2(v[2 * i], v[2 * i + 1], 0x44),
-                         _mm512_shuffle_f64x2(v[2 * i], v[2 * i + 1], 0xEE));
-  }
-  for (int i = 0; i < 2; ++i) {
-    u[i] = _mm512_add_pd(_mm512_shuffle_f64x2(w[2 * i], w[2 * i + 1], 0x88),
-                         _mm512_shuffle_f64x2(w[2 * i], w[2 * i + 1], 0xDD));
-  }
-  return _mm512_add_pd(_mm512_unpacklo_pd(u[0], u[1]), _mm512_unpackhi_pd(u[0], u[1]));
+  sum_into_blocks(v);  // v[0..1]
+  return _mm512_add_pd(_mm512_unpacklo_pd(v[0], v[1]), _mm512_unpackhi_pd(v[0], v[1]));
 }
 
 #else

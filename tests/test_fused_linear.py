@@ -411,6 +411,8 @@ def test_raw_ops_refuse_mis_shaped_arguments(target):
         (lambda: fwd(x, w, b, s[:3], "tanh", True), "s must be 0-d or \\(N,\\)"),
         (lambda: bwd(g[:, :4], x, w, b, z, s, None, "tanh", *(True,) * 4),
          "g must have (shape|z's shape)"),
+        (lambda: bwd(g[0], x, w, b, z, s, None, "tanh", *(True,) * 4),  # 1-d g
+         "g must have (shape|z's shape)"),
         (lambda: getattr(ops, f"{prefix}_act_fwd")(z, s[:4], "tanh", -1), "s must be 0-d or"),
         (lambda: getattr(ops, f"{prefix}_act_bwd")(g[:8], z, s, None, "tanh", -1, True, True),
          "g must have z's shape"),

@@ -9,15 +9,19 @@
 // 10.8 ms where N = 48 took 5.3), which the extension's build did not. Confirm a
 // gain in the extension itself (bench.run) before keeping it.
 //
-// Build and run, from the repository root (TORCH = torch's include folder, e.g.
-// .venv/lib/python3.11/site-packages/torch/include):
+// Build and run, from the repository root (TORCH = torch's folder, e.g.
+// .venv/lib/python3.11/site-packages/torch; c10 for the GEMM's internal asserts):
 //
-//   FLAGS="-O3 -std=c++17 -mavx2 -mfma -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2"
-//   g++ $FLAGS -Icsrc -isystem $TORCH tools/narrow_gemm_bench.cpp -o /tmp/narrow_gemm_bench
+//   AVX2="-mavx2 -mfma -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2"
+//   AVX512="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -DCPU_CAPABILITY=AVX512 -DCPU_CAPABILITY_AVX512"
+//   g++ -O3 -std=c++17 $AVX512 -Icsrc -isystem $TORCH/include tools/narrow_gemm_bench.cpp \
+//       -L$TORCH/lib -lc10 -Wl,-rpath,$TORCH/lib -o /tmp/narrow_gemm_bench
 //   /tmp/narrow_gemm_bench 50 50        # N K
 //
-// It prints the median and minimum over 15 repetitions, and GFLOP/s over the real
-// (unpadded) FLOPs; compare with this CPU's FMA peak (2 x 8 x 2 flop a cycle per core, AVX2).
+// It first prints how many columns took the dot tail (AVX-512 only) and z's largest
+// error against a double-precision product, then the median and minimum over 15
+// repetitions and GFLOP/s over the real (unpadded) FLOPs; compare with this CPU's FMA
+// peak (per core and cycle: 2 x 8 x 2 flop on AVX2, 2 x 16 x 2 on AVX-512).
 #include <algorithm>
 #include <chrono>
 #include <cmath>

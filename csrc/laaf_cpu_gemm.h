@@ -74,6 +74,17 @@ constexpr int64_t dot_tail_columns(int64_t width, int64_t depth) {
   return LAAF_HAS_LANE_SUMS && cheaper ? rem : 0;
 }
 
+// What the tiles read of a PackedPanel, by value: gemm_row_tiles takes it (and A,
+// init and the epilogue) by value, as locals that GCC keeps in registers across the
+// tiles; through references to the panel it had loaded the fields again for every
+// tile.
+template <typename T>
+struct PanelView {
+  const T* data;
+  int64_t padded, width, depth;
+  const T* row(int64_t d) const { return data + d * padded; }
+};
+
 // B(d, w) for d < depth, w < width + tail_columns(): row-major in `depth` rows of
 // `padded` lanes for the tiles' columns w < width(), and with dot_tail (an
 // overwritten C, an A whose depth is contiguous) the last dot_tail_columns of them
@@ -112,6 +123,7 @@ class PackedPanel {
   int64_t tail_columns() const { return tail_; }
   const T* row(int64_t d) const { return data_.data() + d * padded_; }
   const T* tail_row(int64_t t) const { return tail_data_.data() + t * depth_padded_; }
+  PanelView<T> view() const { return {data_.data(), padded_, width_, depth_}; }
   // B(d, :) *= factor[d] for d < depth (the padding lanes stay zero).
   void scale_rows(const T* factor) {
     for (int64_t d = 0; d < depth_; ++d) {
@@ -141,6 +153,20 @@ template <typename T>
 struct GemmInit {
   const T* row = nullptr;  // padded to whole vectors
   bool accumulate = false;
+};
+
+// What a tile does with its finished C vectors before it stores them. StoreAsIs:
+// nothing (z, dx, dW). A forward epilogue (laaf_cpu.cpp's ActEpilogue) has kActive
+// and turns a vector of C, columns [c0, c0 + L), into y = act(f C), f the vector of
+// its columns' factors:
+//   const T* factor;                          // f(col), padded to whole vectors
+//   Vectorized<T> apply(const Vectorized<T>& c, const Vectorized<T>& f) const;
+// Only where narrow_gemm stores each of C's lanes once (stores_each_lane_once):
+// where a vector is moved onto its neighbour, the activation of the overlap would be
+// paid twice (fp32 N = K = 20, in L1: 16.3 ns a row as GEMM then a flat pass, 20.8
+// with the epilogue on the tiles).
+struct StoreAsIs {
+  static constexpr bool kActive = false;
 };
 
 // Where a tile of C starts: C itself (accumulate), the init row, or zeros.
@@ -196,11 +222,17 @@ constexpr int64_t next_panel_vectors(int64_t left) {
 // code as without kTail (checked in the disassembly). A column array at[p] instead
 // had changed its register allocation (two more row pointers spilled in the hot
 // 4 x 3 loop) and K = N = 50 fell from 75 to 71 GFLOP/s.
-template <typename T, int R, int P, bool kTail = false>
+//   kWhole (whole_tiles: C overwritten, every lane of every tile one of C's columns):
+// the accumulators start from the init row or zero, and every store is whole, with
+// no run-time lane counts. With those (the general code, also for an accumulated C)
+// GCC 12 had kept the accumulators on the stack around the depth loop and branched
+// on each lane count (see whole_tiles for the gain).
+//   An active epilogue (StoreAsIs) turns the accumulators into y before the store.
+template <typename T, int R, int P, bool kTail, bool kWhole, typename Ep>
 inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
-                                                     const PackedPanel<T>& B, int64_t col,
+                                                     const PanelView<T>& B, int64_t col,
                                                      T* c, int64_t ldc, int64_t cols,
-                                                     const GemmInit<T>& init) {
+                                                     const GemmInit<T>& init, const Ep& ep) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   // kTail: vector P - 1 moves by `shift` (< 0) columns, to end at C's last column.
@@ -208,16 +240,25 @@ inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
   auto moved = [&](int p) -> int64_t { return kTail && p == P - 1 ? shift : 0; };
   int64_t live[P];
   for (int p = 0; p < P; ++p) {
-    live[p] = std::clamp<int64_t>(cols - col - p * L - moved(p), 0, L);
+    live[p] = kWhole ? L : std::clamp<int64_t>(cols - col - p * L - moved(p), 0, L);
   }
   V acc[R][P];
-  for (int p = 0; p < P; ++p) {
-    const T* init_row = init.row == nullptr ? nullptr : init.row + col + p * L + moved(p);
-    for (int r = 0; r < R; ++r) {
-      acc[r][p] = tile_start(c + r * ldc + col + p * L + moved(p), live[p], init_row, init);
+  if constexpr (kWhole) {
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const V start = init.row == nullptr ? V(T(0)) : V::loadu(init.row + col + p * L + moved(p));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][p] = start;
+    }
+  } else {
+    for (int p = 0; p < P; ++p) {
+      const T* init_row = init.row == nullptr ? nullptr : init.row + col + p * L + moved(p);
+      for (int r = 0; r < R; ++r) {
+        acc[r][p] = tile_start(c + r * ldc + col + p * L + moved(p), live[p], init_row, init);
+      }
     }
   }
-  for (int64_t d = 0; d < B.depth(); ++d) {
+  for (int64_t d = 0; d < B.depth; ++d) {
     V b[P];
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) b[p] = V::loadu(B.row(d) + col + p * L + moved(p));
@@ -228,7 +269,17 @@ inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
       for (int p = 0; p < P; ++p) acc[r][p] = at::vec::fmadd(a, b[p], acc[r][p]);
     }
   }
+  if constexpr (Ep::kActive) {
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const V f = V::loadu(ep.factor + col + p * L + moved(p));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][p] = ep.apply(acc[r][p], f);
+    }
+  }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
     for (int p = 0; p < P; ++p) {
       store_lanes(acc[r][p], c + r * ldc + col + p * L + moved(p), live[p]);
     }
@@ -238,22 +289,24 @@ inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
 // The columns of C that gemm_rows and the single-panel tiles cover: B.width()
 // overwriting, B.padded() accumulating (see gemm_rows).
 template <typename T>
-inline int64_t covered_cols(const PackedPanel<T>& B, const GemmInit<T>& init) {
-  return init.accumulate ? B.padded() : B.width();
+inline int64_t covered_cols(const PanelView<T>& B, const GemmInit<T>& init) {
+  return init.accumulate ? B.padded : B.width;
 }
 
 // The R x P tile of C at column col, P = `vectors` (a run-time width; see gemm_tile).
-template <typename T, int R>
+template <typename T, int R, bool kWhole, typename Ep>
 inline __attribute__((always_inline)) void gemm_panel(int64_t vectors, const StridedA<T>& A,
-                                                      const PackedPanel<T>& B, int64_t col,
+                                                      const PanelView<T>& B, int64_t col,
                                                       T* c, int64_t ldc, int64_t cols,
-                                                      const GemmInit<T>& init) {
+                                                      const GemmInit<T>& init, const Ep& ep) {
   switch (vectors) {
-    case 1: gemm_tile<T, R, 1>(A, B, col, c, ldc, cols, init); break;
-    case 2: gemm_tile<T, R, 2>(A, B, col, c, ldc, cols, init); break;
-    case 3: gemm_tile<T, R, 3>(A, B, col, c, ldc, cols, init); break;
+    case 1: gemm_tile<T, R, 1, false, kWhole>(A, B, col, c, ldc, cols, init, ep); break;
+    case 2: gemm_tile<T, R, 2, false, kWhole>(A, B, col, c, ldc, cols, init, ep); break;
+    case 3: gemm_tile<T, R, 3, false, kWhole>(A, B, col, c, ldc, cols, init, ep); break;
     default:
-      if constexpr (kMaxPanel >= 4) gemm_tile<T, R, 4>(A, B, col, c, ldc, cols, init);
+      if constexpr (kMaxPanel >= 4) {
+        gemm_tile<T, R, 4, false, kWhole>(A, B, col, c, ldc, cols, init, ep);
+      }
   }
 }
 
@@ -280,9 +333,9 @@ inline __attribute__((always_inline)) void gemm_panel(int64_t vectors, const Str
 // 0.56; in the extension, one thread, fp32, forward + backward: 50 x 50 29.2 -> 27.9 ms,
 // 20 x 20 7.6 -> 6.9, 32 x 32 12.6 -> 11.0, 100 x 100 80.8 -> 76.2 (the forward alone
 // unchanged within noise at 50 x 50; AVX2 builds unchanged).
-template <typename T, int R>
-inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64_t ldc,
-                      const GemmInit<T>& init) {
+template <typename T, int R, bool kWhole, typename Ep>
+inline void gemm_rows(const StridedA<T>& A, const PanelView<T>& B, T* c, int64_t ldc,
+                      const GemmInit<T>& init, const Ep& ep) {
   constexpr int64_t L = Vectorized<T>::size();
   const int64_t cols = covered_cols(B, init);
   int64_t left = (cols + L - 1) / L;
@@ -290,7 +343,7 @@ inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64
     const int64_t vectors = next_panel_vectors(left);
     left -= vectors;
     if (left == 0) col = std::max<int64_t>(0, cols - vectors * L);  // (accumulating: col)
-    gemm_panel<T, R>(vectors, A, B, col, c, ldc, cols, init);
+    gemm_panel<T, R, kWhole>(vectors, A, B, col, c, ldc, cols, init, ep);
     col += vectors * L;
   }
 }
@@ -306,32 +359,73 @@ inline void gemm_rows(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64
 // run-time width made N = 20 ~10 % and N = 32 ~7 % slower on AVX-512.
 // Harness, one thread, 10^5 rows: N = K = 20 forward 40 -> 61 GFLOP/s, N = 20,
 // K = 3 (a PINN's input layer) 1.13 -> 0.50 ms, N = K = 12 1.22 -> 0.69 ms (Zen 3).
-template <typename T, int R, int kOnePanel>
-inline void gemm_rows_of(const StridedA<T>& A, const PackedPanel<T>& B, T* c, int64_t ldc,
-                         const GemmInit<T>& init) {
+template <typename T, int R, int kOnePanel, bool kWhole, typename Ep>
+inline __attribute__((always_inline)) void gemm_rows_of(const StridedA<T>& A,
+                                                        const PanelView<T>& B, T* c,
+                                                        int64_t ldc, const GemmInit<T>& init,
+                                                        const Ep& ep) {
   if constexpr (kOnePanel > 0) {  // (one vector: no shift, masked lanes below L)
-    gemm_tile<T, R, kOnePanel, (kOnePanel > 1)>(A, B, 0, c, ldc, covered_cols(B, init), init);
+    gemm_tile<T, R, kOnePanel, (kOnePanel > 1), kWhole>(A, B, 0, c, ldc, covered_cols(B, init),
+                                                        init, ep);
   } else {
-    gemm_rows<T, R>(A, B, c, ldc, init);
+    gemm_rows<T, R, kWhole>(A, B, c, ldc, init, ep);
   }
 }
 
 // C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows, in tiles of 4 rows, then 2, then 1.
 // Not inlined into the callers: inlined into a harness's main, GCC 12 kept the 4 x 4
-// tile's accumulators on the stack (a store after every FMA, 2.5x slower).
-template <typename T, int kOnePanel>
-__attribute__((noinline)) void gemm_row_tiles(const StridedA<T>& A, int64_t rows,
-                                              const PackedPanel<T>& B, T* c, int64_t ldc,
-                                              const GemmInit<T>& init) {
+// tile's accumulators on the stack (a store after every FMA, 2.5x slower). The tiles
+// are inlined into it (gemm_rows_of is always_inline: as a call per tile, each had
+// its own prologue and stack frame).
+template <typename T, int kOnePanel, bool kWhole, typename Ep>
+__attribute__((noinline)) void gemm_row_tiles(const StridedA<T> A, int64_t rows,
+                                              const PanelView<T> B, T* c, int64_t ldc,
+                                              const GemmInit<T> init, const Ep ep) {
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
-    gemm_rows_of<T, 4, kOnePanel>(A.rows_from(r), B, c + r * ldc, ldc, init);
+    gemm_rows_of<T, 4, kOnePanel, kWhole>(A.rows_from(r), B, c + r * ldc, ldc, init, ep);
   }
   if (r + 2 <= rows) {  // (dW's rows are N: 50 = 12 x 4 + 2, and 1-row tiles are load-bound)
-    gemm_rows_of<T, 2, kOnePanel>(A.rows_from(r), B, c + r * ldc, ldc, init);
+    gemm_rows_of<T, 2, kOnePanel, kWhole>(A.rows_from(r), B, c + r * ldc, ldc, init, ep);
     r += 2;
   }
-  if (r < rows) gemm_rows_of<T, 1, kOnePanel>(A.rows_from(r), B, c + r * ldc, ldc, init);
+  if (r < rows) {
+    gemm_rows_of<T, 1, kOnePanel, kWhole>(A.rows_from(r), B, c + r * ldc, ldc, init, ep);
+  }
+}
+
+// Whether every tile of narrow_gemm is whole (gemm_tile's kWhole): C overwritten and
+// at least one vector wide (a panel's last vector, and the last panel, are then
+// moved to end at C's last column). An accumulated C keeps the general code.
+// kWhole, PanelView and the inlined tiles together, one thread, a 64-row chunk in
+// L1 (the harness of tools/narrow_gemm_bench.cpp), ns a row, before / after: fp32
+// N = K = 50 37.3 / 34.4, N = 48 32.1 / 29.8, N = K = 20 10.2 / 9.3, N = K = 128
+// 312 / 291; fp64 N = K = 50 75-80 / 71, N = K = 20 17.5 / 13.3 (AVX2 builds on the
+// same machine: 3-10 % faster).
+template <typename T>
+inline bool whole_tiles(const PackedPanel<T>& B, const GemmInit<T>& init) {
+  return !init.accumulate && B.width() >= Vectorized<T>::size();
+}
+
+// Whether narrow_gemm stores each lane of an overwritten C once: the tiles' columns
+// are whole vectors, none moved onto another (or there are none: all of C is the dot
+// tail, whose lanes are rows x columns). An epilogue needs this.
+template <typename T>
+inline bool stores_each_lane_once(const PackedPanel<T>& B) {
+  return B.width() % Vectorized<T>::size() == 0;
+}
+
+// gemm_row_tiles with kWhole = whole_tiles(B, init) (always, with an epilogue:
+// stores_each_lane_once; the general code is not compiled for it).
+template <typename T, int kOnePanel, typename Ep>
+inline void gemm_row_tiles_of(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B,
+                              T* c, int64_t ldc, const GemmInit<T>& init, const Ep& ep) {
+  constexpr bool kAlwaysWhole = Ep::kActive;
+  if (kAlwaysWhole || whole_tiles(B, init)) {
+    gemm_row_tiles<T, kOnePanel, true>(A, rows, B.view(), c, ldc, init, ep);
+  } else if constexpr (!kAlwaysWhole) {
+    gemm_row_tiles<T, kOnePanel, false>(A, rows, B.view(), c, ldc, init, ep);
+  }
 }
 
 #if LAAF_HAS_LANE_SUMS
@@ -342,17 +436,23 @@ __attribute__((noinline)) void gemm_row_tiles(const StridedA<T>& A, int64_t rows
 // each, are at most one vector's lanes: lane_sums turns them into one vector of
 // results. Per depth vector: kCols loads of Bt, R of A, L FMAs. The last depth
 // vector is a masked load of A (a row's end), met by Bt's zero padding. A group's
-// rows past `rows` read row rows - 1 again and are not stored.
-template <typename T, int kCols>
+// rows past `rows` read row rows - 1 again and are not stored. An active epilogue
+// applies to the vector of results, with the factors of C's columns `first_col` + t
+// (the tail's place in C) in the same lane order.
+template <typename T, int kCols, typename Ep>
 __attribute__((noinline)) void dot_tail_rows(const StridedA<T>& A, int64_t rows,
                                              const PackedPanel<T>& B, T* c, int64_t ldc,
-                                             const T* init) {
+                                             const T* init, const Ep& ep, int64_t first_col) {
   using V = Vectorized<T>;
   constexpr int L = V::size(), R = L / kCols;
   const int64_t depth = B.depth(), whole = depth / L * L;
-  T start[L] = {}, out[L];  // start: lane r * kCols + t holds init(t)
+  // start: lane r * kCols + t holds init(t); factor: the epilogue's f(first_col + t)
+  T start[L] = {}, factor[L] = {}, out[L];
   if (init != nullptr) {
     for (int i = 0; i < R * kCols; ++i) start[i] = init[i % kCols];
+  }
+  if constexpr (Ep::kActive) {
+    for (int i = 0; i < R * kCols; ++i) factor[i] = ep.factor[first_col + i % kCols];
   }
   for (int64_t r0 = 0; r0 < rows; r0 += R) {
     const T* a[R];
@@ -375,7 +475,9 @@ __attribute__((noinline)) void dot_tail_rows(const StridedA<T>& A, int64_t rows,
     };
     for (int64_t d = 0; d < whole; d += L) step(d, L);
     if (whole < depth) step(whole, depth - whole);
-    (lane_sums(acc) + V::loadu(start)).store(out);
+    V sums = lane_sums(acc) + V::loadu(start);
+    if constexpr (Ep::kActive) sums = ep.apply(sums, V::loadu(factor));
+    sums.store(out);
     for (int64_t r = 0; r < std::min<int64_t>(R, rows - r0); ++r) {
       for (int t = 0; t < kCols; ++t) c[(r0 + r) * ldc + t] = out[r * kCols + t];
     }
@@ -383,46 +485,49 @@ __attribute__((noinline)) void dot_tail_rows(const StridedA<T>& A, int64_t rows,
 }
 
 // The panel's tail columns of C (see dot_tail_columns), dispatched on their count.
-template <typename T>
+template <typename T, typename Ep>
 void dot_tail_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
-                   int64_t ldc, const T* init) {
+                   int64_t ldc, const T* init, const Ep& ep, int64_t first_col) {
   TORCH_INTERNAL_ASSERT(A.depth_stride == 1, "dot_tail_gemm: A's depth must be contiguous");
   switch (B.tail_columns()) {
-    case 1: dot_tail_rows<T, 1>(A, rows, B, c, ldc, init); break;
-    case 2: dot_tail_rows<T, 2>(A, rows, B, c, ldc, init); break;
-    case 3: dot_tail_rows<T, 3>(A, rows, B, c, ldc, init); break;
-    case 4: dot_tail_rows<T, 4>(A, rows, B, c, ldc, init); break;
+    case 1: dot_tail_rows<T, 1>(A, rows, B, c, ldc, init, ep, first_col); break;
+    case 2: dot_tail_rows<T, 2>(A, rows, B, c, ldc, init, ep, first_col); break;
+    case 3: dot_tail_rows<T, 3>(A, rows, B, c, ldc, init, ep, first_col); break;
+    case 4: dot_tail_rows<T, 4>(A, rows, B, c, ldc, init, ep, first_col); break;
     default: TORCH_INTERNAL_ASSERT(false, "dot_tail_gemm: ", B.tail_columns(), " tail columns");
   }
 }
 #endif
 
 // C(r, :) (+)= sum_d A(r, d) B(d, :) for r < rows; C row-major with ldc columns,
-// covered_cols of them written. Serial: the callers run it on one chunk per task.
-template <typename T>
+// covered_cols of them written, each through the epilogue `ep` (StoreAsIs: as they
+// are). Serial: the callers run it on one chunk per task.
+template <typename T, typename Ep = StoreAsIs>
 void narrow_gemm(const StridedA<T>& A, int64_t rows, const PackedPanel<T>& B, T* c,
-                 int64_t ldc, const GemmInit<T>& init) {
+                 int64_t ldc, const GemmInit<T>& init, const Ep& ep = Ep()) {
   TORCH_INTERNAL_ASSERT(!init.accumulate || ldc >= B.padded(),
                         "narrow_gemm: an accumulated C must be padded like B");
+  TORCH_INTERNAL_ASSERT(!Ep::kActive || (!init.accumulate && stores_each_lane_once(B)),
+                        "narrow_gemm: an epilogue needs an overwritten C, each lane stored once");
   const int64_t vectors = B.padded() / Vectorized<T>::size();
   switch (vectors == 0 ? -1 : next_panel_vectors(vectors) == vectors ? vectors : 0) {
     case -1: break;  // (all of C is the dot tail)
-    case 1: gemm_row_tiles<T, 1>(A, rows, B, c, ldc, init); break;
-    case 2: gemm_row_tiles<T, 2>(A, rows, B, c, ldc, init); break;
-    case 3: gemm_row_tiles<T, 3>(A, rows, B, c, ldc, init); break;
+    case 1: gemm_row_tiles_of<T, 1>(A, rows, B, c, ldc, init, ep); break;
+    case 2: gemm_row_tiles_of<T, 2>(A, rows, B, c, ldc, init, ep); break;
+    case 3: gemm_row_tiles_of<T, 3>(A, rows, B, c, ldc, init, ep); break;
     case 4:
       if constexpr (kMaxPanel >= 4) {
-        gemm_row_tiles<T, 4>(A, rows, B, c, ldc, init);
+        gemm_row_tiles_of<T, 4>(A, rows, B, c, ldc, init, ep);
         break;
       }
       [[fallthrough]];  // (AVX2: 4 vectors are two panels, never one)
-    default: gemm_row_tiles<T, 0>(A, rows, B, c, ldc, init);
+    default: gemm_row_tiles_of<T, 0>(A, rows, B, c, ldc, init, ep);
   }
 #if LAAF_HAS_LANE_SUMS
   if (B.tail_columns() > 0) {  // (after the tiles: A is then in L1)
     TORCH_INTERNAL_ASSERT(!init.accumulate, "narrow_gemm: a dot tail overwrites C");
     dot_tail_gemm(A, rows, B, c + B.width(), ldc,
-                  init.row == nullptr ? nullptr : init.row + B.width());
+                  init.row == nullptr ? nullptr : init.row + B.width(), ep, B.width());
   }
 #endif
 }

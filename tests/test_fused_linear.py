@@ -367,6 +367,38 @@ def test_cpp_narrow_gemm_every_panel_layout(target, dtype):
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cpp_narrow_forward_epilogue_is_the_flat_pass_bit_for_bit(target, dtype, activation):
+    """Where the narrow forward keeps no z (inference; training where act' is a function
+    of y) it applies y = act(s z) to each GEMM tile in registers (csrc/laaf_cpu_gemm.h:
+    ActEpilogue), else it writes z and runs the activation as a flat pass over it. The
+    two must agree bit for bit: y from the fused forward against the standalone
+    activation op on the z that the forward keeps in training for "sin", at every panel
+    layout (masked lanes, moved vectors, the dot tail's columns; x non-contiguous: no
+    tail) and slope kind (none, a scalar, per column)."""
+    ops = torch.ops.laaf
+    gen = torch.Generator().manual_seed(71)
+    for i, n_out in enumerate(PANEL_WIDTHS):
+        k_in = PANEL_WIDTHS[(i + 11) % len(PANEL_WIDTHS)]
+        x = torch.randn(67, k_in, generator=gen, dtype=dtype)
+        if i % 3 == 0:
+            x = torch.randn(k_in, 67, generator=gen, dtype=dtype).t()
+        w = torch.randn(n_out, k_in, generator=gen, dtype=dtype) / k_in ** 0.5
+        b = torch.randn(n_out, generator=gen, dtype=dtype)
+        s_vec = 1 + torch.rand(n_out, generator=gen, dtype=dtype)
+        for s in (None, s_vec[0].clone(), s_vec):
+            z = ops.cpp_linear_fwd(x, w, b, s, "sin", True)[1]
+            assert z.shape == (67, n_out)
+            y = ops.cpp_linear_fwd(x, w, b, s, activation, False)[0]
+            want = ops.cpp_act_fwd(z, s, activation, 1) if s is not None else \
+                ops.cpp_act_fwd(z, None, activation, 1)
+            assert torch.equal(y, want), (
+                f"{activation}, K={k_in}, N={n_out}, slope {None if s is None else s.dim()}: "
+                f"{(y - want).abs().max().item():.3g} off")
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
 @pytest.mark.parametrize("k_in, n_out", [(121, 119), (120, 120), (128, 128), (128, 20)],
                          ids=["narrow_fwd_121x119", "narrow_fwd_120x120", "sgemm_fwd_128x128",
                               "narrow_fwd_128x20"])

@@ -429,6 +429,17 @@ inline void gemm_row_tiles_of(const StridedA<T>& A, int64_t rows, const PackedPa
 }
 
 #if LAAF_HAS_LANE_SUMS
+// Lanes [first, first + count) of v to p[0, count): one masked store (AVX-512, the
+// dot tail's builds). As a store of the vector and `count` scalar copies it had cost
+// a PINN's output layer (N = 1, K = 50, in L1) 3.45 ns a row fp32 and 4.8 fp64, this
+// 3.1 and 3.4.
+inline void store_lane_run(const Vectorized<float>& v, float* p, int first, int count) {
+  _mm512_mask_storeu_ps(p - first, __mmask16(((1u << count) - 1u) << first), v);
+}
+inline void store_lane_run(const Vectorized<double>& v, double* p, int first, int count) {
+  _mm512_mask_storeu_pd(p - first, __mmask8(((1u << count) - 1u) << first), v);
+}
+
 // C(r, t) = init(t) + sum_d A(r, d) Bt(t, d) for r < rows and the panel's kCols tail
 // columns t (C and init start at the first of them; init may be null): dot products
 // along the depth, A's rows read as vectors (its depth stride is 1). The rows go in
@@ -447,7 +458,7 @@ __attribute__((noinline)) void dot_tail_rows(const StridedA<T>& A, int64_t rows,
   constexpr int L = V::size(), R = L / kCols;
   const int64_t depth = B.depth(), whole = depth / L * L;
   // start: lane r * kCols + t holds init(t); factor: the epilogue's f(first_col + t)
-  T start[L] = {}, factor[L] = {}, out[L];
+  T start[L] = {}, factor[L] = {};
   if (init != nullptr) {
     for (int i = 0; i < R * kCols; ++i) start[i] = init[i % kCols];
   }
@@ -477,9 +488,8 @@ __attribute__((noinline)) void dot_tail_rows(const StridedA<T>& A, int64_t rows,
     if (whole < depth) step(whole, depth - whole);
     V sums = lane_sums(acc) + V::loadu(start);
     if constexpr (Ep::kActive) sums = ep.apply(sums, V::loadu(factor));
-    sums.store(out);
     for (int64_t r = 0; r < std::min<int64_t>(R, rows - r0); ++r) {
-      for (int t = 0; t < kCols; ++t) c[(r0 + r) * ldc + t] = out[r * kCols + t];
+      store_lane_run(sums, c + (r0 + r) * ldc, int(r) * kCols, kCols);
     }
   }
 }

@@ -140,15 +140,23 @@ template <typename T> int check_gemm(std::mt19937& gen) {
     for (int64_t depth : {1, 3, 17, 20, 33, 50, 64, 100, 128})
       for (int64_t rows : {1, 7, 67})
         for (bool tail : {false, true}) {
-          std::vector<T> a(rows * depth), b(depth * width), bias(width), c(rows * width, T(7));
+          // C between 16 guard values on each side, which no store may touch
+          std::vector<T> a(rows * depth), b(depth * width), bias(width), c_guarded(rows * width + 32, T(7));
+          T* c = c_guarded.data() + 16;
           for (auto& e : a) e = T(dist(gen));
           for (auto& e : b) e = T(dist(gen));
           for (auto& e : bias) e = T(dist(gen));
           PackedPanel<T> panel(depth, width, tail);
           panel.pack(b.data(), depth, width, 1);
           const auto bias_row = padded_row(bias.data(), width);
-          narrow_gemm(StridedA<T>{a.data(), depth, 1}, rows, panel, c.data(), width,
+          narrow_gemm(StridedA<T>{a.data(), depth, 1}, rows, panel, c, width,
                       GemmInit<T>{bias_row.data(), false});
+          for (int i = 0; i < 16; ++i)
+            if (c_guarded[i] != T(7) || c[rows * width + i] != T(7)) {
+              if (bad++ < 5) std::printf("T%zu width %ld depth %ld rows %ld: a store outside C\n",
+                                         sizeof(T), long(width), long(depth), long(rows));
+              break;
+            }
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t w = 0; w < width; ++w) {
               double exact = bias[w], size = std::abs(double(bias[w]));

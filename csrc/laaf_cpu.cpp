@@ -281,13 +281,14 @@ void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_strid
   const FlatWalk<T> walk(grid);
   const int64_t total = grid.rows * grid.cols;
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  const bool on_tiles = z_out == y && stores_each_lane_once(wt);
+  const GemmInit<T> init{bias_row, false};
   at::parallel_for(0, chunks, grain(kRowsPerChunk * (K + grid.cols)), [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = k * kRowsPerChunk;
       const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
       const StridedA<T> x_chunk{x + r0 * x_row_stride, x_row_stride, x_col_stride};
-      const GemmInit<T> init{bias_row, false};
-      if (z_out == y && stores_each_lane_once(wt)) {
+      if (on_tiles) {
         narrow_gemm(x_chunk, rows, wt, y + r0 * grid.cols, grid.cols, init,
                     ActEpilogue<T, ACT>{slopes});
         continue;

@@ -397,8 +397,9 @@ __attribute__((noinline)) void gemm_row_tiles(const StridedA<T> A, int64_t rows,
 // Whether every tile of narrow_gemm is whole (gemm_tile's kWhole): C overwritten and
 // at least one vector wide (a panel's last vector, and the last panel, are then
 // moved to end at C's last column). An accumulated C keeps the general code.
-// kWhole, PanelView and the inlined tiles together, one thread, a 64-row chunk in
-// L1 (the harness of tools/narrow_gemm_bench.cpp), ns a row, before / after: fp32
+// kWhole, PanelView and the inlined tiles together, one thread, one 64-row chunk in
+// L1 again and again (tools/narrow_gemm_bench.cpp's call on one chunk), ns a row,
+// before / after: fp32
 // N = K = 50 37.3 / 34.4, N = 48 32.1 / 29.8, N = K = 20 10.2 / 9.3, N = K = 128
 // 312 / 291; fp64 N = K = 50 75-80 / 71, N = K = 20 17.5 / 13.3 (AVX2 builds on the
 // same machine: 3-10 % faster).

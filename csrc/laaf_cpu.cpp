@@ -416,6 +416,85 @@ struct Needs {
   bool dx, dw, db, ds;
 };
 
+// Per-chunk (or per-group) partial sums, `count` rows of `width`, of element type P,
+// folded into width double sums in part order.
+template <typename P>
+std::vector<double> fold_parts(const P* parts, int64_t count, int64_t width) {
+  std::vector<double> out(width, 0.0);
+  for (int64_t k = 0; k < count; ++k) {
+    for (int64_t j = 0; j < width; ++j) out[j] += parts[k * width + j];
+  }
+  return out;
+}
+
+// A new tensor of `shape` and `options` holding `values` (double), each rounded once.
+Tensor tensor_of(const std::vector<double>& values, at::IntArrayRef shape,
+                 const at::TensorOptions& options) {
+  Tensor out = at::empty(shape, options.dtype(at::kDouble));
+  std::copy(values.begin(), values.end(), out.data_ptr<double>());
+  return options.dtype() == at::kDouble ? out : out.to(options.dtype());
+}
+
+// ds from its per-channel sums: their total for a 0-d s, in s's dtype.
+Tensor ds_of(std::vector<double> per_channel, const Tensor& s) {
+  if (s.dim() == 0) {
+    double total = 0;
+    for (double v : per_channel) total += v;
+    per_channel.assign(1, total);
+  }
+  return tensor_of(per_channel, s.sizes(), s.options());
+}
+
+// The narrow backward's dW, db and ds from its folded sums (double, rounded once at
+// the end): `gram` the N x k_padded sum gz^T x (from y: G = gh^T x), `cols` the column
+// sums of gz (gh), `ds_sums` the z path's per-channel sums of gh z. From y, with
+// s_n = s's value for column n (1 without s):
+//     dW(n, :) = s_n G(n, :),   db(n) = s_n cols(n),
+//     ds per channel = W(n, :) . G(n, :) + b(n) cols(n).
+// Plain loops over N x K values: for a PINN's small layers, a dozen ATen ops on
+// tensors this size took longer than the kernel itself.
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor> narrow_param_grads(
+    const std::vector<double>& gram, int64_t k_padded, const std::vector<double>& cols,
+    const std::vector<double>& ds_sums, const Tensor& x, const Tensor& weight,
+    const c10::optional<Tensor>& bias, const c10::optional<Tensor>& s, Needs need, bool from_y) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  std::vector<double> s_n(N, 1.0);
+  if (from_y && s.has_value()) {
+    const Tensor s_dbl = s->to(at::kDouble).expand({N}).contiguous();
+    std::copy(s_dbl.data_ptr<double>(), s_dbl.data_ptr<double>() + N, s_n.begin());
+  }
+  const Tensor empty = at::empty({0}, x.options());
+  Tensor dw = empty, db = empty, ds = empty;
+  if (need.dw) {
+    dw = at::empty({N, K}, x.options());
+    T* out = dw.data_ptr<T>();
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) out[n * K + k] = static_cast<T>(gram[n * k_padded + k] * s_n[n]);
+    }
+  }
+  if (need.db) {
+    db = at::empty({N}, x.options());
+    T* out = db.data_ptr<T>();
+    for (int64_t n = 0; n < N; ++n) out[n] = static_cast<T>(cols[n] * s_n[n]);
+  }
+  if (need.ds && !from_y) ds = ds_of(ds_sums, *s);
+  if (need.ds && from_y) {
+    const Tensor w_c = weight.contiguous();
+    const Tensor b_c = bias.has_value() ? bias->contiguous() : Tensor();
+    const T* w = w_c.data_ptr<T>();
+    const T* b = data_or_null<T>(b_c);
+    std::vector<double> per_channel(N, 0.0);
+    for (int64_t n = 0; n < N; ++n) {
+      double dot = 0;
+      for (int64_t k = 0; k < K; ++k) dot += static_cast<double>(w[n * K + k]) * gram[n * k_padded + k];
+      per_channel[n] = b != nullptr ? dot + static_cast<double>(b[n]) * cols[n] : dot;
+    }
+    ds = ds_of(std::move(per_channel), *s);
+  }
+  return {dw, db, ds};
+}
+
 // The narrow backward. With z: gz, its db / ds partials, and the GEMMs on gz
 // (linear_backward_narrow). Without z (from_y: the forward kept none, act' comes
 // from y): the same pass on gh = g act'(h); since gz = gh s column by column,
@@ -423,7 +502,7 @@ struct Needs {
 //     ds = sum gh z = sum_n ( W(n, :) . G(n, :) + b(n) sum_rows gh(:, n) )
 // (z = x W^T + b, summed in another order), so z is neither stored nor read: the
 // training forward writes y alone and autograd keeps x and y, not z. G, the column
-// sums and ds are folded and formed in double.
+// sums and ds are folded and formed in double (narrow_param_grads).
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     const Tensor& g, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
     const Tensor& z, const c10::optional<Tensor>& s, const Tensor& s_c,
@@ -434,10 +513,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   // What the kernel sums: gz^T x (or G) and the column sums of gz (or gh), gh z.
   const bool want_g = need.dw || (from_y && need.ds);
   const bool want_cols = need.db || (from_y && need.ds && bias.has_value());
-  Tensor dx = need.dx ? at::empty({rows, K}, x.options()) : Tensor();
+  Tensor dx = need.dx ? at::empty({rows, K}, x.options()) : at::empty({0}, x.options());
   Tensor db_part = want_cols ? at::empty({chunks, N}, dbl) : Tensor();
   Tensor ds_part = need.ds && !from_y ? at::empty({chunks, N}, dbl) : Tensor();
-  Tensor gram;  // the folded gz^T x or G, (N, K), double
+  std::tuple<Tensor, Tensor, Tensor> params;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
     auto w = need.dx ? pack_weight<scalar_t>(weight, false, /*dot_tail=*/true)  // (A = gz)
                      : PackedPanel<scalar_t>(0, K);
@@ -450,7 +529,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     const auto run = [&](auto act_c, auto from_y_c) {
       linear_backward_narrow<scalar_t, decltype(act_c)::value, decltype(from_y_c)::value>(
           g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
-          data_or_null<scalar_t>(z), data_or_null<scalar_t>(y), w, data_or_null<scalar_t>(dx),
+          data_or_null<scalar_t>(z), data_or_null<scalar_t>(y),
+          w, need.dx ? dx.data_ptr<scalar_t>() : nullptr,
           data_or_null<scalar_t>(dw_parts), data_or_null<double>(db_part),
           data_or_null<double>(ds_part), grid);
     };
@@ -459,32 +539,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     } else {
       LAAF_ACT_SWITCH(act, [&] { run(std::integral_constant<int, ACT>{}, std::false_type{}); });
     }
-    if (want_g) {
-      gram = sum_parts<scalar_t>(dw_parts, N * k_padded).view({N, k_padded}).narrow(1, 0, K);
-    }
+    const auto folded = [&](const Tensor& parts, auto element, int64_t width) {
+      using P = decltype(element);
+      return parts.defined() ? fold_parts(parts.data_ptr<P>(), parts.size(0), width)
+                             : std::vector<double>();
+    };
+    params = narrow_param_grads<scalar_t>(
+        folded(dw_parts, scalar_t{}, N * k_padded), k_padded, folded(db_part, double{}, N),
+        folded(ds_part, double{}, N), x, weight, bias, s, need, from_y);
   });
-  const Tensor empty = at::empty({0}, x.options());
-  const Tensor cols = want_cols ? sum_parts(db_part, N) : Tensor();
-  if (!from_y) {
-    return {need.dx ? dx : empty,
-            need.dw ? gram.to(x.scalar_type()).contiguous() : empty,
-            need.db ? cols.to(x.scalar_type()) : empty,
-            need.ds ? finish_ds(sum_parts(ds_part, N), *s) : empty};
-  }
-  // dW = diag(s) G and db = s * sum gh (s broadcast from a 0-d s), in double.
-  Tensor dw = gram, db = cols, ds = empty;
-  if (s.has_value()) {
-    const Tensor s_col = s->to(at::kDouble).expand({N});
-    if (need.dw) dw = gram * s_col.unsqueeze(1);
-    if (need.db) db = cols * s_col;
-  }
-  if (need.ds) {
-    Tensor per_channel = (gram * weight.to(at::kDouble)).sum(1);
-    if (bias.has_value()) per_channel = per_channel + bias->to(at::kDouble) * cols;
-    ds = finish_ds(per_channel, *s);
-  }
-  return {need.dx ? dx : empty, need.dw ? dw.to(x.scalar_type()).contiguous() : empty,
-          need.db ? db.to(x.scalar_type()) : empty, ds};
+  return {dx, std::get<0>(params), std::get<1>(params), std::get<2>(params)};
 }
 
 // ---------------------------------------------------------------------------

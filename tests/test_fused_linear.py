@@ -90,6 +90,21 @@ def test_without_bias_and_1d_x(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_a_2d_x_adds_no_view_node_to_the_graph(target):
+    """A 2-D x reaches the fused op as it is: y's grad_fn is the op's own node. A
+    reshape before and after would add two view nodes, a few microseconds each way,
+    which a PINN's small layers feel (make_linear). Other ranks still go through
+    reshapes, and give the reference's values."""
+    backend, device = target
+    x, w, b, a = _inputs("m37_k13_n11", "vector", seed=18, dtype=torch.float64, device=device)
+    y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend=backend)
+    node = type(y.grad_fn).__name__
+    assert "View" not in node and "Reshape" not in node, node
+    x3 = x.detach().reshape(1, *x.shape).requires_grad_()
+    compare_linear(backend, x3, w, b, a, "tanh", SCALE)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", ["m37_k13_n11", "wide_n"])
 @pytest.mark.parametrize("grads", ["x", "w", "b", "a", "w,a", "none"])
 def test_only_needed_gradients_are_computed(target, case, grads):

@@ -419,7 +419,7 @@ struct Needs {
 // Per-chunk (or per-group) partial sums, `count` rows of `width`, of element type P,
 // folded into width double sums in part order.
 template <typename P>
-std::vector<double> fold_parts(const P* parts, int64_t count, int64_t width) {
+std::vector<double> fold_sums(const P* parts, int64_t count, int64_t width) {
   std::vector<double> out(width, 0.0);
   for (int64_t k = 0; k < count; ++k) {
     for (int64_t j = 0; j < width; ++j) out[j] += parts[k * width + j];
@@ -427,22 +427,13 @@ std::vector<double> fold_parts(const P* parts, int64_t count, int64_t width) {
   return out;
 }
 
-// A new tensor of `shape` and `options` holding `values` (double), each rounded once.
-Tensor tensor_of(const std::vector<double>& values, at::IntArrayRef shape,
-                 const at::TensorOptions& options) {
-  Tensor out = at::empty(shape, options.dtype(at::kDouble));
-  std::copy(values.begin(), values.end(), out.data_ptr<double>());
-  return options.dtype() == at::kDouble ? out : out.to(options.dtype());
-}
-
-// ds from its per-channel sums: their total for a 0-d s, in s's dtype.
-Tensor ds_of(std::vector<double> per_channel, const Tensor& s) {
-  if (s.dim() == 0) {
-    double total = 0;
-    for (double v : per_channel) total += v;
-    per_channel.assign(1, total);
-  }
-  return tensor_of(per_channel, s.sizes(), s.options());
+// ds from its per-channel sums (laaf_layout.h's finish_ds: their total for a 0-d s,
+// in s's dtype).
+Tensor ds_of(const std::vector<double>& per_channel, const Tensor& s) {
+  Tensor sums = at::empty({static_cast<int64_t>(per_channel.size())},
+                          s.options().dtype(at::kDouble));
+  std::copy(per_channel.begin(), per_channel.end(), sums.data_ptr<double>());
+  return finish_ds(sums, s);
 }
 
 // The narrow backward's dW, db and ds from its folded sums (double, rounded once at
@@ -470,7 +461,9 @@ std::tuple<Tensor, Tensor, Tensor> narrow_param_grads(
     dw = at::empty({N, K}, x.options());
     T* out = dw.data_ptr<T>();
     for (int64_t n = 0; n < N; ++n) {
-      for (int64_t k = 0; k < K; ++k) out[n * K + k] = static_cast<T>(gram[n * k_padded + k] * s_n[n]);
+      for (int64_t k = 0; k < K; ++k) {
+        out[n * K + k] = static_cast<T>(gram[n * k_padded + k] * s_n[n]);
+      }
     }
   }
   if (need.db) {
@@ -487,10 +480,12 @@ std::tuple<Tensor, Tensor, Tensor> narrow_param_grads(
     std::vector<double> per_channel(N, 0.0);
     for (int64_t n = 0; n < N; ++n) {
       double dot = 0;
-      for (int64_t k = 0; k < K; ++k) dot += static_cast<double>(w[n * K + k]) * gram[n * k_padded + k];
+      for (int64_t k = 0; k < K; ++k) {
+        dot += static_cast<double>(w[n * K + k]) * gram[n * k_padded + k];
+      }
       per_channel[n] = b != nullptr ? dot + static_cast<double>(b[n]) * cols[n] : dot;
     }
-    ds = ds_of(std::move(per_channel), *s);
+    ds = ds_of(per_channel, *s);
   }
   return {dw, db, ds};
 }
@@ -541,7 +536,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     }
     const auto folded = [&](const Tensor& parts, auto element, int64_t width) {
       using P = decltype(element);
-      return parts.defined() ? fold_parts(parts.data_ptr<P>(), parts.size(0), width)
+      return parts.defined() ? fold_sums(parts.data_ptr<P>(), parts.size(0), width)
                              : std::vector<double>();
     };
     params = narrow_param_grads<scalar_t>(

@@ -416,30 +416,16 @@ struct Needs {
   bool dx, dw, db, ds;
 };
 
-// Per-chunk (or per-group) partial sums, `count` rows of `width`, of element type P,
-// folded into width double sums in part order.
-template <typename P>
-std::vector<double> fold_sums(const P* parts, int64_t count, int64_t width) {
-  std::vector<double> out(width, 0.0);
-  for (int64_t k = 0; k < count; ++k) {
-    for (int64_t j = 0; j < width; ++j) out[j] += parts[k * width + j];
-  }
-  return out;
-}
-
 // ds from its per-channel sums (laaf_layout.h's finish_ds: their total for a 0-d s,
 // in s's dtype).
 Tensor ds_of(const std::vector<double>& per_channel, const Tensor& s) {
-  Tensor sums = at::empty({static_cast<int64_t>(per_channel.size())},
-                          s.options().dtype(at::kDouble));
-  std::copy(per_channel.begin(), per_channel.end(), sums.data_ptr<double>());
-  return finish_ds(sums, s);
+  return finish_ds(doubles_tensor(per_channel, s.options()), s);
 }
 
 // The narrow backward's dW, db and ds from its folded sums (double, rounded once at
 // the end): `gram` the N x k_padded sum gz^T x (from y: G = gh^T x), `cols` the column
 // sums of gz (gh), `ds_sums` the z path's per-channel sums of gh z. From y, with
-// s_n = s's value for column n (1 without s):
+// s_n = s_rows[n] (slope_per_row: s's value for column n, 1 without s):
 //     dW(n, :) = s_n G(n, :),   db(n) = s_n cols(n),
 //     ds per channel = W(n, :) . G(n, :) + b(n) cols(n).
 // Plain loops over N x K values: for a PINN's small layers, a dozen ATen ops on
@@ -447,14 +433,12 @@ Tensor ds_of(const std::vector<double>& per_channel, const Tensor& s) {
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor> narrow_param_grads(
     const std::vector<double>& gram, int64_t k_padded, const std::vector<double>& cols,
-    const std::vector<double>& ds_sums, const Tensor& x, const Tensor& weight,
-    const c10::optional<Tensor>& bias, const c10::optional<Tensor>& s, Needs need, bool from_y) {
+    const std::vector<double>& ds_sums, const std::vector<T>& s_rows, const Tensor& x,
+    const Tensor& weight, const c10::optional<Tensor>& bias, const c10::optional<Tensor>& s,
+    Needs need, bool from_y) {
   const int64_t N = weight.size(0), K = weight.size(1);
-  std::vector<double> s_n(N, 1.0);
-  if (from_y && s.has_value()) {
-    const Tensor s_dbl = s->to(at::kDouble).expand({N}).contiguous();
-    std::copy(s_dbl.data_ptr<double>(), s_dbl.data_ptr<double>() + N, s_n.begin());
-  }
+  std::vector<double> s_n(N, 1.0);  // (the z path's sums have s in them already)
+  if (from_y) std::copy(s_rows.begin(), s_rows.end(), s_n.begin());
   const Tensor empty = at::empty({0}, x.options());
   Tensor dw = empty, db = empty, ds = empty;
   if (need.dw) {
@@ -513,11 +497,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   Tensor ds_part = need.ds && !from_y ? at::empty({chunks, N}, dbl) : Tensor();
   std::tuple<Tensor, Tensor, Tensor> params;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
+    const auto s_rows = slope_per_row<scalar_t>(s_c, slope_kind(s), N);
     auto w = need.dx ? pack_weight<scalar_t>(weight, false, /*dot_tail=*/true)  // (A = gz)
                      : PackedPanel<scalar_t>(0, K);
-    if (from_y && need.dx && s.has_value()) {
-      w.scale_rows(slope_per_row<scalar_t>(s_c, slope_kind(s), N).data());
-    }
+    if (from_y && need.dx && s.has_value()) w.scale_rows(s_rows.data());
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
     const int64_t k_padded = padded_width<scalar_t>(K);  // dW's rows (narrow_gemm accumulates)
     Tensor dw_parts = want_g ? at::empty({groups, N, k_padded}, x.options()) : Tensor();
@@ -534,14 +517,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     } else {
       LAAF_ACT_SWITCH(act, [&] { run(std::integral_constant<int, ACT>{}, std::false_type{}); });
     }
-    const auto folded = [&](const Tensor& parts, auto element, int64_t width) {
-      using P = decltype(element);
-      return parts.defined() ? fold_sums(parts.data_ptr<P>(), parts.size(0), width)
-                             : std::vector<double>();
-    };
-    params = narrow_param_grads<scalar_t>(
-        folded(dw_parts, scalar_t{}, N * k_padded), k_padded, folded(db_part, double{}, N),
-        folded(ds_part, double{}, N), x, weight, bias, s, need, from_y);
+    const std::vector<double> gram =
+        want_g ? fold_sums(dw_parts.data_ptr<scalar_t>(), groups, N * k_padded)
+               : std::vector<double>();
+    const std::vector<double> cols =
+        want_cols ? fold_sums(db_part.data_ptr<double>(), chunks, N) : std::vector<double>();
+    const std::vector<double> ds_sums =
+        ds_part.defined() ? fold_sums(ds_part.data_ptr<double>(), chunks, N)
+                          : std::vector<double>();
+    params = narrow_param_grads<scalar_t>(gram, k_padded, cols, ds_sums, s_rows, x, weight, bias,
+                                          s, need, from_y);
   });
   return {dx, std::get<0>(params), std::get<1>(params), std::get<2>(params)};
 }

@@ -183,17 +183,29 @@ inline double lane_sum(const Vectorized<T>& v, int64_t n) {
 }
 
 
-// Fold per-chunk partials (parts, width), of element type P, into width double sums,
-// in part order.
-template <typename P = double>
-inline Tensor sum_parts(const Tensor& parts, int64_t width) {
-  Tensor out = at::zeros({width}, parts.options().dtype(at::kDouble));
-  const P* p = parts.data_ptr<P>();
-  double* o = out.data_ptr<double>();
-  for (int64_t k = 0; k < parts.numel() / std::max<int64_t>(1, width); ++k) {
-    for (int64_t j = 0; j < width; ++j) o[j] += p[k * width + j];
+// Fold `count` per-chunk partials of `width` values each, of element type P, into
+// width double sums, in part order.
+template <typename P>
+inline std::vector<double> fold_sums(const P* parts, int64_t count, int64_t width) {
+  std::vector<double> out(width, 0.0);
+  for (int64_t k = 0; k < count; ++k) {
+    for (int64_t j = 0; j < width; ++j) out[j] += parts[k * width + j];
   }
   return out;
+}
+
+// A 1-D double tensor holding `values`.
+inline Tensor doubles_tensor(const std::vector<double>& values, const at::TensorOptions& like) {
+  Tensor out = at::empty({static_cast<int64_t>(values.size())}, like.dtype(at::kDouble));
+  std::copy(values.begin(), values.end(), out.data_ptr<double>());
+  return out;
+}
+
+// fold_sums of a (parts, width) tensor of P, as a double tensor.
+template <typename P = double>
+inline Tensor sum_parts(const Tensor& parts, int64_t width) {
+  const int64_t count = parts.numel() / std::max<int64_t>(1, width);
+  return doubles_tensor(fold_sums(parts.data_ptr<P>(), count, width), parts.options());
 }
 
 // ---------------------------------------------------------------------------

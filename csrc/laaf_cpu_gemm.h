@@ -227,7 +227,7 @@ constexpr int64_t next_panel_vectors(int64_t left) {
 // no run-time lane counts. With those (the general code, also for an accumulated C)
 // GCC 12 had kept the accumulators on the stack around the depth loop and branched
 // on each lane count (see whole_tiles for the gain).
-//   An active epilogue (StoreAsIs) turns the accumulators into y before the store.
+//   An active epilogue (see StoreAsIs) turns the accumulators into y before the store.
 template <typename T, int R, int P, bool kTail, bool kWhole, typename Ep>
 inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
                                                      const PanelView<T>& B, int64_t col,
@@ -399,10 +399,9 @@ __attribute__((noinline)) void gemm_row_tiles(const StridedA<T> A, int64_t rows,
 // moved to end at C's last column). An accumulated C keeps the general code.
 // kWhole, PanelView and the inlined tiles together, one thread, one 64-row chunk in
 // L1 again and again (tools/narrow_gemm_bench.cpp's call on one chunk), ns a row,
-// before / after: fp32
-// N = K = 50 37.3 / 34.4, N = 48 32.1 / 29.8, N = K = 20 10.2 / 9.3, N = K = 128
-// 312 / 291; fp64 N = K = 50 75-80 / 71, N = K = 20 17.5 / 13.3 (AVX2 builds on the
-// same machine: 3-10 % faster).
+// before / after: fp32 N = K = 50 37.3 / 34.4, N = 48 32.1 / 29.8, N = K = 20
+// 10.2 / 9.3, N = K = 128 312 / 291; fp64 N = K = 50 75-80 / 71, N = K = 20 17.5 /
+// 13.3 (AVX2 builds on the same machine: 3-10 % faster).
 template <typename T>
 inline bool whole_tiles(const PackedPanel<T>& B, const GemmInit<T>& init) {
   return !init.accumulate && B.width() >= Vectorized<T>::size();

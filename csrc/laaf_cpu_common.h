@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -121,16 +122,43 @@ struct Io {
   static void store(const Vectorized<C>& v, T* p, int64_t n) { v.store(p, n); }
 };
 
+// The first half of a 16-bit vector (as many lanes as a float vector has), with one
+// plain store: Vectorized<T>::store(p, n < size()) is a masked store on AVX-512, and a
+// load that overlaps a masked store's width (an in-place pass reads the next lanes right
+// after) waits for that store to retire: the in-place forward ran at half speed.
+template <typename T>
+inline void store_first_half(const Vectorized<T>& v, T* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_castsi512_si256(v));
+#elif defined(CPU_CAPABILITY_AVX2)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(v));
+#else
+  v.store(p, Vectorized<T>::size() / 2);
+#endif
+}
+
 template <typename T>
 struct WidenedIo {
   using C = float;
   static constexpr int64_t kLanes = Vectorized<float>::size();
+  // A whole vector converts in registers (at::vec's load_to_float / convert_from_float:
+  // a shift for bfloat16, F16C for float16, round-to-nearest-even on the way back, as
+  // c10's scalar conversions round); a tail goes element by element.
   static Vectorized<C> load(const T* p, int64_t n) {
+    if (n == kLanes) {
+      Vectorized<float> v;
+      at::vec::load_to_float<T>(p, v);
+      return v;
+    }
     float lanes[kLanes];
     for (int64_t i = 0; i < n; ++i) lanes[i] = static_cast<float>(p[i]);
     return Vectorized<C>::loadu(lanes, n);
   }
   static void store(const Vectorized<C>& v, T* p, int64_t n) {
+    if (n == kLanes) {
+      store_first_half(at::vec::convert_from_float<T>(v, v), p);
+      return;
+    }
     float lanes[kLanes];
     v.store(lanes, n);
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(lanes[i]);

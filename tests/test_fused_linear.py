@@ -644,7 +644,8 @@ def test_cpp_fp64_tanh_is_within_one_ulp(target):
 #: The tests whose code paths depend on the build's vector capability (lane width, and
 #: on AVX-512 mask registers for comparisons: laaf_vec_math.h), by file, and how many
 #: cpp-cpu tests they are: the panel-layout test runs for fp32 and fp64, the NaN tests
-#: for every activation or flexible kind in fp32 and fp64.
+#: for every activation or flexible kind in fp32 and fp64, the rounding test for bf16
+#: and fp16 (the widened lanes' conversions: laaf_cpu_common.h WidenedIo).
 CAPABILITY_TESTS = {
     "test_fused_linear.py": ("test_cpp_fp32_tanh_is_within_three_ulp",
                              "test_cpp_fp64_tanh_is_within_one_ulp",
@@ -652,9 +653,10 @@ CAPABILITY_TESTS = {
                              "test_cpp_narrow_gemm_every_panel_layout"),
     "test_fused_flexible.py": ("test_cpp_cbrt_is_within_one_ulp",
                                "test_nan_reaches_the_output_like_the_reference"),
-    "test_fused_activation.py": ("test_nan_reaches_the_output_like_the_reference",),
+    "test_fused_activation.py": ("test_nan_reaches_the_output_like_the_reference",
+                                 "test_half_precision_rounds_once_as_torch_rounds"),
 }
-CAPABILITY_TEST_COUNT = 5 + (1 + 2 * len(FLEXIBLE_KINDS)) + 2 * len(ACTIVATIONS)
+CAPABILITY_TEST_COUNT = 5 + (1 + 2 * len(FLEXIBLE_KINDS)) + 2 * len(ACTIVATIONS) + 2
 
 
 @pytest.mark.skipif(str(torch.backends.cpu.get_cpu_capability()) != "AVX512",

@@ -86,11 +86,13 @@ def conv_case(pass_: str, nchw, dtype: str) -> "Case":
 
 
 #: The shapes the issues set targets on, per device. On CPU the float32 headline has a
-#: float64 twin: PINN users often train in float64 (second derivatives of a float32
-#: net lose digits fast), so the quick suite times it too.
+#: float64 and a bfloat16 twin: PINN users often train in float64 (second derivatives
+#: of a float32 net lose digits fast), and bfloat16 is what CPU autocast computes in;
+#: the quick suite times both, torch.compile included.
 HEADLINES = {
     "cuda": [((2 ** 20, 50, 50), "float32"), ((8192, 4096, 4096), "bfloat16")],
-    "cpu": [((100_000, 50, 50), "float32"), ((100_000, 50, 50), "float64")],
+    "cpu": [((100_000, 50, 50), "float32"), ((100_000, 50, 50), "float64"),
+            ((100_000, 50, 50), "bfloat16")],
 }
 
 
@@ -105,7 +107,7 @@ def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None,
     full: PINN shapes x tanh/relu/sigmoid x slope kinds in fp32 (on CPU the
     smaller half), plus the deep-learning shapes in bf16 and fp32 (tanh,
     neuron-wise; relu without slope; CPU: M = 8192, K = N = 1024, fp32 only). quick: PINN-sized shapes, tanh,
-    neuron-wise, fp32, plus the float64 headlines (CPU's 10^5 x 50 x 50).
+    neuron-wise, fp32, plus CPU's float64 and bfloat16 headlines (10^5 x 50 x 50).
     Headline cases (``HEADLINES``) also time torch.compile. ``shapes`` replaces the
     suite's grid: those shapes in ``dtype``, tanh, neuron-wise.
     """
@@ -114,7 +116,8 @@ def suite(device: str, full: bool, ops=OPS, passes=PASSES, shapes=None,
         grid = [(s, dtype, "tanh", "vector") for s in shapes]
     elif not full:
         grid = [(s, "float32", "tanh", "vector") for s in SHAPE_SETS["quick"]]
-        grid += [(s, dt, "tanh", "vector") for s, dt in HEADLINES[device] if dt == "float64"]
+        grid += [(s, dt, "tanh", "vector") for s, dt in HEADLINES[device]
+                 if dt in ("float64", "bfloat16") and device == "cpu"]
     else:
         pinn = SHAPE_SETS["pinn"] if device == "cuda" else SHAPE_SETS["pinn"][:6] + [(100_000, 50, 50)]
         grid = [(s, "float32", "tanh", slope) for s in pinn for slope in SLOPES]

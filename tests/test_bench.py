@@ -56,12 +56,13 @@ def test_full_gpu_suite_has_the_headline_cases():
     assert {c.pass_ for c in full} == set(cases.PASSES)
 
 
-def test_quick_cpu_suite_times_the_headline_shape_in_fp32_and_fp64():
+def test_quick_cpu_suite_times_the_headline_shape_in_fp32_fp64_and_bf16():
     quick = cases.suite("cpu", full=False)
     heads = {(c.op, c.M, c.K, c.N, c.dtype) for c in quick
              if c.headline and c.op in ("linear", "activation")}
     assert heads == {(op, 100_000, 50, 50, dt) for op in ("linear", "activation")
-                     for dt in ("float32", "float64")}
+                     for dt in ("float32", "float64", "bfloat16")}
+    assert not any(c.dtype == "bfloat16" for c in cases.suite("cuda", full=False))
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -95,8 +95,6 @@ def test_low_precision(target, dtype, case, activation):
     compare_activation(backend, z, a, activation, SCALE, dim)
 
 
-
-
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_rounds_once_as_torch_rounds(target, dtype):
@@ -132,6 +130,20 @@ def test_half_precision_rounds_once_as_torch_rounds(target, dtype):
         toward_zero = (product.view(torch.int32) & ~(2 * half_ulp - 1)).view(torch.float32)
         same |= y.view(torch.int16) == toward_zero.to(dtype).view(torch.int16)
     assert bool(same[finite].all()), f"{int((~same[finite]).sum())} elements rounded otherwise"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_0d_and_empty_z(target):
+    backend, device = target
+    z = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
+    a = torch.tensor(0.4, dtype=torch.float64, device=device, requires_grad=True)
+    compare_activation(backend, z, a, "tanh", SCALE, -1)
+    empty = torch.randn(0, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    slope = torch.rand(3, dtype=torch.float64, device=device, requires_grad=True)
+    y = laaf_kernels.laaf_activation(empty, slope, scale=SCALE, dim=1, backend=backend)
+    assert y.shape == empty.shape
+    dz, da = torch.autograd.grad(y.sum(), (empty, slope), materialize_grads=True)
+    assert dz.shape == empty.shape and torch.count_nonzero(da) == 0
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from .checks import (check_activation, check_activation_args, check_flexible_args,
                      check_flexible_kind, check_flexible_linear_args, check_linear_args,
                      check_scale)
-from .ops.dispatch import select_backend
+from .ops.dispatch import select_backend, small_training_call
 from .reference import slope_recovery
 
 __all__ = ["laaf_linear", "laaf_activation", "slope_recovery", "flexible_activation",
@@ -41,7 +42,8 @@ def laaf_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     check_linear_args(x, weight, bias, slope)
     check_activation(activation)
     scale = check_scale(scale)
-    impl = select_backend(backend, x.device)
+    impl = select_backend(backend, x.device, lambda: small_training_call(
+        "linear", math.prod(x.shape[:-1]) * weight.shape[0], x, weight, bias, slope))
     return impl.linear(x, weight, bias, slope, activation, scale)
 
 
@@ -56,7 +58,8 @@ def laaf_activation(z: torch.Tensor, slope: Optional[torch.Tensor] = None, *,
     dim = check_activation_args(z, slope, dim)
     check_activation(activation)
     scale = check_scale(scale)
-    impl = select_backend(backend, z.device)
+    impl = select_backend(backend, z.device, lambda: small_training_call(
+        "activation", z.numel(), z, slope))
     return impl.activation(z, slope, activation, scale, dim)
 
 

@@ -122,7 +122,9 @@ def test_a_compiled_model_is_one_graph_of_fused_ops_for_every_batch_size(target,
 def test_a_compiled_model_is_traced_anew_when_use_backend_changes(monkeypatch):
     """use_backend() is guarded; "auto" is what runs outside it. (LAAF_BACKEND is
     read when a graph is traced: dynamo does not guard environment variables,
-    pytorch/pytorch#189027.)"""
+    pytorch/pytorch#189027.) The calls are small training calls (9 rows, parameters
+    that require grad), which "auto" sends to the reference in eager mode; a traced
+    graph keeps the fused ops (dispatch.AUTO_CPU_SMALL_TRAINING)."""
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     model, graphs = _model("cpu"), []
     compiled = torch.compile(model, fullgraph=True, backend=_recording(graphs))

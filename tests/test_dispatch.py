@@ -23,8 +23,12 @@ def spy_backend(monkeypatch):
         calls.append("activation")
         return reference.activation_impl(*args)
 
+    def flexible(*args):
+        calls.append("flexible")
+        return reference.flexible_activation_impl(*args)
+
     registry = dict(dispatch._REGISTRY)
-    registry["cpp"] = dispatch.Backend("cpp", linear, activation, lambda device: None)
+    registry["cpp"] = dispatch.Backend("cpp", linear, activation, lambda device: None, flexible)
     monkeypatch.setattr(dispatch, "_REGISTRY", registry)
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     return calls
@@ -106,3 +110,52 @@ def test_auto_falls_back_to_reference_on_unknown_device_types(monkeypatch):
 def test_register_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="backend name must be one of"):
         dispatch.register_backend(dispatch.Backend("jax", None, None, lambda d: None))
+
+
+def _linear_call(rows, n_out, grad, **kwargs):
+    x = torch.randn(rows, 2, requires_grad=grad)
+    return laaf_kernels.laaf_linear(x, torch.randn(n_out, 2), None, torch.tensor(0.5), **kwargs)
+
+
+def test_auto_sends_small_training_calls_on_the_cpu_to_the_reference(spy_backend):
+    """Below AUTO_CPU_SMALL_TRAINING output elements, a call that autograd records runs
+    on "reference" under "auto" (however "auto" was asked for); inference calls, larger
+    calls, flexible calls and a backend asked for by name stay on "cpp"."""
+    limit = dispatch.AUTO_CPU_SMALL_TRAINING
+    _linear_call(limit["linear"] - 1, 1, grad=True)
+    with laaf_kernels.use_backend("auto"):
+        laaf_kernels.laaf_activation(torch.randn(limit["activation"] - 1, requires_grad=True))
+    assert spy_backend == []
+    _linear_call(limit["linear"], 1, grad=True)
+    _linear_call(5, 4, grad=False)  # no input that autograd records
+    with torch.no_grad():
+        _linear_call(5, 4, grad=True)
+    laaf_kernels.laaf_activation(torch.randn(limit["activation"], requires_grad=True))
+    laaf_kernels.flexible_activation(torch.randn(5, 3, requires_grad=True),
+                                     torch.rand(2, 3), kind="tanh_ramp")
+    _linear_call(5, 4, grad=True, backend="cpp")
+    assert spy_backend == ["linear", "linear", "linear", "activation", "flexible", "linear"]
+
+
+def test_the_small_call_rule_is_asked_only_where_it_applies(monkeypatch):
+    """is_small() is asked only for "auto" on the CPU, and not while torch.compile or
+    export traces: a graph traced with dynamic shapes keeps the fused op, with no guard
+    on the batch size (test_compile_and_export's use_backend test traces such a small
+    training call into fused ops)."""
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    asked = []
+
+    def is_small():
+        asked.append(True)
+        return True
+
+    cpu = torch.device("cpu")
+    assert dispatch.select_backend(None, cpu, is_small).name == "reference"
+    assert len(asked) == 1
+    dispatch.select_backend("reference", cpu, is_small)
+    dispatch.select_backend(None, torch.device("meta"), is_small)
+    assert len(asked) == 1
+    fused = "cpp" if "cpp" in laaf_kernels.available_backends() else "reference"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dispatch.select_backend(None, cpu, is_small).name == fused
+    assert len(asked) == 1

@@ -10,7 +10,8 @@ Which backend runs, first match wins:
 2. the innermost :func:`use_backend` context;
 3. the ``LAAF_BACKEND`` environment variable;
 4. ``"auto"``: the best available backend for the tensors' device
-   (``AUTO_ORDER``), ending with ``"reference"``, which runs everywhere.
+   (``AUTO_ORDER``), ending with ``"reference"``, which runs everywhere. On the
+   CPU, a small training call goes to ``"reference"`` (``AUTO_CPU_SMALL_TRAINING``).
 
 Asking for a backend by name that cannot run raises a ``RuntimeError`` that says
 why; ``"auto"`` quietly moves on to the next one.
@@ -37,7 +38,7 @@ import torch
 from .. import reference
 
 __all__ = ["Backend", "register_backend", "available_backends", "load_ops", "select_backend",
-           "use_backend", "KNOWN_BACKENDS", "ENV_VAR"]
+           "small_training_call", "use_backend", "KNOWN_BACKENDS", "ENV_VAR"]
 
 ENV_VAR = "LAAF_BACKEND"
 KNOWN_BACKENDS = ("reference", "triton", "cpp", "cuda")
@@ -47,6 +48,25 @@ AUTO_ORDER: Dict[str, tuple] = {
     "cuda": ("triton", "cuda", "reference"),
     "cpu": ("cpp", "reference"),
 }
+
+#: For "auto" on the CPU: a call that autograd records and whose output has fewer
+#: elements than this (per entry point) runs on "reference". A fused op's Python
+#: autograd.Function costs ~25 us more per training call, forward and backward, than
+#: the reference's native autograd nodes; that exceeds what fusing saves below about
+#: 12 000-20 000 output elements of laaf_linear and 50 000 of laaf_activation (Intel
+#: Xeon, 2 threads, fp32 and fp64: bench/README.md, stop 29). The flexible ops win at
+#: every size, and inference calls lose at most a few us, so they stay fused. Not
+#: applied under torch.compile or export: a traced graph keeps the fused op, whatever
+#: the batch size (no guard on it).
+AUTO_CPU_SMALL_TRAINING = {"linear": 16384, "activation": 32768}
+
+
+def small_training_call(entry: str, out_elements: int, *inputs) -> bool:
+    """Whether a call of ``entry`` is one that "auto" sends to the reference on the
+    CPU: fewer than ``AUTO_CPU_SMALL_TRAINING[entry]`` output elements, and some
+    input (tensors or None) that autograd records."""
+    return (out_elements < AUTO_CPU_SMALL_TRAINING.get(entry, 0) and torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in inputs))
 
 
 @dataclass(frozen=True)
@@ -128,18 +148,25 @@ def _requested(backend: Optional[str]):
     return "auto", "auto"
 
 
-def select_backend(backend: Optional[str], device: torch.device) -> Backend:
-    """The backend that runs a call on ``device`` (see the module docstring)."""
-    chosen = _chosen_backend(backend, device)  # first: a bad or unavailable name still raises
+def select_backend(backend: Optional[str], device: torch.device,
+                   is_small: Optional[Callable[[], bool]] = None) -> Backend:
+    """The backend that runs a call on ``device`` (see the module docstring);
+    ``is_small()`` says whether the call is a small training call
+    (:func:`small_training_call`), asked only where "auto" would use it."""
+    chosen = _chosen_backend(backend, device, is_small)  # first: a bad name still raises
     if torch._C._are_functorch_transforms_active():  # torch.func: see the module docstring
         return _REGISTRY["reference"]
     return chosen
 
 
-def _chosen_backend(backend: Optional[str], device: torch.device) -> Backend:
+def _chosen_backend(backend: Optional[str], device: torch.device,
+                    is_small: Optional[Callable[[], bool]] = None) -> Backend:
     name, source = _requested(backend)
     name = _check_name(name, source)
     if name == "auto":
+        if (device.type == "cpu" and is_small is not None
+                and not torch.compiler.is_compiling() and is_small()):
+            return _REGISTRY["reference"]
         for candidate in AUTO_ORDER.get(device.type, ("reference",)):
             if _why_unavailable(candidate, device) is None:
                 return _REGISTRY[candidate]

@@ -229,11 +229,10 @@ inline Tensor doubles_tensor(const std::vector<double>& values, const at::Tensor
   return out;
 }
 
-// fold_sums of a (parts, width) tensor of P, as a double tensor.
-template <typename P = double>
+// fold_sums of a (parts, width) tensor of double partials, as a double tensor.
 inline Tensor sum_parts(const Tensor& parts, int64_t width) {
   const int64_t count = parts.numel() / std::max<int64_t>(1, width);
-  return doubles_tensor(fold_sums(parts.data_ptr<P>(), count, width), parts.options());
+  return doubles_tensor(fold_sums(parts.data_ptr<double>(), count, width), parts.options());
 }
 
 // ---------------------------------------------------------------------------

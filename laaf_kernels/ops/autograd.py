@@ -46,7 +46,7 @@ from .memory_order import in_memory_order
 __all__ = ["register_backend_ops", "register_flexible_ops", "make_linear", "make_activation",
            "make_flexible", "differentiable_linear_grads", "differentiable_activation_grads",
            "differentiable_flexible_grads", "present", "call_op", "needed_inputs",
-           "register_autograd_rule", "sum_like_slope"]
+           "register_autograd_rule", "sum_like_slope", "needs_grad"]
 
 
 # ---------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class _EagerCall(torch.autograd.Function):
         return (*ctx.rule_backward(ctx, *grads), None)
 
 
-def _needs_grad(*values) -> bool:
+def needs_grad(*values) -> bool:
     """Whether autograd records a call on ``values`` (tensors among other arguments)."""
     return torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad for v in values)
@@ -220,7 +220,7 @@ def call_op(qualname: str, *args):
     rule = _RULES[qualname]
     if torch.compiler.is_compiling():
         return rule.op(*args)
-    if _needs_grad(*args):
+    if needs_grad(*args):
         return _EagerCall.apply(*args, rule)
     with torch._C._AutoDispatchBelowAutograd():
         return rule.op(*args)
@@ -353,7 +353,7 @@ def make_linear(prefix: str, dtypes=None, fallback=None):
         flat = x.dim() != 2
         x2 = x.reshape(-1, x.shape[-1]) if flat else x
         y, _ = call_op(f"laaf::{prefix}_linear_fwd", x2, weight, bias, s, activation,
-                       _needs_grad(x, weight, bias, s))
+                       needs_grad(x, weight, bias, s))
         return y.reshape(*x.shape[:-1], weight.shape[0]) if flat else y
 
     return linear

@@ -36,6 +36,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 from .. import reference
+from .autograd import needs_grad
 
 __all__ = ["Backend", "register_backend", "available_backends", "load_ops", "select_backend",
            "small_training_call", "use_backend", "KNOWN_BACKENDS", "ENV_VAR"]
@@ -63,10 +64,9 @@ AUTO_CPU_SMALL_TRAINING = {"linear": 16384, "activation": 32768}
 
 def small_training_call(entry: str, out_elements: int, *inputs) -> bool:
     """Whether a call of ``entry`` is one that "auto" sends to the reference on the
-    CPU: fewer than ``AUTO_CPU_SMALL_TRAINING[entry]`` output elements, and some
-    input (tensors or None) that autograd records."""
-    return (out_elements < AUTO_CPU_SMALL_TRAINING.get(entry, 0) and torch.is_grad_enabled()
-            and any(t is not None and t.requires_grad for t in inputs))
+    CPU: fewer than ``AUTO_CPU_SMALL_TRAINING[entry]`` output elements, and inputs
+    (tensors or None) that autograd records (the fused ops' own test, needs_grad)."""
+    return out_elements < AUTO_CPU_SMALL_TRAINING.get(entry, 0) and needs_grad(*inputs)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 // laaf_kernels: fused CPU kernels of the "cpp" backend (torch.ops.laaf.cpp_*).
 //
 // Forward of the linear layer:
-//     z = x W^T + b            narrow layers (K, N <= 128, fp32/fp64): our GEMM
-//                              (laaf_cpu_gemm.h), one 64-row chunk at a time;
+//     z = x W^T + b            narrow layers (K, N <= 128): our GEMM (laaf_cpu_gemm.h),
+//                              one 64-row chunk at a time (bf16 / fp16 chunks
+//                              widened to fp32: ChunkStage);
 //                              otherwise one ATen GEMM (at::addmm: MKL / oneDNN)
 //     y = act(s * z)           ONE pass over z, vectorised (at::vec) and threaded;
 //                              narrow layers: on each chunk while it is in cache
@@ -70,15 +71,18 @@ void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
 }
 
 // Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = act(s z).
-template <typename T, int ACT>
-void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
+// y may be of another storage type than z with the same compute type (a 16-bit
+// layer's float z chunk in, its y out: linear_forward_narrow).
+template <typename T, int ACT, typename Y = T>
+void forward_flat_range(const T* z, Y* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
                         int64_t v1, int64_t total) {
+  static_assert(std::is_same_v<Compute<T>, Compute<Y>>, "z and y in one compute type");
   using V = Vectorized<Compute<T>>;
   for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
     const int64_t at = v * V::size();
     const int64_t n = std::min<int64_t>(V::size(), total - at);
     const V h = Io<T>::load(z + at, n) * walk.slope(p);
-    Io<T>::store(Act<ACT>::value(h), y + at, n);
+    Io<Y>::store(Act<ACT>::value(h), y + at, n);
   }
 }
 
@@ -134,10 +138,12 @@ inline __attribute__((always_inline)) std::array<Vectorized<Compute<T>>, 2> grad
 // db and ds (unless null). The narrow linear backward's epilogue, chunk by chunk.
 // FROM_Y (no z; act' from y, Act<ACT>::kD1FromY): gh instead of gz, and its column
 // sums into db (ds comes from the dW GEMM instead: see linear_bwd_narrow).
-template <typename T, int ACT, bool FROM_Y = false>
-void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t at0, int64_t end,
+// G: the gz buffer's type (a 16-bit layer's narrow backward keeps it in float).
+template <typename T, int ACT, bool FROM_Y = false, typename G = T>
+void backward_flat_chunk(const T* g, const T* z, const T* y, G* gz_out, int64_t at0, int64_t end,
                          const FlatWalk<Compute<T>>& walk, PhaseSums<Compute<T>>* db,
                          PhaseSums<Compute<T>>* ds) {
+  static_assert(std::is_same_v<Compute<T>, Compute<G>>, "gz in T's compute type");
   using C = Compute<T>;
   using V = Vectorized<C>;
   constexpr int64_t L = V::size();
@@ -146,12 +152,12 @@ void backward_flat_chunk(const T* g, const T* z, const T* y, T* gz_out, int64_t 
     const int64_t n = std::min<int64_t>(L, end - at);
     if constexpr (FROM_Y) {
       const V gh = Io<T>::load(g + at, n) * Act<ACT>::d1_y(Io<T>::load(y + at, n));
-      if (gz_out != nullptr) Io<T>::store(gh, gz_out + (at - at0), n);
+      if (gz_out != nullptr) Io<G>::store(gh, gz_out + (at - at0), n);
       if (db != nullptr) db->add(p, V::set(V(C(0)), gh, n));
       continue;
     }
     const auto terms = grad_terms<T, ACT>(g, z, y, at, n, walk.slope(p));
-    if (gz_out != nullptr) Io<T>::store(terms[0], gz_out + (at - at0), n);
+    if (gz_out != nullptr) Io<G>::store(terms[0], gz_out + (at - at0), n);
     // (V::set keeps the n live lanes: the rest must not reach the sums.)
     if (db != nullptr) db->add(p, V::set(V(C(0)), terms[0], n));
     if (ds != nullptr) ds->add(p, V::set(V(C(0)), terms[1], n));
@@ -229,24 +235,27 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
 
 
 // ---------------------------------------------------------------------------
-// Narrow layers (K, N <= kMaxNarrow; fp32, fp64): GEMMs fused with the epilogues
+// Narrow layers (K, N <= kMaxNarrow; every dtype): GEMMs fused with the epilogues
 // ---------------------------------------------------------------------------
 
 // The fp32 forward keeps ATen's GEMM above this K * N. Measured A/B (M = 5e4 and
 // 16384, 2 threads, fused epilogue included): at K = N = 128 MKL's sgemm was 10-15 %
 // faster than ours (W's packed panel, 64 KB, no longer fits L1), at 120 x 120 they
 // tied, and at 112 x 112 and below ours won. The backward won or tied at every
-// K, N <= 128, and fp64 won everywhere.
+// K, N <= 128, and fp64 won everywhere. So do bf16 and fp16 (ChunkStage: our fp32
+// GEMM on widened chunks; stop 30, Intel Xeon, 2 threads, training forward / forward
+// + backward, ms, against LAAF_CPU_NARROW=0): bf16 M = 16384, K = N = 128 2.57 / 8.98
+// against 4.12 / 15.69, fp16 (ATen's GEMM on AVX512-FP16 here) 2.39 / 8.27 against
+// 2.51 / 9.38, and by more at every narrower width timed (100, 64; 10^5 x 50 x 50).
 constexpr int64_t kMaxNarrowForwardArea = 120 * 120;
 
-// Whether the linear layer takes the fused narrow path: fp32/fp64, K and N at
-// most kMaxNarrow (and for the fp32 forward K * N at most kMaxNarrowForwardArea),
+// Whether the linear layer takes the fused narrow path: K and N at most kMaxNarrow
+// (and for the fp32 forward K * N at most kMaxNarrowForwardArea),
 // and LAAF_CPU_NARROW is not "0" (read at every call, so that benchmarks and
 // tests can compare the two paths in one process).
 inline bool narrow_shape(at::ScalarType dtype, int64_t N, int64_t K, bool forward) {
   const bool sgemm_wins = forward && dtype == at::kFloat && K * N > kMaxNarrowForwardArea;
-  return (dtype == at::kFloat || dtype == at::kDouble) && N <= kMaxNarrow && K <= kMaxNarrow &&
-         !sgemm_wins;
+  return N <= kMaxNarrow && K <= kMaxNarrow && !sgemm_wins;
 }
 inline bool narrow_fused(const Tensor& x, const Tensor& weight, bool forward) {
   const char* env = std::getenv("LAAF_CPU_NARROW");
@@ -265,6 +274,69 @@ struct ActEpilogue {
   }
 };
 
+// ---- 16-bit layers: chunks staged in float ------------------------------------
+// A bfloat16 or float16 layer runs the same float GEMMs and epilogues: each chunk of
+// x is widened into a float buffer (in L1), z, y, gz and dx live in float chunk
+// buffers, and y, z and dx round to the 16-bit type once, at the store. ATen's bf16
+// GEMM on the Intel Xeon of bench/README (no AMX) took 4.05 ms for 10^5 x 50 x 50
+// where fp32's took 2.26, and it rounds z to 16 bits before the activation sees it;
+// through this path the bf16 layer's training forward went from 5.4-5.8 to 3.1-3.4 ms
+// (the raw op); y is off act(s z) (in float64) by about half an ulp, the rounding
+// itself, where ATen's path was off by up to ~1 ulp; and each output is the fp32
+// path's on the widened values, rounded once (tests/test_fused_linear.py).
+
+// rows x cols of a 16-bit matrix (strides rs, cs) into `dst`, float rows of `cols`
+// values, contiguous.
+template <typename T>
+void widen_rows(const T* src, int64_t rs, int64_t cs, int64_t rows, int64_t cols, float* dst) {
+  if (cs == 1 && rs == cols) return widen_run(src, rows * cols, dst);  // (one run)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (cs == 1) {
+      widen_run(src + r * rs, cols, dst + r * cols);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = float(src[r * rs + c * cs]);
+    }
+  }
+}
+
+// A task's chunk buffers for a 16-bit layer (none for fp32 / fp64): `a`, a chunk
+// of x widened (the forward's and dW's GEMM operand); `c`, the GEMM's output chunk
+// (z and y; dx).
+template <typename T>
+struct ChunkStage {
+  static constexpr bool kWidened = !std::is_same_v<T, Compute<T>>;
+  std::vector<Compute<T>> a, c;
+  ChunkStage(int64_t a_cols, int64_t c_cols)
+      : a(kWidened ? kRowsPerChunk * a_cols : 0), c(kWidened ? kRowsPerChunk * c_cols : 0) {}
+};
+
+// One chunk of a 16-bit layer's forward: x widened into stage.a, z = x W^T + b on
+// float lanes into stage.c (the activation on the tiles where on_tiles), z rounded
+// into z_chunk where it is kept, y = act(s z) from the float z, rounded once into
+// y_chunk. A chunk starts at phase 0 of the walk (64 rows of cols values are whole
+// periods of it), so the walk runs over the chunk's own indices.
+template <typename T, int ACT>
+void forward_widened_chunk(const T* x_rows, int64_t x_row_stride, int64_t x_col_stride,
+                           int64_t K, int64_t rows, int64_t cols,
+                           const PackedPanel<Compute<T>>& wt,
+                           const GemmInit<Compute<T>>& init, const Compute<T>* slopes,
+                           bool on_tiles, const FlatWalk<Compute<T>>& walk,
+                           ChunkStage<T>& stage, T* z_chunk, T* y_chunk) {
+  using C = Compute<T>;
+  constexpr int64_t L = Vectorized<C>::size();
+  const int64_t count = rows * cols;
+  widen_rows(x_rows, x_row_stride, x_col_stride, rows, K, stage.a.data());
+  const StridedA<C> x_chunk{stage.a.data(), K, 1};
+  if (on_tiles) {
+    narrow_gemm(x_chunk, rows, wt, stage.c.data(), cols, init, ActEpilogue<C, ACT>{slopes});
+    narrow_run(stage.c.data(), count, y_chunk);
+    return;
+  }
+  narrow_gemm(x_chunk, rows, wt, stage.c.data(), cols, init);
+  if (z_chunk != y_chunk) narrow_run(stage.c.data(), count, z_chunk);
+  forward_flat_range<C, ACT>(stage.c.data(), y_chunk, walk, 0, (count + L - 1) / L, count);
+}
+
 // Forward: chunk by chunk of kRowsPerChunk rows, z = x W^T + b (narrow_gemm) and
 // y = act(s z). Without z to keep (z_out == y) and where the GEMM stores each lane
 // once, the activation is narrow_gemm's epilogue, applied to each tile in registers
@@ -272,31 +344,40 @@ struct ActEpilogue {
 // z_out and a flat pass over the chunk, still in cache, writes y. Both round z, then
 // s z, then act, the same way (bit for bit). The epilogue, fp32 tanh, M = 10^5,
 // K = N = 50, two threads, the raw op: 2.85-2.90 -> 2.67-2.79 ms (medians of 41,
-// eight alternating runs each).
+// eight alternating runs each). 16-bit layers: forward_widened_chunk.
 template <typename T, int ACT>
 void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_stride, int64_t K,
-                           const PackedPanel<T>& wt, const T* bias_row, const T* slopes,
-                           T* z_out, T* y, const Grid<T>& grid) {
-  using V = Vectorized<T>;
-  const FlatWalk<T> walk(grid);
+                           const PackedPanel<Compute<T>>& wt, const Compute<T>* bias_row,
+                           const Compute<T>* slopes, T* z_out, T* y,
+                           const Grid<Compute<T>>& grid) {
+  using C = Compute<T>;
+  using V = Vectorized<C>;
+  const FlatWalk<C> walk(grid);
   const int64_t total = grid.rows * grid.cols;
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const bool on_tiles = z_out == y && stores_each_lane_once(wt);
-  const GemmInit<T> init{bias_row, false};
+  const GemmInit<C> init{bias_row, false};
   at::parallel_for(0, chunks, grain(kRowsPerChunk * (K + grid.cols)), [&](int64_t k0, int64_t k1) {
+    ChunkStage<T> stage(K, grid.cols);
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = k * kRowsPerChunk;
       const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
-      const StridedA<T> x_chunk{x + r0 * x_row_stride, x_row_stride, x_col_stride};
-      if (on_tiles) {
-        narrow_gemm(x_chunk, rows, wt, y + r0 * grid.cols, grid.cols, init,
-                    ActEpilogue<T, ACT>{slopes});
-        continue;
+      const T* x_rows = x + r0 * x_row_stride;
+      T* z_chunk = z_out + r0 * grid.cols;
+      T* y_chunk = y + r0 * grid.cols;
+      if constexpr (ChunkStage<T>::kWidened) {
+        forward_widened_chunk<T, ACT>(x_rows, x_row_stride, x_col_stride, K, rows, grid.cols, wt,
+                                      init, slopes, on_tiles, walk, stage, z_chunk, y_chunk);
+      } else if (on_tiles) {
+        narrow_gemm(StridedA<T>{x_rows, x_row_stride, x_col_stride}, rows, wt, y_chunk,
+                    grid.cols, init, ActEpilogue<T, ACT>{slopes});
+      } else {
+        narrow_gemm(StridedA<T>{x_rows, x_row_stride, x_col_stride}, rows, wt, z_chunk,
+                    grid.cols, init);
+        const int64_t v0 = r0 * grid.cols / V::size();  // (64 cols is whole vectors)
+        const int64_t v1 = ((r0 + rows) * grid.cols + V::size() - 1) / V::size();
+        forward_flat_range<T, ACT>(z_out, y, walk, v0, v1, total);
       }
-      narrow_gemm(x_chunk, rows, wt, z_out + r0 * grid.cols, grid.cols, init);
-      const int64_t v0 = r0 * grid.cols / V::size();  // (64 cols is whole vectors)
-      const int64_t v1 = ((r0 + rows) * grid.cols + V::size() - 1) / V::size();
-      forward_flat_range<T, ACT>(z_out, y, walk, v0, v1, total);
     }
   });
 }
@@ -323,39 +404,53 @@ struct DwGroups {
 template <typename T, int ACT, bool FROM_Y = false>
 void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_t x_col_stride,
                             int64_t K, const T* z, const T* y,
-                            const PackedPanel<T>& w, T* dx, T* dw_parts, double* db_part,
-                            double* ds_part, const Grid<T>& grid) {
-  const FlatWalk<T> walk(grid);
+                            const PackedPanel<Compute<T>>& w, T* dx, Compute<T>* dw_parts,
+                            double* db_part, double* ds_part, const Grid<Compute<T>>& grid) {
+  using C = Compute<T>;
+  const FlatWalk<C> walk(grid);
   const int64_t cols = grid.cols, total = grid.rows * cols;
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const DwGroups groups(chunks);
   const int64_t per_group = groups.per_group;
   at::parallel_for(0, groups.count, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<T> gz(kRowsPerChunk * cols);
-    PackedPanel<T> x_chunk(kRowsPerChunk, K);
+    std::vector<C> gz(kRowsPerChunk * cols);
+    PackedPanel<C> x_chunk(kRowsPerChunk, K);
+    ChunkStage<T> stage(K, K);  // (16-bit: x widened, dx in float)
     const int64_t dw_size = cols * x_chunk.padded();
-    PhaseSums<T> db(cols, walk.period()), ds(cols, walk.period());
+    PhaseSums<C> db(cols, walk.period()), ds(cols, walk.period());
     for (int64_t grp = g0; grp < g1; ++grp) {
-      T* dw = dw_parts == nullptr ? nullptr : dw_parts + grp * dw_size;
-      if (dw != nullptr) std::fill(dw, dw + dw_size, T(0));
+      C* dw = dw_parts == nullptr ? nullptr : dw_parts + grp * dw_size;
+      if (dw != nullptr) std::fill(dw, dw + dw_size, C(0));
       for (int64_t k = grp * per_group; k < std::min(chunks, (grp + 1) * per_group); ++k) {
         const int64_t r0 = k * kRowsPerChunk;
         const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
         db.clear();
         ds.clear();
-        backward_flat_chunk<T, ACT, FROM_Y>(g, z, y, gz.data(), r0 * cols,
+        backward_flat_chunk<T, ACT, FROM_Y, C>(g, z, y, gz.data(), r0 * cols,
                                     std::min(total, (r0 + rows) * cols), walk,
                                     db_part != nullptr ? &db : nullptr,
                                     ds_part != nullptr ? &ds : nullptr);
         if (db_part != nullptr) db.fold(db_part + k * cols);
         if (ds_part != nullptr) ds.fold(ds_part + k * cols);
         if (dx != nullptr) {  // dx(r, :) = sum_n gz(r, n) W(n, :)
-          narrow_gemm(StridedA<T>{gz.data(), cols, 1}, rows, w, dx + r0 * K, K, GemmInit<T>{});
+          const StridedA<C> gz_rows{gz.data(), cols, 1};
+          if constexpr (ChunkStage<T>::kWidened) {
+            narrow_gemm(gz_rows, rows, w, stage.c.data(), K, GemmInit<C>{});
+            narrow_run(stage.c.data(), rows * K, dx + r0 * K);
+          } else {
+            narrow_gemm(gz_rows, rows, w, dx + r0 * K, K, GemmInit<C>{});
+          }
         }
         if (dw != nullptr) {  // dW(n, :) += sum_r gz(r, n) x(r, :)
-          x_chunk.pack(x + r0 * x_row_stride, rows, x_row_stride, x_col_stride);
-          narrow_gemm(StridedA<T>{gz.data(), 1, cols}, cols, x_chunk, dw, x_chunk.padded(),
-                      GemmInit<T>{nullptr, true});
+          const T* x_rows = x + r0 * x_row_stride;
+          if constexpr (ChunkStage<T>::kWidened) {
+            widen_rows(x_rows, x_row_stride, x_col_stride, rows, K, stage.a.data());
+            x_chunk.pack(stage.a.data(), rows, K, 1);
+          } else {
+            x_chunk.pack(x_rows, rows, x_row_stride, x_col_stride);
+          }
+          narrow_gemm(StridedA<C>{gz.data(), 1, cols}, cols, x_chunk, dw, x_chunk.padded(),
+                      GemmInit<C>{nullptr, true});
         }
       }
     }
@@ -364,12 +459,15 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
 
 // B(k, n) = W(n, k): the forward's panel (x W^T); B(n, k) = W(n, k): the backward's (gz W).
 // dot_tail: the GEMM's A (x, or the gz buffer) has a contiguous depth, so that C's last
-// few columns may be dot products (laaf_cpu_gemm.h: dot_tail_columns).
+// few columns may be dot products (laaf_cpu_gemm.h: dot_tail_columns). The panel is
+// in T's compute type (a 16-bit W widened).
 template <typename T>
-PackedPanel<T> pack_weight(const Tensor& weight, bool transposed, bool dot_tail) {
+PackedPanel<Compute<T>> pack_weight(const Tensor& weight_in, bool transposed, bool dot_tail) {
+  using C = Compute<T>;
+  const Tensor weight = weight_in.to(c10::CppTypeToScalarType<C>::value);
   const int64_t N = weight.size(0), K = weight.size(1);
-  PackedPanel<T> panel(transposed ? K : N, transposed ? N : K, dot_tail);
-  const T* w = weight.data_ptr<T>();
+  PackedPanel<C> panel(transposed ? K : N, transposed ? N : K, dot_tail);
+  const C* w = weight.data_ptr<C>();
   if (transposed) {
     panel.pack(w, K, weight.stride(1), weight.stride(0));
   } else {
@@ -378,8 +476,8 @@ PackedPanel<T> pack_weight(const Tensor& weight, bool transposed, bool dot_tail)
   return panel;
 }
 
-// s's values in T, one per output n (1 without s): the per-row factors of diag(s) W,
-// and the forward epilogue's per-column slopes.
+// s's values in C (s_c's type: slope_in), one per output n (1 without s): the per-row
+// factors of diag(s) W, and the forward epilogue's per-column slopes.
 template <typename T>
 std::vector<T> slope_per_row(const Tensor& s_c, int kind, int64_t N) {
   std::vector<T> factor(N, T(1));
@@ -397,12 +495,16 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weig
   Tensor y = at::empty({rows, N}, x.options());
   Tensor z = keep_z ? at::empty({rows, N}, x.options()) : y;
   if (rows * N == 0) return {y, keep_z ? z : at::empty({0}, x.options())};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_fwd_narrow", [&] {
-    const auto wt = pack_weight<scalar_t>(weight, true, /*dot_tail=*/x.stride(1) == 1);
-    const auto bias_row = padded_row<scalar_t>(
-        bias.has_value() ? bias->contiguous().data_ptr<scalar_t>() : nullptr, N);
+  LAAF_DISPATCH_CPU_TYPES(x.scalar_type(), "laaf_cpp_linear_fwd_narrow", [&] {
+    using C = Compute<scalar_t>;
+    // (A 16-bit x is widened into a contiguous chunk: the dot tail's A.)
+    const bool contiguous_depth = x.stride(1) == 1 || ChunkStage<scalar_t>::kWidened;
+    const auto wt = pack_weight<scalar_t>(weight, true, /*dot_tail=*/contiguous_depth);
+    const Tensor bias_c =
+        bias.has_value() ? bias->to(c10::CppTypeToScalarType<C>::value).contiguous() : Tensor();
+    const auto bias_row = padded_row<C>(data_or_null<C>(bias_c), N);
     const auto grid = make_grid<scalar_t>(rows, N, s_c, kind, false, 0);
-    const auto slopes = padded_row(slope_per_row<scalar_t>(s_c, kind, N).data(), N);
+    const auto slopes = padded_row(slope_per_row<C>(s_c, kind, N).data(), N);
     LAAF_ACT_SWITCH(act, [&] {
       linear_forward_narrow<scalar_t, ACT>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
                                            wt, bias_row.data(), slopes.data(),
@@ -433,7 +535,7 @@ Tensor ds_of(const std::vector<double>& per_channel, const Tensor& s) {
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor> narrow_param_grads(
     const std::vector<double>& gram, int64_t k_padded, const std::vector<double>& cols,
-    const std::vector<double>& ds_sums, const std::vector<T>& s_rows, const Tensor& x,
+    const std::vector<double>& ds_sums, const std::vector<Compute<T>>& s_rows, const Tensor& x,
     const Tensor& weight, const c10::optional<Tensor>& bias, const c10::optional<Tensor>& s,
     Needs need, bool from_y) {
   const int64_t N = weight.size(0), K = weight.size(1);
@@ -496,20 +598,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   Tensor db_part = want_cols ? at::empty({chunks, N}, dbl) : Tensor();
   Tensor ds_part = need.ds && !from_y ? at::empty({chunks, N}, dbl) : Tensor();
   std::tuple<Tensor, Tensor, Tensor> params;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
-    const auto s_rows = slope_per_row<scalar_t>(s_c, slope_kind(s), N);
+  LAAF_DISPATCH_CPU_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
+    using C = Compute<scalar_t>;
+    const auto s_rows = slope_per_row<C>(s_c, slope_kind(s), N);
     auto w = need.dx ? pack_weight<scalar_t>(weight, false, /*dot_tail=*/true)  // (A = gz)
-                     : PackedPanel<scalar_t>(0, K);
+                     : PackedPanel<C>(0, K);
     if (from_y && need.dx && s.has_value()) w.scale_rows(s_rows.data());
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
-    const int64_t k_padded = padded_width<scalar_t>(K);  // dW's rows (narrow_gemm accumulates)
-    Tensor dw_parts = want_g ? at::empty({groups, N, k_padded}, x.options()) : Tensor();
+    const int64_t k_padded = padded_width<C>(K);  // dW's rows (narrow_gemm accumulates)
+    const auto c_options = x.options().dtype(c10::CppTypeToScalarType<C>::value);
+    Tensor dw_parts = want_g ? at::empty({groups, N, k_padded}, c_options) : Tensor();
     const auto run = [&](auto act_c, auto from_y_c) {
       linear_backward_narrow<scalar_t, decltype(act_c)::value, decltype(from_y_c)::value>(
           g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
           data_or_null<scalar_t>(z), data_or_null<scalar_t>(y),
           w, need.dx ? dx.data_ptr<scalar_t>() : nullptr,
-          data_or_null<scalar_t>(dw_parts), data_or_null<double>(db_part),
+          data_or_null<C>(dw_parts), data_or_null<double>(db_part),
           data_or_null<double>(ds_part), grid);
     };
     if (from_y) {  // only for an act' written in y: any other is an error, not a no-op
@@ -518,7 +622,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
       LAAF_ACT_SWITCH(act, [&] { run(std::integral_constant<int, ACT>{}, std::false_type{}); });
     }
     const std::vector<double> gram =
-        want_g ? fold_sums(dw_parts.data_ptr<scalar_t>(), groups, N * k_padded)
+        want_g ? fold_sums(dw_parts.data_ptr<C>(), groups, N * k_padded)
                : std::vector<double>();
     const std::vector<double> cols =
         want_cols ? fold_sums(db_part.data_ptr<double>(), chunks, N) : std::vector<double>();

@@ -331,7 +331,7 @@ CPP_TARGETS = [t for t in TARGETS if t.values[0] == ("cpp", "cpu")]
                                    ((70,), 128, 128, False), ((67,), 3, 20, True)],
                          ids=["many_groups_noncontig", "k1_n1", "k128_n128", "pinn_input"])
 def test_cpp_narrow_fused_gemms(target, kind, shape, monkeypatch):
-    """Layers with K, N <= 128 (fp32, fp64) run the C++ extension's own GEMMs fused
+    """Layers with K, N <= 128 run the C++ extension's own GEMMs fused
     with the epilogues (csrc/laaf_cpu_gemm.h): row tiles of 4, 2 and 1, column panels
     of 1 to 4 vectors, dW summed per group of 64-row chunks (1031 rows: 17 chunks,
     5 groups, the last chunk partial). Against the reference, and against the
@@ -416,6 +416,43 @@ def test_cpp_narrow_forward_epilogue_is_the_flat_pass_bit_for_bit(target, dtype,
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype):
+    """A bfloat16 / float16 narrow layer runs the fp32 path's own GEMMs and epilogues
+    on its values widened to float, and rounds y, z, dx, dW, db and ds once, at the end
+    (csrc/laaf_cpu.cpp: ChunkStage). So each output is bit for bit the fp32 op's on the
+    widened inputs (widening is exact), rounded to the 16-bit type: at every panel
+    width as N and as K, for tanh (no z kept: act' from y, ds from the dW GEMM) and sin
+    (z kept), every slope kind, 67 rows (a chunk and a partial one). The fp32 forward
+    above K N = 120^2 is ATen's sgemm, so there only the backward is compared."""
+    ops = torch.ops.laaf
+    gen = torch.Generator().manual_seed(83)
+    for i, n_out in enumerate(PANEL_WIDTHS):
+        k_in = PANEL_WIDTHS[(i + 5) % len(PANEL_WIDTHS)]
+        x, g = (torch.randn(67, width, generator=gen).to(dtype) for width in (k_in, n_out))
+        w = (torch.randn(n_out, k_in, generator=gen) / k_in ** 0.5).to(dtype)
+        b = torch.randn(n_out, generator=gen).to(dtype)
+        s_vec = (1 + torch.rand(n_out, generator=gen)).to(dtype)
+        for s, activation in ((None, "tanh"), (s_vec[0].clone(), "sin"), (s_vec, "tanh"),
+                              (s_vec, "sin")):
+            where = f"{activation}, K={k_in}, N={n_out}, slope {None if s is None else s.dim()}"
+            wide = [None if t is None else t.float() for t in (x, w, b, s)]
+            y, z = ops.cpp_linear_fwd(x, w, b, s, activation, True)
+            assert (z.numel() > 0) == (activation == "sin"), where
+            if k_in * n_out <= 120 * 120:
+                y32, z32 = ops.cpp_linear_fwd(*wide, activation, True)
+                assert torch.equal(y, y32.to(dtype)), f"y, {where}"
+                assert torch.equal(z, z32.to(dtype)), f"z, {where}"
+            for need in ((True,) * 4, (False, True, False, True), (True, False, True, False)):
+                grads = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, *need)
+                grads32 = ops.cpp_linear_bwd(g.float(), *wide[:3], z.float(), wide[3], y.float(),
+                                             activation, *need)
+                for name, got, want in zip(("dx", "dW", "db", "ds"), grads, grads32):
+                    assert got.dtype == dtype, f"{name}, {where}"
+                    assert torch.equal(got, want.to(dtype)), f"{name}, {where}, need {need}"
+
+
+@pytest.mark.parametrize("target", CPP_TARGETS)
 @pytest.mark.parametrize("k_in, n_out", [(121, 119), (120, 120), (128, 128), (128, 20)],
                          ids=["narrow_fwd_121x119", "narrow_fwd_120x120", "sgemm_fwd_128x128",
                               "narrow_fwd_128x20"])
@@ -478,14 +515,16 @@ def test_raw_ops_refuse_mis_shaped_arguments(target):
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["fp32", "fp64", "bf16", "fp16"])
 def test_cpp_training_forward_keeps_z_only_where_the_backward_needs_it(target, dtype):
     """The narrow path (K, N <= 128) with an act' given by y keeps no z: its backward
     takes gh = g act'(y) and ds = sum_n W(n, :) . (gh^T x)(n, :) + b(n) sum gh(:, n)
     (csrc/laaf_cpu.cpp: linear_bwd_narrow). So autograd saves x and y only, 2/3 of what
     eager saves at K = N (x, z and y). A layer whose act' needs h (sin), or a wide one
     (K = 130, ATen's GEMMs), keeps z. The fake (cpp_backend.stores_z) says the same as
-    the kernel in every case."""
+    the kernel in every case. In every dtype: bf16 and fp16 layers take the narrow
+    path too (their chunks widened to fp32)."""
     from bench.memory import saved_bytes
     from laaf_kernels.ops import cpp_backend
     gen = torch.Generator().manual_seed(43)
@@ -552,16 +591,19 @@ def test_cpp_backward_without_z_forms_it_again_off_the_narrow_path(target, monke
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("activation", ["tanh", "sin"])
-def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target, activation):
+def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target, activation, dtype):
     """The narrow path's GEMMs are ours, so here even z, dx and dW are bit-identical
     whatever the thread count: every sum runs in a fixed order over fixed chunks
     and groups (cf. the test above it, where ATen's GEMMs must be held fixed). tanh
-    keeps no z (its backward takes act' from y and ds from the dW GEMM), sin keeps z."""
+    keeps no z (its backward takes act' from y and ds from the dW GEMM), sin keeps z.
+    bf16: the same float sums on widened chunks (ChunkStage)."""
     gen = torch.Generator().manual_seed(37)
     x, w = torch.randn(1031, 50, generator=gen), torch.randn(29, 50, generator=gen)
     b, s = torch.randn(29, generator=gen), torch.rand(29, generator=gen)
     g = torch.randn(1031, 29, generator=gen)
+    x, w, b, s, g = (t.to(dtype) for t in (x, w, b, s, g))
     results = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -650,13 +692,14 @@ CAPABILITY_TESTS = {
     "test_fused_linear.py": ("test_cpp_fp32_tanh_is_within_three_ulp",
                              "test_cpp_fp64_tanh_is_within_one_ulp",
                              "test_cpp_sigmoid_is_within_three_ulp",
-                             "test_cpp_narrow_gemm_every_panel_layout"),
+                             "test_cpp_narrow_gemm_every_panel_layout",
+                             "test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once"),
     "test_fused_flexible.py": ("test_cpp_cbrt_is_within_one_ulp",
                                "test_nan_reaches_the_output_like_the_reference"),
     "test_fused_activation.py": ("test_nan_reaches_the_output_like_the_reference",
                                  "test_half_precision_rounds_once_as_torch_rounds"),
 }
-CAPABILITY_TEST_COUNT = 5 + (1 + 2 * len(FLEXIBLE_KINDS)) + 2 * len(ACTIVATIONS) + 2
+CAPABILITY_TEST_COUNT = 7 + (1 + 2 * len(FLEXIBLE_KINDS)) + 2 * len(ACTIVATIONS) + 2
 
 
 @pytest.mark.skipif(str(torch.backends.cpu.get_cpu_capability()) != "AVX512",

@@ -3,8 +3,10 @@ with fake implementations and the shared autograd of :mod:`laaf_kernels.ops.auto
 
 Import this module only once :func:`laaf_kernels.ops.extension.load` has succeeded.
 The kernels take float32, float64, bfloat16 and float16; the two 16-bit types are
-widened to float32 lanes for the epilogues (one rounding at each store), and the
-GEMMs are ATen's in the input dtype, as ``nn.Linear``'s are.
+widened to float32 lanes for the epilogues (one rounding at each store). A narrow
+layer's GEMMs (K, N <= 128) are the extension's own, in float32 for the 16-bit types
+(chunks of x widened, z never rounded to 16 bits); a wider layer's are ATen's in the
+input dtype, as ``nn.Linear``'s are.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype, activation: str) -> bool:
     """Whether the CPU forward returns z: in training, except for a narrow layer (K, N <=
-    128; fp32 up to K N = 120^2) whose act' is a function of y: its backward needs only
-    x and y (csrc/laaf_cpu.cpp: linear_bwd_narrow forms ds from W and gh^T x). Elsewhere
+    128, any dtype; fp32 up to K N = 120^2) whose act' is a function of y: its backward
+    needs only x and y (csrc/laaf_cpu.cpp: linear_bwd_narrow forms ds from W and gh^T x). Elsewhere
     recomputing z would be a second GEMM. The C++ op answers (a function of the shape,
     dtype and activation, not of LAAF_CPU_NARROW), so that the fake and the kernel
     cannot disagree."""

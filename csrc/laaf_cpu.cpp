@@ -242,11 +242,12 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
 // 16384, 2 threads, fused epilogue included): at K = N = 128 MKL's sgemm was 10-15 %
 // faster than ours (W's packed panel, 64 KB, no longer fits L1), at 120 x 120 they
 // tied, and at 112 x 112 and below ours won. The backward won or tied at every
-// K, N <= 128, and fp64 won everywhere. So do bf16 and fp16 (ChunkStage: our fp32
-// GEMM on widened chunks; stop 30, Intel Xeon, 2 threads, training forward / forward
-// + backward, ms, against LAAF_CPU_NARROW=0): bf16 M = 16384, K = N = 128 2.57 / 8.98
-// against 4.12 / 15.69, fp16 (ATen's GEMM on AVX512-FP16 here) 2.39 / 8.27 against
-// 2.51 / 9.38, and by more at every narrower width timed (100, 64; 10^5 x 50 x 50).
+// K, N <= 128, and fp64 won everywhere. bf16 and fp16 take the narrow path at every
+// K, N <= 128 (ChunkStage: our fp32 GEMM on widened chunks). Stop 30, Intel Xeon, 2
+// threads, M = 16384, K = N = 128, training forward / forward + backward, ms, against
+// the build before (ATen's 16-bit GEMMs): bf16 2.39-2.47 / 7.55-7.99 against 4.15-4.21
+// / 12.1-12.2; fp16, whose ATen GEMM runs on AVX512-FP16 here, 2.29-2.50 / 7.43-8.19
+// against 2.56-2.67 / 7.36-7.59, a tie; from K = N = 100 down both won clearly.
 constexpr int64_t kMaxNarrowForwardArea = 120 * 120;
 
 // Whether the linear layer takes the fused narrow path: K and N at most kMaxNarrow

@@ -424,7 +424,9 @@ def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype):
     widened inputs (widening is exact), rounded to the 16-bit type: at every panel
     width as N and as K, for tanh (no z kept: act' from y, ds from the dW GEMM) and sin
     (z kept), every slope kind, 67 rows (a chunk and a partial one). The fp32 forward
-    above K N = 120^2 is ATen's sgemm, so there only the backward is compared."""
+    above K N = 120^2 is ATen's sgemm, so there only the backward is compared. x is
+    widened into a contiguous chunk whatever its strides (widen_rows), so a transposed
+    x and one with padded rows give the contiguous x's outputs, bit for bit."""
     ops = torch.ops.laaf
     gen = torch.Generator().manual_seed(83)
     for i, n_out in enumerate(PANEL_WIDTHS):
@@ -450,6 +452,14 @@ def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype):
                 for name, got, want in zip(("dx", "dW", "db", "ds"), grads, grads32):
                     assert got.dtype == dtype, f"{name}, {where}"
                     assert torch.equal(got, want.to(dtype)), f"{name}, {where}, need {need}"
+            padded_rows = torch.zeros(67, k_in + 3, dtype=dtype)[:, 1:k_in + 1].copy_(x)
+            for strided in (x.t().contiguous().t(), padded_rows):
+                out = ops.cpp_linear_fwd(strided, w, b, s, activation, True)
+                out += ops.cpp_linear_bwd(g, strided, w, b, out[1], s, out[0], activation,
+                                          *(True,) * 4)
+                want = (y, z, *ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, *(True,) * 4))
+                assert all(torch.equal(p, q) for p, q in zip(out, want)), (
+                    f"x of strides {strided.stride()}, {where}")
 
 
 @pytest.mark.parametrize("target", CPP_TARGETS)

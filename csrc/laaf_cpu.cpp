@@ -71,18 +71,15 @@ void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
 }
 
 // Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = act(s z).
-// y may be of another storage type than z with the same compute type (a 16-bit
-// layer's float z chunk in, its y out: linear_forward_narrow).
-template <typename T, int ACT, typename Y = T>
-void forward_flat_range(const T* z, Y* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
+template <typename T, int ACT>
+void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
                         int64_t v1, int64_t total) {
-  static_assert(std::is_same_v<Compute<T>, Compute<Y>>, "z and y in one compute type");
   using V = Vectorized<Compute<T>>;
   for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
     const int64_t at = v * V::size();
     const int64_t n = std::min<int64_t>(V::size(), total - at);
     const V h = Io<T>::load(z + at, n) * walk.slope(p);
-    Io<Y>::store(Act<ACT>::value(h), y + at, n);
+    Io<T>::store(Act<ACT>::value(h), y + at, n);
   }
 }
 
@@ -286,20 +283,6 @@ struct ActEpilogue {
 // itself, where ATen's path was off by up to ~1 ulp; and each output is the fp32
 // path's on the widened values, rounded once (tests/test_fused_linear.py).
 
-// rows x cols of a 16-bit matrix (strides rs, cs) into `dst`, float rows of `cols`
-// values, contiguous.
-template <typename T>
-void widen_rows(const T* src, int64_t rs, int64_t cs, int64_t rows, int64_t cols, float* dst) {
-  if (cs == 1 && rs == cols) return widen_run(src, rows * cols, dst);  // (one run)
-  for (int64_t r = 0; r < rows; ++r) {
-    if (cs == 1) {
-      widen_run(src + r * rs, cols, dst + r * cols);
-    } else {
-      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = float(src[r * rs + c * cs]);
-    }
-  }
-}
-
 // A task's chunk buffers for a 16-bit layer (none for fp32 / fp64): `a`, a chunk
 // of x widened (the forward's and dW's GEMM operand); `c`, the GEMM's output chunk
 // (z and y; dx).
@@ -312,10 +295,10 @@ struct ChunkStage {
 };
 
 // One chunk of a 16-bit layer's forward: x widened into stage.a, z = x W^T + b on
-// float lanes into stage.c (the activation on the tiles where on_tiles), z rounded
-// into z_chunk where it is kept, y = act(s z) from the float z, rounded once into
-// y_chunk. A chunk starts at phase 0 of the walk (64 rows of cols values are whole
-// periods of it), so the walk runs over the chunk's own indices.
+// float lanes into stage.c, z rounded into z_chunk where it is kept, y = act(s z) in
+// place on the float z (on the GEMM's tiles where on_tiles, else a flat pass), then
+// rounded once into y_chunk. A chunk starts at phase 0 of the walk (64 rows of cols
+// values are whole periods of it), so the walk runs over the chunk's own indices.
 template <typename T, int ACT>
 void forward_widened_chunk(const T* x_rows, int64_t x_row_stride, int64_t x_col_stride,
                            int64_t K, int64_t rows, int64_t cols,
@@ -328,14 +311,15 @@ void forward_widened_chunk(const T* x_rows, int64_t x_row_stride, int64_t x_col_
   const int64_t count = rows * cols;
   widen_rows(x_rows, x_row_stride, x_col_stride, rows, K, stage.a.data());
   const StridedA<C> x_chunk{stage.a.data(), K, 1};
+  C* c = stage.c.data();
   if (on_tiles) {
-    narrow_gemm(x_chunk, rows, wt, stage.c.data(), cols, init, ActEpilogue<C, ACT>{slopes});
-    narrow_run(stage.c.data(), count, y_chunk);
-    return;
+    narrow_gemm(x_chunk, rows, wt, c, cols, init, ActEpilogue<C, ACT>{slopes});
+  } else {
+    narrow_gemm(x_chunk, rows, wt, c, cols, init);
+    if (z_chunk != y_chunk) narrow_run(c, count, z_chunk);
+    forward_flat_range<C, ACT>(c, c, walk, 0, (count + L - 1) / L, count);
   }
-  narrow_gemm(x_chunk, rows, wt, stage.c.data(), cols, init);
-  if (z_chunk != y_chunk) narrow_run(stage.c.data(), count, z_chunk);
-  forward_flat_range<C, ACT>(stage.c.data(), y_chunk, walk, 0, (count + L - 1) / L, count);
+  narrow_run(c, count, y_chunk);
 }
 
 // Forward: chunk by chunk of kRowsPerChunk rows, z = x W^T + b (narrow_gemm) and

@@ -208,6 +208,20 @@ void narrow_run(const float* from, int64_t n, T* to) {
   }
 }
 
+// rows x cols of a 16-bit matrix (strides rs, cs) into `dst`, float rows of `cols`
+// values, contiguous (a narrow layer's chunk of x: ChunkStage).
+template <typename T>
+void widen_rows(const T* src, int64_t rs, int64_t cs, int64_t rows, int64_t cols, float* dst) {
+  if (cs == 1 && rs == cols) return widen_run(src, rows * cols, dst);  // (one run)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (cs == 1) {
+      widen_run(src + r * rs, cols, dst + r * cols);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = float(src[r * rs + c * cs]);
+    }
+  }
+}
+
 inline int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
 }

@@ -11,7 +11,10 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
+
+#include "laaf_tanh_slots.h"  // tanh_by_slots' tables (generated)
 
 namespace laaf {
 
@@ -202,41 +205,61 @@ inline V fast_tanh_double(const V& x) {
   return t | (x & V(-0.0));  // x's sign: tanh is odd, and tanh(-0) = -0
 }
 
-// n / d for a quotient that enters its result only as a small correction, d a
-// normal positive float: on AVX-512 float lanes rcp14 (relative error < 2^-14) and one
-// Newton step, r = r0 + r0 (1 - d r0) (~2^-23), which leaves the divider free (a zmm
-// vdivps blocks it for ~10 cycles); elsewhere a division.
-template <typename V>
-inline V correction_quotient(const V& n, const V& d) {
 #if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (kIsFloatLanes<V>) {
-    const __m512 r0 = _mm512_rcp14_ps(d);
-    const __m512 e = _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(1.0f));  // 1 - d r0, exact
-    return V(_mm512_mul_ps(n, _mm512_fmadd_ps(e, r0, r0)));
-  }
-#endif
-  return n / d;
+// tanh on AVX-512 float lanes from 32 polynomial slots, with no division:
+//   a = min(|x|, 9.5)                           (NaN kept)
+//   i = low 5 bits of bits(max(a, 2^-4)) >> 21  (3 exponent bits, 2 mantissa bits)
+//   w = a - center[i],  t = c0[i] + w (c1[i] + ... + w c5[i]),  tanh = t with x's sign
+// Each octave of a in [2^-4, 16) is 4 slots, read with one vpermt2ps per table (32
+// floats in two registers). Slot 12 also takes every a below 2^-4, with center 0,
+// c0 = 0 and c1 = 1, so that a tiny x gives x exactly. Tables and their fit:
+// laaf_tanh_slots.h, from tools/fit_minimax.py (fp32_tanh_slots). Within 1.4 ulp, exactly
+// +-1 from 9.5 on, -0 and NaN kept. 18 instructions a vector (7 vpermt2ps) against the doubling
+// formula's ~21 and a division: one thread, in L1, 0.357 -> 0.274 ns a lane
+// (tools/vec_math_bench.cpp), and as the GEMM epilogue of 10^5 x 50 x 50 (fp32, in L1)
+// ~16 -> ~12 ns a row.
+inline __m512 tanh_slot_table(__m512i slot, const float* table) {
+  return _mm512_permutex2var_ps(_mm512_load_ps(table), slot, _mm512_load_ps(table + 16));
 }
+inline at::vec::Vectorized<float> tanh_by_slots(const at::vec::Vectorized<float>& x) {
+  using namespace tanh_slots;
+  // min(kClamp, |x|): vminps returns its second operand where either is NaN, so a NaN x
+  // stays NaN (vrangeps, one instruction for both, returns the other operand instead).
+  const __m512 a = _mm512_min_ps(_mm512_set1_ps(kClamp), _mm512_abs_ps(x));
+  const __m512i slot =
+      _mm512_srli_epi32(_mm512_castps_si512(_mm512_max_ps(a, _mm512_set1_ps(kFloor))), 21);
+  const __m512 w = _mm512_sub_ps(a, tanh_slot_table(slot, kCenter));
+  __m512 t = tanh_slot_table(slot, kC5);
+  t = _mm512_fmadd_ps(t, w, tanh_slot_table(slot, kC4));
+  t = _mm512_fmadd_ps(t, w, tanh_slot_table(slot, kC3));
+  t = _mm512_fmadd_ps(t, w, tanh_slot_table(slot, kC2));
+  t = _mm512_fmadd_ps(t, w, tanh_slot_table(slot, kC1));
+  t = _mm512_fmadd_ps(t, w, tanh_slot_table(slot, kC0));
+  // t | (x & -0): tanh is odd (0xF8: A | (B & C))
+  return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+      _mm512_castps_si512(t), _mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN), 0xF8));
+}
+#endif
 
 // tanh, by lane type:
-//  * float, x clamped to [-10, 10] (NaN propagates), v = x^2:
+//  * float on AVX-512: tanh_by_slots above.
+//  * float on AVX2, x clamped to [-10, 10] (NaN propagates), v = x^2:
 //      T = x + x v N(v) / D(v)  ~ 2 tanh(x / 2)      (N, D quadratics)
 //      tanh(x) = 4 T / (4 + T^2)                   (tanh(2h) = 2t / (1 + t^2))
 //    The doubling formula scales an error in t by (1 - t^2) / (1 + t^2), and the
 //    rational only enters t as a correction, so its own rounding hardly reaches the
 //    result: within 2.4 ulp of the true tanh, exactly +-1 from |x| ~ 9 on. On AVX2,
-//    2.4 ns per 8 lanes where the expm1 formula it replaced took 4.5. Since N / D is
-//    only that correction, it is correction_quotient's: on AVX-512 the worst error
-//    stays 2.42 ulp and the cost falls from 0.424 to 0.328 ns a lane (one thread, in
-//    L1, stop 26). The last quotient keeps its division: with rcp14 and a Newton step
-//    there too it was 0.353 ns and 2.77 ulp; forming tanh as 4 p D / (4 D^2 + p^2),
-//    p = x (D + v N), with one division, 0.281 ns but 4.1 ulp.
+//    2.4 ns per 8 lanes where the expm1 formula it replaced took 4.5. (Until stop 31
+//    AVX-512 ran it too, N / D from rcp14 and a Newton step: 0.33-0.36 ns a lane.)
 //  * double on AVX2 / AVX-512: fast_tanh_double above, within 0.92 ulp, 12.6 ns per
 //    4 lanes on Zen 3 where at::vec's Sleef tanh_u10 takes 24.5 (AVX-512: see the top).
 template <typename V>
 inline V fast_tanh(const V& x) {
 #if LAAF_VEC_FAST_MATH
   if constexpr (kIsFloatLanes<V>) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return tanh_by_slots(x);
+#else
     // (at::vec::clamp keeps a NaN x on these ISAs: max(lo, x), then min(hi, .).)
     const V c = at::vec::clamp(x, V(-10.0f), V(10.0f));
     const V v = c * c;
@@ -244,8 +267,10 @@ inline V fast_tanh(const V& x) {
         at::vec::fmadd(v, V(-6.57302976e-08f), V(-0.0009688586f)), v, V(-0.083333239f));
     const V d = at::vec::fmadd(
         at::vec::fmadd(v, V(0.00104459305f), V(0.111625187f)), v, V(1.0f));
-    const V t2 = at::vec::fmadd(c * v, correction_quotient(n, d), c);  // T = 2 tanh(x / 2)
-    return (t2 * V(4.0f)) / at::vec::fmadd(t2, t2, V(4.0f));
+    const V t2 = at::vec::fmadd(c * v, n / d, c);  // T = 2 tanh(x / 2)
+    // (x's sign again: for x = -0, T = (-0 v) q + -0 is +0, and torch's tanh(-0) is -0)
+    return (t2 * V(4.0f)) / at::vec::fmadd(t2, t2, V(4.0f)) | (x & V(-0.0f));
+#endif
   }
   if constexpr (kIsDoubleLanes<V>) {
     return fast_tanh_double(x);

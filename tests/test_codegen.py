@@ -8,6 +8,26 @@ def test_generated_files_are_fresh():
     assert not stale, f"regenerate with `python -m laaf_kernels.kernels.codegen`: {stale}"
 
 
+def _fit_minimax():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "fit_minimax.py"
+    spec = importlib.util.spec_from_file_location("fit_minimax", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path.parents[1]
+
+
+def test_tanh_slots_header_is_the_fit():
+    """csrc/laaf_tanh_slots.h (the AVX-512 fp32 tanh's tables) is what
+    `python tools/fit_minimax.py fp32_tanh_slots` writes: a fit in mpmath, deterministic,
+    ~10 s; its coefficients rounded to float32."""
+    fit, root = _fit_minimax()
+    header, _ = fit.mp.workdps(40)(fit.tanh_slots_header)()
+    assert (root / fit.TANH_SLOTS_HEADER).read_text() == header, \
+        "regenerate with `python tools/fit_minimax.py fp32_tanh_slots`"
+
+
 def test_activation_ids_cover_the_table():
     assert list(codegen.ACT_IDS) == list(ACTIVATIONS)
     assert sorted(codegen.ACT_IDS.values()) == list(range(len(ACTIVATIONS)))

@@ -1,6 +1,6 @@
 """Fit the coefficients of the C++ CPU fast paths (csrc/laaf_activations.h).
 
-    python tools/fit_minimax.py [fp32_tanh | fp64_tanh | fp64_exp | fp64_cbrt ...]   (all by default)
+    python tools/fit_minimax.py [fp32_tanh | fp32_tanh_slots | fp64_tanh | fp64_exp | fp64_cbrt ...]   (all by default)
 
 Each fit is a weighted minimax of a rational N/D (D(0) = 1; a polynomial where D has
 degree 0), by Lawson's iteratively reweighted least squares in 40-digit mpmath, the
@@ -152,7 +152,123 @@ def fit_fp64_cbrt():
     report("fp64_cbrt", err, [("P", num, ms)], target, weight, "double")
 
 
-FITS = {"fp32_tanh": fit_fp32_tanh, "fp64_tanh": fit_fp64_tanh, "fp64_exp": fit_fp64_exp,
+# fp32_tanh_slots: csrc/laaf_tanh_slots.h, the tables of tanh_by_slots (AVX-512 fp32).
+# The slot of a = min(|x|, CLAMP) is the low 5 bits of max(a, FLOOR)'s bits >> 21: the
+# low 3 exponent bits and the top 2 mantissa bits, so that the 8 octaves [2^-4, 16)
+# are 4 slots each (vpermt2ps reads only those 5 bits of an index). The first slot also
+# takes every a below 2^-4; a stops at CLAMP, inside [8, 10). Each slot holds a degree-5
+# polynomial in w = a - center (center 0 in the first slot, where c0 = 0, c1 = 1 and the
+# rest is fitted to tanh's relative error, so that tiny a give a exactly).
+TANH_SLOTS_CLAMP, TANH_SLOTS_FLOOR, TANH_SLOTS_DEGREE = 9.5, 2.0 ** -4, 5
+TANH_SLOTS_HEADER = "csrc/laaf_tanh_slots.h"
+
+
+def tanh_slot_of(a):
+    """The slot of a float a in [0, CLAMP] (what tanh_by_slots computes in lanes)."""
+    bits = int(np.array(max(np.float32(a), np.float32(TANH_SLOTS_FLOOR)), np.float32).view(np.uint32))
+    return (bits >> 21) & 31
+
+
+def tanh_slot_ranges():
+    """{slot: (lo, hi)}: the a each reachable slot covers."""
+    ranges = {}
+    for octave in range(-4, 4):
+        for quarter in range(4):
+            lo, hi = 2.0 ** octave * (1 + quarter / 4), 2.0 ** octave * (1 + (quarter + 1) / 4)
+            if octave == 3 and quarter > 0:
+                continue  # past the clamp
+            ranges[tanh_slot_of(lo)] = (0.0 if lo == TANH_SLOTS_FLOOR else lo,
+                                        min(hi, TANH_SLOTS_CLAMP))
+    return ranges
+
+
+def fit_tanh_slot(lo, hi, points=120):
+    """(center, [c0 .. c5]) of one slot: minimax of tanh's relative error."""
+    deg = TANH_SLOTS_DEGREE
+    if lo == 0.0:  # tanh(a) = a + a^2 P(a): fit P, weighted by a^2 / tanh(a)
+        xs = chebyshev_points(mp.mpf("1e-6"), hi, points)
+        target = [(mp.tanh(a) - a) / a ** 2 for a in xs]
+        weight = [a ** 2 / mp.tanh(a) for a in xs]
+        num, _, _ = lawson(xs, target, weight, deg - 2, 0, mp.mpf(hi), iterations=25)
+        return 0.0, [0.0, 1.0] + [num[k] / mp.mpf(hi) ** k for k in range(deg - 1)]
+    center = float(np.float32((lo + hi) / 2))
+    half = mp.mpf(hi - lo) / 2
+    ws = [a - center for a in chebyshev_points(mp.mpf(lo), mp.mpf(hi), points)]
+    target = [mp.tanh(w + center) for w in ws]
+    num, _, _ = lawson(ws, target, [1 / t for t in target], deg, 0, half, iterations=25)
+    return center, [num[k] / half ** k for k in range(deg + 1)]
+
+
+def tanh_by_slots_f32(a, center, coefs):
+    """tanh_by_slots on float32 a >= 0 in numpy: float32 steps, each FMA rounded once
+    (the product of two floats is exact in float64)."""
+    a = np.minimum(a.astype(np.float32), np.float32(TANH_SLOTS_CLAMP))
+    slot = (np.maximum(a, np.float32(TANH_SLOTS_FLOOR)).view(np.uint32) >> 21) & 31
+    w = (a - center[slot]).astype(np.float32)
+    r = coefs[-1][slot]
+    for c in coefs[-2::-1]:
+        r = (r.astype(np.float64) * w + c[slot]).astype(np.float32)
+    return r
+
+
+def float_literal(x):
+    text = f"{x:.9g}"
+    return (text if any(c in text for c in ".en") else text + ".0") + "f"
+
+
+def fit_fp32_tanh_slots(path=TANH_SLOTS_HEADER):
+    with mp.workdps(40):
+        header, report_line = tanh_slots_header()
+    with open(path, "w") as out:
+        out.write(header)
+    print(report_line + f"\n  wrote {path}")
+
+
+def tanh_slots_header():
+    """(the text of laaf_tanh_slots.h, a line on its accuracy)."""
+    center, coefs = np.ones(32, np.float32) * 8.75, np.zeros((TANH_SLOTS_DEGREE + 1, 32), np.float32)
+    coefs[0] = 1.0  # the slots past the clamp (never read): tanh = 1
+    for slot, (lo, hi) in sorted(tanh_slot_ranges().items()):
+        c, cs = fit_tanh_slot(lo, hi)
+        center[slot] = c
+        coefs[:, slot] = rounded(cs, "float")
+    a = np.concatenate([np.linspace(0, 12, 2_000_001), np.geomspace(1e-30, 0.1, 20_001)]).astype(np.float32)
+    got = tanh_by_slots_f32(a, center, coefs).astype(np.float64)
+    truth = np.tanh(a.astype(np.longdouble))
+    t32 = truth.astype(np.float32)
+    ulp = (np.nextafter(t32, np.float32(np.inf)) - t32).astype(np.float64)
+    err = np.abs(got - truth).astype(np.float64) / ulp
+    saturated = float(tanh_by_slots_f32(np.array([TANH_SLOTS_CLAMP]), center, coefs)[0])
+    report_line = (f"fp32_tanh_slots: {len(tanh_slot_ranges())} slots, worst {err.max():.3f} ulp "
+                   f"at a = {a[err.argmax()]:.9g}; tanh({TANH_SLOTS_CLAMP}) -> {saturated!r}")
+    table = lambda name, v: (f"alignas(64) inline constexpr float {name}[32] = {{\n    "
+                             + ",\n    ".join(", ".join(float_literal(x) for x in v[i:i + 4])
+                                               for i in range(0, 32, 4)) + "};")
+    body = "\n".join([table("kCenter", center)] +
+                     [table(f"kC{k}", coefs[k]) for k in range(TANH_SLOTS_DEGREE + 1)])
+    return TANH_SLOTS_TEMPLATE.format(clamp=TANH_SLOTS_CLAMP, floor=TANH_SLOTS_FLOOR,
+                                      body=body), report_line
+
+
+TANH_SLOTS_TEMPLATE = """// GENERATED by `python tools/fit_minimax.py fp32_tanh_slots`: do not edit.
+// The tables of laaf_vec_math.h's tanh_by_slots (AVX-512 fp32 lanes): for slot i,
+// tanh(a) ~ kC0[i] + w (kC1[i] + w (... + w kC5[i])), w = a - kCenter[i], a = min(|x|,
+// kClamp), i = the low 5 bits of max(a, kFloor)'s bits >> 21 (see the tool).
+// tests/test_codegen.py fails when this file is not the tool's output.
+#pragma once
+
+namespace laaf {{
+namespace tanh_slots {{
+
+constexpr float kClamp = {clamp}f, kFloor = {floor}f;
+{body}
+
+}}  // namespace tanh_slots
+}}  // namespace laaf
+"""
+
+
+FITS = {"fp32_tanh": fit_fp32_tanh, "fp32_tanh_slots": fit_fp32_tanh_slots, "fp64_tanh": fit_fp64_tanh, "fp64_exp": fit_fp64_exp,
         "fp64_cbrt": fit_fp64_cbrt}
 
 if __name__ == "__main__":

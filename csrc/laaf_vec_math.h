@@ -215,9 +215,9 @@ inline V fast_tanh_double(const V& x) {
 // c0 = 0 and c1 = 1, so that a tiny x gives x exactly. Tables and their fit:
 // laaf_tanh_slots.h, from tools/fit_minimax.py (fp32_tanh_slots). Within 1.4 ulp, exactly
 // +-1 from 9.5 on, -0 and NaN kept. 18 instructions a vector (7 vpermt2ps) against the doubling
-// formula's ~21 and a division: one thread, in L1, 0.357 -> 0.274 ns a lane
-// (tools/vec_math_bench.cpp), and as the GEMM epilogue of 10^5 x 50 x 50 (fp32, in L1)
-// ~16 -> ~12 ns a row.
+// formula's ~21 and a division (a zmm vdivps holds the divider for 3.4 ns): one thread,
+// in L1, 0.33-0.34 -> 0.29 ns a lane (tools/vec_math_bench.cpp), and as the GEMM
+// epilogue of 10^5 x 50 x 50 (fp32, in L1) ~16 -> ~12 ns a row.
 inline __m512 tanh_slot_table(__m512i slot, const float* table) {
   return _mm512_permutex2var_ps(_mm512_load_ps(table), slot, _mm512_load_ps(table + 16));
 }

@@ -20,8 +20,8 @@
 //
 // Stop 24, Intel Xeon (AVX-512), gcc 12, fp32 ns a lane, zmm / ymm build: sigmoid
 // 0.45 / 0.67, sigmoid_ramp 0.52 / 0.84, cbrt 0.62 / 1.39, tanh 0.42 / 0.44.
-// Stop 31, same machine, fp32 zmm: tanh 0.333 -> 0.290 (tanh_by_slots), relu_tanh
-// 0.428 -> 0.328, tanh_ramp 0.426 -> 0.335; worst tanh error 2.38 -> 1.40 ulp.
+// Stop 31, same machine, fp32 zmm: tanh 0.33-0.34 -> 0.29 (tanh_by_slots), relu_tanh
+// 0.42-0.45 -> 0.36-0.37, tanh_ramp 0.43 -> 0.36-0.38; worst tanh error 2.38 -> 1.40 ulp.
 // Stop 25, same machine, fp64 ns a lane, zmm / ymm: cbrt 1.62 / 4.2 (cbrt_double_normalised)
 // where the old path, exp(log|z| / 3) and a Halley step, took 3.86 / 8.56; relu_poly
 // 1.95 / 4.4, from 4.03 / 9.09.

@@ -222,11 +222,11 @@ constexpr int64_t next_panel_vectors(int64_t left) {
 // code as without kTail (checked in the disassembly). A column array at[p] instead
 // had changed its register allocation (two more row pointers spilled in the hot
 // 4 x 3 loop) and K = N = 50 fell from 75 to 71 GFLOP/s.
-//   kWhole (whole_tiles: C overwritten, every lane of every tile one of C's columns):
-// the accumulators start from the init row or zero, and every store is whole, with
-// no run-time lane counts. With those (the general code, also for an accumulated C)
-// GCC 12 had kept the accumulators on the stack around the depth loop and branched
-// on each lane count (see whole_tiles for the gain).
+//   kWhole (whole_tiles: every lane of every tile one of C's columns, or of an
+// accumulated C's padding): the accumulators start from the init row, zero or C
+// itself, and every load and store of C is whole, with no run-time lane counts. With
+// those (the general code) GCC 12 had kept the accumulators on the stack around the
+// depth loop and branched on each lane count (see whole_tiles for the gain).
 //   An active epilogue (see StoreAsIs) turns the accumulators into y before the store.
 template <typename T, int R, int P, bool kTail, bool kWhole, typename Ep>
 inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
@@ -248,7 +248,9 @@ inline __attribute__((always_inline)) void gemm_tile(const StridedA<T>& A,
     for (int p = 0; p < P; ++p) {
       const V start = init.row == nullptr ? V(T(0)) : V::loadu(init.row + col + p * L + moved(p));
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) acc[r][p] = start;
+      for (int r = 0; r < R; ++r) {
+        acc[r][p] = init.accumulate ? V::loadu(c + r * ldc + col + p * L + moved(p)) : start;
+      }
     }
   } else {
     for (int p = 0; p < P; ++p) {
@@ -396,15 +398,22 @@ __attribute__((noinline)) void gemm_row_tiles(const StridedA<T> A, int64_t rows,
 
 // Whether every tile of narrow_gemm is whole (gemm_tile's kWhole): C overwritten and
 // at least one vector wide (a panel's last vector, and the last panel, are then
-// moved to end at C's last column). An accumulated C keeps the general code.
-// kWhole, PanelView and the inlined tiles together, one thread, one 64-row chunk in
-// L1 again and again (tools/narrow_gemm_bench.cpp's call on one chunk), ns a row,
-// before / after: fp32 N = K = 50 37.3 / 34.4, N = 48 32.1 / 29.8, N = K = 20
-// 10.2 / 9.3, N = K = 128 312 / 291; fp64 N = K = 50 75-80 / 71, N = K = 20 17.5 /
-// 13.3 (AVX2 builds on the same machine: 3-10 % faster).
+// moved to end at C's last column), or C accumulated (padded like B: the tiles cover
+// its padding, each lane once). kWhole, PanelView and the inlined tiles together, one
+// thread, one 64-row chunk in L1 again and again (tools/narrow_gemm_bench.cpp's call
+// on one chunk), ns a row, before / after: fp32 N = K = 50 37.3 / 34.4, N = 48
+// 32.1 / 29.8, N = K = 20 10.2 / 9.3, N = K = 128 312 / 291; fp64 N = K = 50 75-80 /
+// 71, N = K = 20 17.5 / 13.3 (AVX2 builds on the same machine: 3-10 % faster).
+// Stop 31 gave the accumulated C (dW += gz^T x_chunk) the same code: fp32, one
+// 64-row chunk in L1, ns a row of x, N = K = 50 45.0 / 40.9 (with the packing of
+// x's chunk 49.5 / 45.2; that packing, a std::copy a row, costs ~4.5 ns of it, and a
+// whole-vector copy instead saved ~0.5, not kept). Through the op, 10^5
+// rows on two threads, the backward did not move measurably (8.2-8.6 ms either way):
+// there it waits on memory, x, g and y each read once (a burst of software prefetches
+// of the next chunk, tried, made it slower).
 template <typename T>
 inline bool whole_tiles(const PackedPanel<T>& B, const GemmInit<T>& init) {
-  return !init.accumulate && B.width() >= Vectorized<T>::size();
+  return init.accumulate || B.width() >= Vectorized<T>::size();
 }
 
 // Whether narrow_gemm stores each lane of an overwritten C once: the tiles' columns

@@ -123,7 +123,8 @@ def test_nan_extrema_keep_nan_from_either_side(capability, tmp_path):
 #: execute: C = A B + bias against double sums, over widths that leave 0 to 15 columns
 #: past the last whole vector, depths from 1 to 128 (the dot tail's masked last depth
 #: vector at every residue), row counts that end in partial row groups, with and
-#: without the dot tail; and lane_sums against scalar sums. On AVX-512 the tail must be
+#: without the dot tail; C += A B (dW's form, C padded like B) the same way, its padding
+#: lanes unchanged; and lane_sums against scalar sums. On AVX-512 the tail must be
 #: taken where dot_tail_columns says (fp32 and fp64 N = K = 50, a K = 50 output layer).
 _NARROW_GEMM_CHECK = r"""
 #include <cmath>
@@ -132,6 +133,34 @@ _NARROW_GEMM_CHECK = r"""
 #include <vector>
 #include "laaf_cpu_gemm.h"
 using namespace laaf::cpu;
+// C += A B (dW's form): C padded like B, its lanes random before; the padding lanes
+// (B's are zero) must come back unchanged, and nothing past C be touched.
+template <typename T> int check_accumulated(const std::vector<T>& a, int64_t rows, int64_t depth,
+                                            int64_t width, const PackedPanel<T>& panel,
+                                            std::mt19937& gen) {
+  std::uniform_real_distribution<double> dist(-1, 1);
+  const double eps = sizeof(T) == 4 ? 6e-8 : 1.2e-16;
+  const int64_t ldc = panel.padded();
+  std::vector<T> guarded(rows * ldc + 32, T(7));
+  T* c = guarded.data() + 16;
+  for (int64_t i = 0; i < rows * ldc; ++i) c[i] = T(dist(gen));
+  const std::vector<T> before(c, c + rows * ldc);
+  narrow_gemm(StridedA<T>{a.data(), depth, 1}, rows, panel, c, ldc, GemmInit<T>{nullptr, true});
+  int bad = 0;
+  for (int i = 0; i < 16; ++i) bad += guarded[i] != T(7) || c[rows * ldc + i] != T(7);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t w = 0; w < ldc; ++w) {
+      double exact = before[r * ldc + w], size = std::abs(exact);
+      for (int64_t d = 0; w < width && d < depth; ++d) {
+        exact += double(a[r * depth + d]) * panel.row(d)[w];
+        size += std::abs(double(a[r * depth + d]) * panel.row(d)[w]);
+      }
+      bad += !(std::abs(c[r * ldc + w] - exact) <= 4 * (depth + 1) * eps * size);
+    }
+  if (bad) std::printf("T%zu width %ld depth %ld rows %ld: accumulated C wrong in %d places\n",
+                       sizeof(T), long(width), long(depth), long(rows), bad);
+  return bad;
+}
 template <typename T> int check_gemm(std::mt19937& gen) {
   std::uniform_real_distribution<double> dist(-1, 1);
   const double eps = sizeof(T) == 4 ? 6e-8 : 1.2e-16;
@@ -171,6 +200,7 @@ template <typename T> int check_gemm(std::mt19937& gen) {
                                            double(c[r * width + w]), exact);
               }
             }
+          if (!tail) bad += check_accumulated(a, rows, depth, width, panel, gen);
         }
   return bad;
 }

@@ -408,7 +408,7 @@ __attribute__((noinline)) void gemm_row_tiles(const StridedA<T> A, int64_t rows,
 // 64-row chunk in L1, ns a row of x, N = K = 50 45.0 / 40.9 (with the packing of
 // x's chunk 49.5 / 45.2; that packing, a std::copy a row, costs ~4.5 ns of it, and a
 // whole-vector copy instead saved ~0.5, not kept). Through the op, 10^5
-// rows on two threads, the backward did not move measurably (8.2-8.6 ms either way):
+// rows on two threads, the backward did not move measurably (8.0-8.6 ms either way):
 // there it waits on memory, x, g and y each read once (a burst of software prefetches
 // of the next chunk, tried, made it slower).
 template <typename T>

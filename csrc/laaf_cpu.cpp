@@ -284,8 +284,8 @@ struct ActEpilogue {
 // path's on the widened values, rounded once (tests/test_fused_linear.py).
 
 // A task's chunk buffers for a 16-bit layer (none for fp32 / fp64): `a`, a chunk
-// of x widened (the forward's and dW's GEMM operand); `c`, the GEMM's output chunk
-// (z and y; dx).
+// of x widened (the forward's GEMM operand; the backward widens x straight into dW's
+// packed panel instead); `c`, the GEMM's output chunk (z and y; dx).
 template <typename T>
 struct ChunkStage {
   static constexpr bool kWidened = !std::is_same_v<T, Compute<T>>;
@@ -400,7 +400,7 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
   at::parallel_for(0, groups.count, 1, [&](int64_t g0, int64_t g1) {
     std::vector<C> gz(kRowsPerChunk * cols);
     PackedPanel<C> x_chunk(kRowsPerChunk, K);
-    ChunkStage<T> stage(K, K);  // (16-bit: x widened, dx in float)
+    ChunkStage<T> stage(0, K);  // (16-bit: dx in float; x is widened into x_chunk)
     const int64_t dw_size = cols * x_chunk.padded();
     PhaseSums<C> db(cols, walk.period()), ds(cols, walk.period());
     for (int64_t grp = g0; grp < g1; ++grp) {
@@ -428,9 +428,10 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
         }
         if (dw != nullptr) {  // dW(n, :) += sum_r gz(r, n) x(r, :)
           const T* x_rows = x + r0 * x_row_stride;
-          if constexpr (ChunkStage<T>::kWidened) {
-            widen_rows(x_rows, x_row_stride, x_col_stride, rows, K, stage.a.data());
-            x_chunk.pack(stage.a.data(), rows, K, 1);
+          if constexpr (ChunkStage<T>::kWidened) {  // (straight into the panel: one copy)
+            x_chunk.pack_rows(rows, [&](int64_t r, C* row) {
+              widen_rows(x_rows + r * x_row_stride, x_row_stride, x_col_stride, 1, K, row);
+            });
           } else {
             x_chunk.pack(x_rows, rows, x_row_stride, x_col_stride);
           }

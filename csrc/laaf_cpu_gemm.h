@@ -102,20 +102,26 @@ class PackedPanel {
 
   // B(d, w) = src[d * sd + w * sw] for d < depth (the padding lanes stay zero).
   void pack(const T* src, int64_t depth, int64_t sd, int64_t sw) {
-    depth_ = depth;
-    for (int64_t d = 0; d < depth; ++d) {
-      T* row = data_.data() + d * padded_;
+    write_rows(depth, [&](int64_t d, T* row) {
       if (sw == 1) {
         std::copy(src + d * sd, src + d * sd + width_, row);
       } else {
         for (int64_t w = 0; w < width_; ++w) row[w] = src[d * sd + w * sw];
       }
-    }
+    });
     for (int64_t t = 0; t < tail_; ++t) {
       T* row = tail_data_.data() + t * depth_padded_;
       for (int64_t d = 0; d < depth; ++d) row[d] = src[d * sd + (width_ + t) * sw];
       std::fill(row + depth, row + depth_padded_, T(0));
     }
+  }
+  // B(d, :) for d < depth written by write_row(d, row), width() values into `row` (its
+  // padding lanes stay zero): a source pack() cannot read, e.g. a 16-bit x widened
+  // straight into the panel. A panel without a dot tail only.
+  template <typename F>
+  void pack_rows(int64_t depth, const F& write_row) {
+    TORCH_INTERNAL_ASSERT(tail_ == 0, "PackedPanel::pack_rows: the panel has a dot tail");
+    write_rows(depth, write_row);
   }
   int64_t depth() const { return depth_; }
   int64_t width() const { return width_; }  // the tiles' columns
@@ -134,6 +140,12 @@ class PackedPanel {
   }
 
  private:
+  template <typename F>
+  void write_rows(int64_t depth, const F& write_row) {
+    depth_ = depth;
+    for (int64_t d = 0; d < depth; ++d) write_row(d, data_.data() + d * padded_);
+  }
+
   int64_t tail_, width_, padded_, depth_padded_, depth_ = 0;
   std::vector<T> data_, tail_data_;
 };

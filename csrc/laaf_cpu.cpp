@@ -36,8 +36,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cstdlib>
-#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -235,30 +233,15 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
 // Narrow layers (K, N <= kMaxNarrow; every dtype): GEMMs fused with the epilogues
 // ---------------------------------------------------------------------------
 
-// The fp32 forward keeps ATen's GEMM above this K * N. Measured A/B (M = 5e4 and
-// 16384, 2 threads, fused epilogue included): at K = N = 128 MKL's sgemm was 10-15 %
-// faster than ours (W's packed panel, 64 KB, no longer fits L1), at 120 x 120 they
-// tied, and at 112 x 112 and below ours won. The backward won or tied at every
-// K, N <= 128, and fp64 won everywhere. bf16 and fp16 take the narrow path at every
-// K, N <= 128 (ChunkStage: our fp32 GEMM on widened chunks). Stop 30, Intel Xeon, 2
-// threads, M = 16384, K = N = 128, training forward / forward + backward, ms, against
-// the build before (ATen's 16-bit GEMMs): bf16 2.39-2.47 / 7.55-7.99 against 4.15-4.21
-// / 12.1-12.2; fp16, whose ATen GEMM runs on AVX512-FP16 here, 2.29-2.50 / 7.43-8.19
-// against 2.56-2.67 / 7.36-7.59, a tie; from K = N = 100 down both won clearly.
-constexpr int64_t kMaxNarrowForwardArea = 120 * 120;
-
 // Whether the linear layer takes the fused narrow path: K and N at most kMaxNarrow
-// (and for the fp32 forward K * N at most kMaxNarrowForwardArea),
-// and LAAF_CPU_NARROW is not "0" (read at every call, so that benchmarks and
-// tests can compare the two paths in one process).
+// (and for the fp32 forward K * N at most kMaxNarrowForwardArea), and
+// narrow_enabled() (LAAF_CPU_NARROW is not "0").
 inline bool narrow_shape(at::ScalarType dtype, int64_t N, int64_t K, bool forward) {
   const bool sgemm_wins = forward && dtype == at::kFloat && K * N > kMaxNarrowForwardArea;
   return N <= kMaxNarrow && K <= kMaxNarrow && !sgemm_wins;
 }
 inline bool narrow_fused(const Tensor& x, const Tensor& weight, bool forward) {
-  const char* env = std::getenv("LAAF_CPU_NARROW");
-  const bool enabled = env == nullptr || std::string(env) != "0";
-  return enabled && narrow_shape(x.scalar_type(), weight.size(0), weight.size(1), forward);
+  return narrow_enabled() && narrow_shape(x.scalar_type(), weight.size(0), weight.size(1), forward);
 }
 
 // narrow_gemm's forward epilogue (see StoreAsIs): y = act(s z) on a vector of z
@@ -366,16 +349,6 @@ void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_strid
     }
   });
 }
-
-// How dW's partial sums are grouped: per_group chunks per partial (at least 4, i.e.
-// 256 rows), at most 256 partials in all. A function of the row count only, so
-// the sums do not depend on the threads.
-struct DwGroups {
-  int64_t per_group, count;
-  explicit DwGroups(int64_t chunks)
-      : per_group(std::max<int64_t>(4, (chunks + 255) / 256)),
-        count((chunks + per_group - 1) / per_group) {}
-};
 
 // Backward: chunk by chunk, gz (the flat epilogue, with the db / ds partials of
 // the chunk) into a chunk-sized buffer, then from that buffer, still in cache,

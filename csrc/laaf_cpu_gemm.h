@@ -32,6 +32,8 @@
 #include "laaf_cpu_lane_sums.h"  // lane_sums, LAAF_HAS_LANE_SUMS
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 namespace laaf {
@@ -40,6 +42,42 @@ namespace cpu {
 using at::vec::Vectorized;
 
 constexpr int64_t kMaxNarrow = 128;  // K and N at most this: the fused path
+
+// The fp32 forward keeps ATen's GEMM above this K * N. Measured A/B (M = 5e4 and
+// 16384, 2 threads, fused epilogue included): at K = N = 128 MKL's sgemm was 10-15 %
+// faster than ours (W's packed panel, 64 KB, no longer fits L1), at 120 x 120 they
+// tied, and at 112 x 112 and below ours won. The backward won or tied at every
+// K, N <= 128, and fp64 won everywhere. bf16 and fp16 take the narrow path at every
+// K, N <= 128 (ChunkStage: our fp32 GEMM on widened chunks). Stop 30, Intel Xeon, 2
+// threads, M = 16384, K = N = 128, training forward / forward + backward, ms, against
+// the build before (ATen's 16-bit GEMMs): bf16 2.39-2.47 / 7.55-7.99 against 4.15-4.21
+// / 12.1-12.2; fp16, whose ATen GEMM runs on AVX512-FP16 here, 2.29-2.50 / 7.43-8.19
+// against 2.56-2.67 / 7.36-7.59, a tie; from K = N = 100 down both won clearly.
+constexpr int64_t kMaxNarrowForwardArea = 120 * 120;
+// The same for a gram product's fp32 C (m x n, summed over a long depth:
+// laaf_cpu_matmul.cpp), whose partials of C are the panel's rows. Stop 32, AMD EPYC
+// (Zen 4), 2 threads, (w x 5e4) (5e4 x w), ms, MKL / ours: w = 50 3.33 / 3.21,
+// 64 4.42 / 3.49, 80 5.45 / 5.46, 100 9.28 / 9.88, 128 11.37 / 12.07; fp64 won at
+// every w (128: 32.2 / 26.5).
+constexpr int64_t kMaxNarrowGramArea = 80 * 80;
+
+// Whether the narrow GEMM runs at all: LAAF_CPU_NARROW is not "0" (read at every
+// call, so that benchmarks and tests can compare it with ATen's in one process).
+inline bool narrow_enabled() {
+  const char* env = std::getenv("LAAF_CPU_NARROW");
+  return env == nullptr || std::string(env) != "0";
+}
+
+// How an accumulated C's partial sums are grouped (dW = gz^T x, a gram matmul):
+// per_group chunks of depth per partial (at least 4, i.e. 256 rows), at most 256
+// partials in all. A function of the depth only, so the sums do not depend on the
+// threads.
+struct DwGroups {
+  int64_t per_group, count;
+  explicit DwGroups(int64_t chunks)
+      : per_group(std::max<int64_t>(4, (chunks + 255) / 256)),
+        count((chunks + per_group - 1) / per_group) {}
+};
 
 // `width` rounded up to whole vectors of T: the row length of a PackedPanel, a
 // padded_row and an accumulated C (gemm_rows).

@@ -27,7 +27,9 @@ a PINN does for u_x, u_xx), the fused backward op is not used: the gradients
 are formed from differentiable ops, so derivatives of any order stay correct:
 gz = g act'(h) s from the backend's fused ``grad_y`` op where it has one (its
 derivatives fused too, :mod:`laaf_kernels.ops.grad_y`), else from torch ops and
-the table's act' formula; dx = gz W and dW = gz^T x as torch matmuls.
+the table's act' formula; dx = gz W and dW = gz^T x as the backend's
+differentiable ``matmul`` where it has one (:mod:`laaf_kernels.ops.matmul`), else
+``torch.mm``.
 """
 from __future__ import annotations
 
@@ -90,12 +92,14 @@ def differentiable_activation_grads(g, z, s, activation, dim, need, y=None, grad
     return dz, ds
 
 
-def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None, grad_y=None):
+def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None, grad_y=None,
+                                matmul=torch.mm):
     """(dx, dW, db, ds) of y = act(s (x W^T + b)) from differentiable ops.
     z is recomputed with F.linear (so that the graph reaches x, W and b) unless
     neither act' (given y) nor ds needs it, as for a PINN's u_x; act' comes
     from y whenever the table allows, even when z is recomputed for ds, through
-    the backend's fused ``grad_y`` where given."""
+    the backend's fused ``grad_y`` where given; dx = gz W and dW = gz^T x through
+    ``matmul`` (the backend's narrow GEMM, or torch.mm)."""
     if need[3] or y is None or get_activation(activation).d1_y is None:
         z = F.linear(x, weight, bias)
         gz, ds = differentiable_activation_grads(g, z, s, activation, 1, (True, need[3]), y,
@@ -105,8 +109,8 @@ def differentiable_linear_grads(g, x, weight, bias, s, activation, need, y=None,
     else:
         gh = grad_from_y(activation, g, y)
         gz, ds = (gh if s is None else gh * s), None
-    return (gz @ weight if need[0] else None,
-            gz.t() @ x if need[1] else None,
+    return (matmul(gz, weight) if need[0] else None,
+            matmul(gz.t(), x) if need[1] else None,
             gz.sum(0) if need[2] else None,
             ds)
 
@@ -226,7 +230,8 @@ def call_op(qualname: str, *args):
         return rule.op(*args)
 
 
-def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None) -> None:
+def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None,
+                              matmul=torch.mm) -> None:
     """Autograd of ``fwd_name`` (y, z) via ``bwd_op``; z is a saved, non-differentiable output."""
 
     def setup_context(ctx, inputs, output):
@@ -244,7 +249,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None)
             return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
             grads = differentiable_linear_grads(gy, x, weight, bias, s, ctx.activation, need, y,
-                                                grad_y)
+                                                grad_y, matmul)
         else:
             grads = present(bwd_op(gy, x, weight, bias, z, s, y, ctx.activation, *need), need)
         return (*grads, None, None)
@@ -313,14 +318,16 @@ def _register_fakes(prefix: str, stores_z) -> None:
 
 
 def register_backend_ops(prefix: str, stores_z, saves_y: bool = False,
-                         grad_y: Optional[Callable] = None) -> None:
+                         grad_y: Optional[Callable] = None,
+                         matmul: Callable = torch.mm) -> None:
     """Fakes and autograd for a backend's four ops, torch.ops.laaf.<prefix>_*.
     ``grad_y`` (:func:`laaf_kernels.ops.grad_y.make_grad_y`) makes the create_graph
-    backward run on the backend's fused derivatives of g act'(h) s."""
+    backward run on the backend's fused derivatives of g act'(h) s, and ``matmul``
+    (:func:`laaf_kernels.ops.matmul.make_matmul`) its GEMMs on the backend's own."""
     _register_fakes(prefix, stores_z)
     ops = torch.ops.laaf
     _register_linear_autograd(f"laaf::{prefix}_linear_fwd", getattr(ops, f"{prefix}_linear_bwd"),
-                              saves_y, grad_y)
+                              saves_y, grad_y, matmul)
     _register_activation_autograd(f"laaf::{prefix}_act_fwd", getattr(ops, f"{prefix}_act_bwd"),
                                   saves_y, grad_y)
 

@@ -16,6 +16,7 @@ from .. import reference
 from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
                        register_flexible_ops)
 from .grad_y import make_grad_y, register_grad_y_ops
+from .matmul import make_matmul, register_matmul_op
 
 __all__ = ["linear", "activation", "flexible", "DTYPES"]
 
@@ -34,10 +35,13 @@ def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype, activati
 
 # Saving y (where act' is a function of y) spares the backward a second tanh /
 # sigmoid per element, which on a CPU costs more than the memory passes; the
-# create_graph passes (a PINN's) then run on the fused grad_y ops. On the narrow
-# path such a layer keeps y and no z (stores_z).
+# create_graph passes (a PINN's) then run on the fused grad_y ops, and their GEMMs
+# on the narrow GEMM (cpp_matmul). On the narrow path such a layer keeps y and no z
+# (stores_z).
 register_grad_y_ops("cpp")
-register_backend_ops("cpp", stores_z, saves_y=True, grad_y=make_grad_y("cpp"))
+register_matmul_op("cpp")
+register_backend_ops("cpp", stores_z, saves_y=True, grad_y=make_grad_y("cpp"),
+                     matmul=make_matmul("cpp"))
 
 linear = make_linear("cpp", DTYPES, reference.linear_impl)
 activation = make_activation("cpp", DTYPES, reference.activation_impl)

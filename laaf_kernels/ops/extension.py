@@ -87,7 +87,8 @@ class _Part:
     problem: Optional[str] = "not built yet"
 
 
-CPU = _Part("laaf_cpu_ext", ("laaf_cpu.cpp", "laaf_cpu_flexible.cpp", "laaf_cpu_grad_y.cpp"),
+CPU = _Part("laaf_cpu_ext",
+            ("laaf_cpu.cpp", "laaf_cpu_flexible.cpp", "laaf_cpu_grad_y.cpp", "laaf_cpu_matmul.cpp"),
             "cpp_linear_fwd",
             lambda: str(torch.backends.cpu.get_cpu_capability()),
             lambda: ["-O3", *_cpu_flags()], after_load="laaf_kernels.ops.cpp_backend")

@@ -80,10 +80,11 @@ void tall_matmul(const Tensor& a, const Tensor& b, T* c) {
   });
 }
 
-// gram: C (m x n) = sum over chunks j of A(:, j) B(j, :), j the chunks of k; each
-// DwGroups group into its own partial (m rows of B's padded width), folded in order.
+// gram: C (m x n, contiguous) = sum over chunks j of A(:, j) B(j, :), j the chunks of
+// k; each DwGroups group into its own partial (m rows of B's padded width), folded in
+// group order in double and rounded once into C.
 template <typename T>
-std::vector<double> gram_matmul(const Tensor& a, const Tensor& b, int64_t* padded_out) {
+void gram_matmul(const Tensor& a, const Tensor& b, T* c) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   const int64_t chunks = (k + kRowsPerChunk - 1) / kRowsPerChunk;
   const DwGroups groups(chunks);
@@ -105,8 +106,10 @@ std::vector<double> gram_matmul(const Tensor& a, const Tensor& b, int64_t* padde
       }
     }
   });
-  *padded_out = padded;
-  return fold_sums(parts.data(), groups.count, part_size);
+  const std::vector<double> sums = fold_sums(parts.data(), groups.count, part_size);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t j = 0; j < n; ++j) c[r * n + j] = static_cast<T>(sums[r * padded + j]);
+  }
 }
 
 void check_matmul_args(const Tensor& a, const Tensor& b) {
@@ -146,13 +149,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "laaf_cpp_matmul", [&] {
     if (shape == MatmulShape::kTall) {
       tall_matmul<scalar_t>(a, b, c.data_ptr<scalar_t>());
-      return;
-    }
-    int64_t padded = 0;
-    const std::vector<double> sums = gram_matmul<scalar_t>(a, b, &padded);
-    scalar_t* out = c.data_ptr<scalar_t>();
-    for (int64_t r = 0; r < m; ++r) {
-      for (int64_t j = 0; j < n; ++j) out[r * n + j] = static_cast<scalar_t>(sums[r * padded + j]);
+    } else {
+      gram_matmul<scalar_t>(a, b, c.data_ptr<scalar_t>());
     }
   });
   return c;

@@ -42,8 +42,8 @@ def register_matmul_op(prefix: str) -> None:
     def backward(ctx, dc):
         a, b = ctx.saved_tensors
         need_a, need_b = needed_inputs(ctx, 2)
-        return (call_op(name, dc, b.t()) if need_a and dc is not None else None,
-                call_op(name, a.t(), dc) if need_b and dc is not None else None)
+        return (call_op(name, dc, b.t()) if need_a else None,
+                call_op(name, a.t(), dc) if need_b else None)
 
     register_autograd_rule(name, backward, setup_context)
 

@@ -42,6 +42,7 @@
 #include "laaf_activations.h"
 #include "laaf_cpu_common.h"
 #include "laaf_cpu_gemm.h"
+#include "laaf_cpu_gemm_bf16.h"
 
 namespace laaf {
 namespace {
@@ -268,37 +269,63 @@ struct ActEpilogue {
 
 // A task's chunk buffers for a 16-bit layer (none for fp32 / fp64): `a`, a chunk
 // of x widened (the forward's GEMM operand; the backward widens x straight into dW's
-// packed panel instead); `c`, the GEMM's output chunk (z and y; dx).
+// packed panel instead); `c`, the GEMM's output chunk (z and y; dx); `gathered`, a
+// chunk of x copied with a contiguous depth, for the pair GEMM where x's depth is
+// strided (sized at first use).
 template <typename T>
 struct ChunkStage {
   static constexpr bool kWidened = !std::is_same_v<T, Compute<T>>;
   std::vector<Compute<T>> a, c;
+  std::vector<T> gathered;
   ChunkStage(int64_t a_cols, int64_t c_cols)
       : a(kWidened ? kRowsPerChunk * a_cols : 0), c(kWidened ? kRowsPerChunk * c_cols : 0) {}
 };
 
-// One chunk of a 16-bit layer's forward: x widened into stage.a, z = x W^T + b on
-// float lanes into stage.c, z rounded into z_chunk where it is kept, y = act(s z) in
-// place on the float z (on the GEMM's tiles where on_tiles, else a flat pass), then
-// rounded once into y_chunk. A chunk starts at phase 0 of the walk (64 rows of cols
-// values are whole periods of it), so the walk runs over the chunk's own indices.
+// rows x cols values src[r * rs + c * cs] into dst, row-major (a contiguous copy).
+template <typename T>
+void gather_rows(const T* src, int64_t rs, int64_t cs, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = src[r * rs + c * cs];
+  }
+}
+
+// One chunk of a 16-bit layer's forward: z = x W^T + b on float lanes into stage.c
+// (x widened into stage.a and the float GEMM; or, given `pairs`, a bf16 x's pairs on
+// vdpbf16ps: laaf_cpu_gemm_bf16.h), z rounded into z_chunk where it is kept,
+// y = act(s z) in place on the float z (on the GEMM's tiles where on_tiles, else a
+// flat pass), then rounded once into y_chunk. A chunk starts at phase 0 of the walk
+// (64 rows of cols values are whole periods of it), so the walk runs over the
+// chunk's own indices.
 template <typename T, int ACT>
 void forward_widened_chunk(const T* x_rows, int64_t x_row_stride, int64_t x_col_stride,
                            int64_t K, int64_t rows, int64_t cols,
-                           const PackedPanel<Compute<T>>& wt,
+                           const PackedPanel<Compute<T>>& wt, const PairPanel* pairs,
                            const GemmInit<Compute<T>>& init, const Compute<T>* slopes,
                            bool on_tiles, const FlatWalk<Compute<T>>& walk,
                            ChunkStage<T>& stage, T* z_chunk, T* y_chunk) {
   using C = Compute<T>;
   constexpr int64_t L = Vectorized<C>::size();
   const int64_t count = rows * cols;
-  widen_rows(x_rows, x_row_stride, x_col_stride, rows, K, stage.a.data());
-  const StridedA<C> x_chunk{stage.a.data(), K, 1};
   C* c = stage.c.data();
+  // z (through the epilogue ep) into c.
+  auto form_z = [&](const auto& ep) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (pairs != nullptr && x_col_stride == 1) {
+        return pair_gemm(x_rows, x_row_stride, rows, *pairs, c, cols, init.row, ep);
+      }
+      if (pairs != nullptr) {  // (a strided depth: gathered first, for the pairs' loads)
+        stage.gathered.resize(kRowsPerChunk * K);
+        gather_rows(x_rows, x_row_stride, x_col_stride, rows, K, stage.gathered.data());
+        return pair_gemm(stage.gathered.data(), K, rows, *pairs, c, cols, init.row, ep);
+      }
+    }
+    widen_rows(x_rows, x_row_stride, x_col_stride, rows, K, stage.a.data());
+    narrow_gemm(StridedA<C>{stage.a.data(), K, 1}, rows, wt, c, cols, init, ep);
+  };
   if (on_tiles) {
-    narrow_gemm(x_chunk, rows, wt, c, cols, init, ActEpilogue<C, ACT>{slopes});
+    form_z(ActEpilogue<C, ACT>{slopes});
   } else {
-    narrow_gemm(x_chunk, rows, wt, c, cols, init);
+    form_z(StoreAsIs{});
     if (z_chunk != y_chunk) narrow_run(c, count, z_chunk);
     forward_flat_range<C, ACT>(c, c, walk, 0, (count + L - 1) / L, count);
   }
@@ -312,18 +339,19 @@ void forward_widened_chunk(const T* x_rows, int64_t x_row_stride, int64_t x_col_
 // z_out and a flat pass over the chunk, still in cache, writes y. Both round z, then
 // s z, then act, the same way (bit for bit). The epilogue, fp32 tanh, M = 10^5,
 // K = N = 50, two threads, the raw op: 2.85-2.90 -> 2.67-2.79 ms (medians of 41,
-// eight alternating runs each). 16-bit layers: forward_widened_chunk.
+// eight alternating runs each). 16-bit layers: forward_widened_chunk (`pairs`: W's
+// pair panel where a bf16 layer's GEMM runs on vdpbf16ps, else null).
 template <typename T, int ACT>
 void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_stride, int64_t K,
-                           const PackedPanel<Compute<T>>& wt, const Compute<T>* bias_row,
-                           const Compute<T>* slopes, T* z_out, T* y,
-                           const Grid<Compute<T>>& grid) {
+                           const PackedPanel<Compute<T>>& wt, const PairPanel* pairs,
+                           const Compute<T>* bias_row, const Compute<T>* slopes, T* z_out,
+                           T* y, const Grid<Compute<T>>& grid) {
   using C = Compute<T>;
   using V = Vectorized<C>;
   const FlatWalk<C> walk(grid);
   const int64_t total = grid.rows * grid.cols;
   const int64_t chunks = (grid.rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  const bool on_tiles = z_out == y && stores_each_lane_once(wt);
+  const bool on_tiles = z_out == y && (pairs != nullptr || stores_each_lane_once(wt));
   const GemmInit<C> init{bias_row, false};
   at::parallel_for(0, chunks, grain(kRowsPerChunk * (K + grid.cols)), [&](int64_t k0, int64_t k1) {
     ChunkStage<T> stage(K, grid.cols);
@@ -335,7 +363,7 @@ void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_strid
       T* y_chunk = y + r0 * grid.cols;
       if constexpr (ChunkStage<T>::kWidened) {
         forward_widened_chunk<T, ACT>(x_rows, x_row_stride, x_col_stride, K, rows, grid.cols, wt,
-                                      init, slopes, on_tiles, walk, stage, z_chunk, y_chunk);
+                                      pairs, init, slopes, on_tiles, walk, stage, z_chunk, y_chunk);
       } else if (on_tiles) {
         narrow_gemm(StridedA<T>{x_rows, x_row_stride, x_col_stride}, rows, wt, y_chunk,
                     grid.cols, init, ActEpilogue<T, ACT>{slopes});
@@ -445,6 +473,24 @@ std::vector<T> slope_per_row(const Tensor& s_c, int kind, int64_t N) {
   return factor;
 }
 
+// Whether a narrow layer's forward GEMM runs on bf16 pairs (laaf_cpu_gemm_bf16.h):
+// bf16 x (and W), at least kMinPairWidth outputs, and bf16_dot_enabled(). (An x whose
+// depth is strided is gathered a chunk at a time, so that its outputs are the
+// contiguous x's, bit for bit.)
+inline bool pair_shape(at::ScalarType dtype, int64_t N) {
+  return dtype == at::kBFloat16 && N >= kMinPairWidth && bf16_dot_enabled();
+}
+bool forward_on_pairs(const Tensor& x, const Tensor& weight) {
+  return weight.scalar_type() == at::kBFloat16 && pair_shape(x.scalar_type(), weight.size(0));
+}
+
+// B(k, n) = W(n, k) in bf16 pairs along k: the forward's pair panel.
+PairPanel pack_weight_pairs(const Tensor& weight) {
+  PairPanel panel(weight.size(1), weight.size(0));
+  panel.pack(weight.data_ptr<c10::BFloat16>(), weight.stride(1), weight.stride(0));
+  return panel;
+}
+
 // keep_z: write z as well as y (training, for an act' that needs h; otherwise the
 // backward needs only x and y, see linear_bwd_narrow, and z is an empty tensor).
 std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weight,
@@ -464,9 +510,12 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weig
     const auto bias_row = padded_row<C>(data_or_null<C>(bias_c), N);
     const auto grid = make_grid<scalar_t>(rows, N, s_c, kind, false, 0);
     const auto slopes = padded_row(slope_per_row<C>(s_c, kind, N).data(), N);
+    const bool on_pairs = forward_on_pairs(x, weight);
+    const PairPanel pairs = on_pairs ? pack_weight_pairs(weight) : PairPanel(0, 0);
     LAAF_ACT_SWITCH(act, [&] {
       linear_forward_narrow<scalar_t, ACT>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
-                                           wt, bias_row.data(), slopes.data(),
+                                           wt, on_pairs ? &pairs : nullptr, bias_row.data(),
+                                           slopes.data(),
                                            z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
     });
   });
@@ -753,10 +802,20 @@ int64_t parallel_threads() {
   return __builtin_popcountll(seen.load());
 }
 
+// cpp_linear_fwd_gemm: the GEMM a layer's forward runs on, for the tests and
+// benchmarks: "bf16_pairs" (vdpbf16ps, laaf_cpu_gemm_bf16.h), "narrow" (our fp32 /
+// fp64 GEMM, 16-bit x widened) or "aten" (at::addmm), on this CPU, build and setting
+// of LAAF_CPU_NARROW and LAAF_CPU_BF16_DOT.
+std::string linear_fwd_gemm(int64_t n_out, int64_t k_in, at::ScalarType dtype) {
+  if (!narrow_enabled() || !narrow_shape(dtype, n_out, k_in, /*forward=*/true)) return "aten";
+  return pair_shape(dtype, n_out) ? "bf16_pairs" : "narrow";
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(laaf, m) {
   m.def("cpp_parallel_threads() -> int", &parallel_threads);
+  m.def("cpp_linear_fwd_gemm(int n_out, int k_in, ScalarType dtype) -> str", &linear_fwd_gemm);
   m.def("cpp_linear_stores_z(int n_out, int k_in, bool training, ScalarType dtype, "
         "str activation) -> bool", &linear_stores_z);
   m.def("cpp_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "

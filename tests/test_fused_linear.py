@@ -417,7 +417,7 @@ def test_cpp_narrow_forward_epilogue_is_the_flat_pass_bit_for_bit(target, dtype,
 
 @pytest.mark.parametrize("target", CPP_TARGETS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype):
+def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype, monkeypatch):
     """A bfloat16 / float16 narrow layer runs the fp32 path's own GEMMs and epilogues
     on its values widened to float, and rounds y, z, dx, dW, db and ds once, at the end
     (csrc/laaf_cpu.cpp: ChunkStage). So each output is bit for bit the fp32 op's on the
@@ -426,7 +426,10 @@ def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype):
     (z kept), every slope kind, 67 rows (a chunk and a partial one). The fp32 forward
     above K N = 120^2 is ATen's sgemm, so there only the backward is compared. x is
     widened into a contiguous chunk whatever its strides (widen_rows), so a transposed
-    x and one with padded rows give the contiguous x's outputs, bit for bit."""
+    x and one with padded rows give the contiguous x's outputs, bit for bit. (A bf16
+    layer's forward GEMM on AVX512-BF16 pairs is another sum order, tested in
+    tests/test_cpu_bf16_gemm.py; here LAAF_CPU_BF16_DOT=0 keeps the widened one.)"""
+    monkeypatch.setenv("LAAF_CPU_BF16_DOT", "0")
     ops = torch.ops.laaf
     gen = torch.Generator().manual_seed(83)
     for i, n_out in enumerate(PANEL_WIDTHS):

@@ -3,6 +3,8 @@
 //
 //   fwd:  z_chunk = x_chunk W^T + b           (also the backward's dx = gz W)
 //   dW:   dW += gz_chunk^T x_chunk            (x_chunk packed per chunk)
+//   bf16 fwd, x and W rounded to bf16: widened (each chunk of x to float, then fwd's
+//   GEMM) and, where the CPU has AVX512-BF16, pairs (laaf_cpu_gemm_bf16.h)
 //
 // Timings here depend on how the compiler treats this file, not only the header:
 // in one such harness GCC 12 kept a tile's accumulators on the stack (N = 50:
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "laaf_cpu_gemm.h"
+#include "laaf_cpu_gemm_bf16.h"
 
 using laaf::cpu::GemmInit;
 using laaf::cpu::narrow_gemm;
@@ -112,14 +115,47 @@ int main(int argc, char** argv) {
       worst = std::max(worst, std::abs(z[r * N + n] - truth));
     }
   }
+
+  using Bf16 = c10::BFloat16;
+  const std::vector<Bf16> x16(x.begin(), x.end()), w16(w.begin(), w.end());
+  PackedPanel<float> wt16(K, N, /*dot_tail=*/true);  // W rounded to bf16, widened
+  const std::vector<float> w16_wide(w16.begin(), w16.end());
+  wt16.pack(w16_wide.data(), K, 1, K);
+  std::vector<float> x_wide(kChunk * K);
+  const Timing bf16_widened = time_ms([&] {
+    for (int64_t r0 = 0; r0 < kRows; r0 += kChunk) {
+      const int64_t rows = std::min(kChunk, kRows - r0);
+      std::copy(x16.begin() + r0 * K, x16.begin() + (r0 + rows) * K, x_wide.begin());
+      narrow_gemm(StridedA<float>{x_wide.data(), K, 1}, rows, wt16, z.data() + r0 * N, N,
+                  GemmInit<float>{bias_row.data(), false});
+    }
+  });
+  Timing bf16_pairs{0, 0};
+  if (laaf::cpu::bf16_dot_enabled()) {
+    laaf::cpu::PairPanel pairs(K, N);
+    pairs.pack(w16.data(), 1, K);
+    bf16_pairs = time_ms([&] {
+      for (int64_t r0 = 0; r0 < kRows; r0 += kChunk) {
+        laaf::cpu::pair_gemm(x16.data() + r0 * K, K, std::min(kChunk, kRows - r0), pairs,
+                             z.data() + r0 * N, N, bias_row.data());
+      }
+    });
+  }
+
   const double gflop = 2.0 * kRows * N * K / 1e9;
   std::printf("N=%ld K=%ld: %ld dot-tail columns, fwd max |z - exact| %.2e\n", (long)N,
               (long)K, (long)wt.tail_columns(), worst);
   std::printf("N=%ld K=%ld, M=%ld, one thread: median (min) ms, GFLOP/s of the median\n",
               (long)N, (long)K, (long)kRows);
-  for (const auto& [name, t] : {std::pair{"fwd", fwd}, std::pair{"dW ", dw_time}}) {
-    std::printf("  %s %.3f (%.3f) ms  %.1f GFLOP/s\n", name, t.median_ms, t.min_ms,
-                gflop / t.median_ms * 1e3);
+  for (const auto& [name, t] :
+       {std::pair{"fwd              ", fwd}, std::pair{"dW               ", dw_time},
+        std::pair{"bf16 fwd, widened", bf16_widened}, std::pair{"bf16 fwd, pairs  ", bf16_pairs}}) {
+    if (t.median_ms == 0) {
+      std::printf("  %s (no AVX512-BF16 on this CPU or build)\n", name);
+    } else {
+      std::printf("  %s %.3f (%.3f) ms  %.1f GFLOP/s\n", name, t.median_ms, t.min_ms,
+                  gflop / t.median_ms * 1e3);
+    }
   }
   return 0;
 }

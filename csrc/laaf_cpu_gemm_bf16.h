@@ -11,22 +11,25 @@
 //
 // two multiply-adds per float lane and instruction, where an FMA does one, and no
 // widening pass over x. Each product of two bf16 values is exact in float; the sums
-// are float sums, as on the widened path, in another order (a pair at a time), with
-// denormal inputs and results flushed to zero (the instruction's DAZ / FTZ; |z| below
-// 2^-126 is far under bf16's own rounding of y at the tolerances of any bf16 layer).
+// are float sums, as on the widened path, in another order (a pair at a time). The
+// instruction treats denormal inputs as zero and flushes denormal results (DAZ /
+// FTZ): a bf16 x or W below 2^-126 in magnitude contributes nothing, however large
+// the other factor (x = 2^-130 times W = 2^100 loses z's 2^-30:
+// tests/test_cpu_bf16_gemm.py). Eager's bf16 torch.mm on a Zen 4 drops that product
+// too. LAAF_CPU_BF16_DOT=0 keeps the widened path's exact products.
 //
 // The tiles are the fp32 GEMM's (gemm_tile): R = 4 rows by P <= 4 vectors of 16
 // float lanes, 16 accumulators + 4 B vectors + 1 broadcast of A's pair in AVX-512's
 // 32 registers; per pair of depth steps P loads, R broadcasts, R P vdpbf16ps. A
-// panel's lanes past C's last column are masked at the store (AVX-512's masked stores
-// cost no more than whole ones), so each lane of C is stored once and a forward
-// epilogue may run on the tiles. Every sum runs in a fixed order, whatever the thread
-// count (deterministic).
+// panel's lanes past C's last column are masked at the store (one AVX-512 masked
+// store; no overlapping vectors as in gemm_rows), so each lane of C is stored once
+// and a forward epilogue may run on the tiles. Every sum runs in a fixed order,
+// whatever the thread count (deterministic).
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 
-#include "laaf_cpu_gemm.h"  // narrow_enabled, next_panel_vectors, padded_width, StoreAsIs
+#include "laaf_cpu_gemm.h"  // next_panel_vectors, StoreAsIs
 
 #include <cstdint>
 #include <cstdlib>

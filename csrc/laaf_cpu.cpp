@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 
@@ -234,13 +235,8 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
 // Narrow layers (K, N <= kMaxNarrow; every dtype): GEMMs fused with the epilogues
 // ---------------------------------------------------------------------------
 
-// Whether the linear layer takes the fused narrow path: K and N at most kMaxNarrow
-// (and for the fp32 forward K * N at most kMaxNarrowForwardArea), and
-// narrow_enabled() (LAAF_CPU_NARROW is not "0").
-inline bool narrow_shape(at::ScalarType dtype, int64_t N, int64_t K, bool forward) {
-  const bool sgemm_wins = forward && dtype == at::kFloat && K * N > kMaxNarrowForwardArea;
-  return N <= kMaxNarrow && K <= kMaxNarrow && !sgemm_wins;
-}
+// Whether the linear layer takes the fused narrow path: narrow_shape (laaf_cpu_gemm.h)
+// and narrow_enabled() (LAAF_CPU_NARROW is not "0").
 inline bool narrow_fused(const Tensor& x, const Tensor& weight, bool forward) {
   return narrow_enabled() && narrow_shape(x.scalar_type(), weight.size(0), weight.size(1), forward);
 }
@@ -340,7 +336,8 @@ void forward_widened_chunk(const T* x_rows, int64_t x_row_stride, int64_t x_col_
 // s z, then act, the same way (bit for bit). The epilogue, fp32 tanh, M = 10^5,
 // K = N = 50, two threads, the raw op: 2.85-2.90 -> 2.67-2.79 ms (medians of 41,
 // eight alternating runs each). 16-bit layers: forward_widened_chunk (`pairs`: W's
-// pair panel where a bf16 layer's GEMM runs on vdpbf16ps, else null).
+// pair panel where a bf16 layer's GEMM runs on vdpbf16ps, else null; `wt` is then
+// empty).
 template <typename T, int ACT>
 void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_stride, int64_t K,
                            const PackedPanel<Compute<T>>& wt, const PairPanel* pairs,
@@ -502,21 +499,23 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weig
   if (rows * N == 0) return {y, keep_z ? z : at::empty({0}, x.options())};
   LAAF_DISPATCH_CPU_TYPES(x.scalar_type(), "laaf_cpp_linear_fwd_narrow", [&] {
     using C = Compute<scalar_t>;
-    // (A 16-bit x is widened into a contiguous chunk: the dot tail's A.)
+    // W's pairs where a bf16 layer runs on them; else W^T packed for our float GEMM (a
+    // 16-bit x is widened into a contiguous chunk: the dot tail's A).
+    const std::optional<PairPanel> pairs =
+        forward_on_pairs(x, weight) ? std::optional(pack_weight_pairs(weight)) : std::nullopt;
     const bool contiguous_depth = x.stride(1) == 1 || ChunkStage<scalar_t>::kWidened;
-    const auto wt = pack_weight<scalar_t>(weight, true, /*dot_tail=*/contiguous_depth);
+    const auto wt = pairs ? PackedPanel<C>(0, 0)
+                          : pack_weight<scalar_t>(weight, true, /*dot_tail=*/contiguous_depth);
     const Tensor bias_c =
         bias.has_value() ? bias->to(c10::CppTypeToScalarType<C>::value).contiguous() : Tensor();
     const auto bias_row = padded_row<C>(data_or_null<C>(bias_c), N);
     const auto grid = make_grid<scalar_t>(rows, N, s_c, kind, false, 0);
     const auto slopes = padded_row(slope_per_row<C>(s_c, kind, N).data(), N);
-    const bool on_pairs = forward_on_pairs(x, weight);
-    const PairPanel pairs = on_pairs ? pack_weight_pairs(weight) : PairPanel(0, 0);
     LAAF_ACT_SWITCH(act, [&] {
       linear_forward_narrow<scalar_t, ACT>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
-                                           wt, on_pairs ? &pairs : nullptr, bias_row.data(),
-                                           slopes.data(),
-                                           z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grid);
+                                           wt, pairs ? &*pairs : nullptr, bias_row.data(),
+                                           slopes.data(), z.data_ptr<scalar_t>(),
+                                           y.data_ptr<scalar_t>(), grid);
     });
   });
   return {y, keep_z ? z : at::empty({0}, x.options())};

@@ -27,6 +27,7 @@
 // (deterministic).
 #pragma once
 #include <ATen/cpu/vec/vec.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include "laaf_cpu_lane_sums.h"  // lane_sums, LAAF_HAS_LANE_SUMS
@@ -61,11 +62,24 @@ constexpr int64_t kMaxNarrowForwardArea = 120 * 120;
 // every w (128: 32.2 / 26.5).
 constexpr int64_t kMaxNarrowGramArea = 80 * 80;
 
-// Whether the narrow GEMM runs at all: LAAF_CPU_NARROW is not "0" (read at every
-// call, so that benchmarks and tests can compare it with ATen's in one process).
-inline bool narrow_enabled() {
-  const char* env = std::getenv("LAAF_CPU_NARROW");
+// Whether the environment variable `name` leaves a path on: unset or not "0". Read
+// at every call, so that benchmarks and tests can compare two paths in one process.
+inline bool env_switch_on(const char* name) {
+  const char* env = std::getenv(name);
   return env == nullptr || std::string(env) != "0";
+}
+
+// Whether the narrow GEMM runs at all: LAAF_CPU_NARROW is not "0".
+inline bool narrow_enabled() { return env_switch_on("LAAF_CPU_NARROW"); }
+
+// Whether C = A B with B (K x N) of dtype takes the narrow GEMM as a tall product (A's
+// rows in chunks: the layer's forward z = x W^T, its dx = gz W, cpp_matmul's tall
+// shape): K and N at most kMaxNarrow, and for fp32 K * N at most
+// kMaxNarrowForwardArea, above which MKL's sgemm measured faster. The layer's
+// backward passes forward = false: it took the narrow path at every K, N <= 128.
+inline bool narrow_shape(c10::ScalarType dtype, int64_t N, int64_t K, bool forward = true) {
+  const bool sgemm_wins = forward && dtype == c10::kFloat && K * N > kMaxNarrowForwardArea;
+  return N <= kMaxNarrow && K <= kMaxNarrow && !sgemm_wins;
 }
 
 // How an accumulated C's partial sums are grouped (dW = gz^T x, a gram matmul):

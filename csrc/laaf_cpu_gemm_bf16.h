@@ -29,12 +29,10 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 
-#include "laaf_cpu_gemm.h"  // next_panel_vectors, StoreAsIs
+#include "laaf_cpu_gemm.h"  // env_switch_on, next_panel_vectors, StoreAsIs
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
 
 // The build can emit vdpbf16ps (in functions marked LAAF_BF16_TARGET): AVX-512 builds
@@ -68,8 +66,7 @@ constexpr int64_t kMinPairWidth = 3;
 inline bool bf16_dot_enabled() {
 #if LAAF_HAS_BF16_DOT
   static const bool cpu_has = __builtin_cpu_supports("avx512bf16");
-  const char* env = std::getenv("LAAF_CPU_BF16_DOT");
-  return cpu_has && (env == nullptr || std::string(env) != "0");
+  return cpu_has && env_switch_on("LAAF_CPU_BF16_DOT");
 #else
   return false;
 #endif

@@ -47,15 +47,12 @@ using namespace cpu;
 
 // Which of the two narrow shapes C = A B is (A m x k, B k x n), if either, for the
 // narrow GEMM; kOther goes to at::mm. fp32 keeps MKL's sgemm where it won
-// (laaf_cpu_gemm.h: kMaxNarrowForwardArea, kMaxNarrowGramArea).
+// (laaf_cpu_gemm.h: narrow_shape for the tall one, kMaxNarrowGramArea).
 enum class MatmulShape { kTall, kGram, kOther };
 
 MatmulShape matmul_shape(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
-  const bool fp32 = dtype == at::kFloat;
-  if (k <= kMaxNarrow && n <= kMaxNarrow && !(fp32 && k * n > kMaxNarrowForwardArea)) {
-    return MatmulShape::kTall;
-  }
-  if (m <= kMaxNarrow && n <= kMaxNarrow && !(fp32 && m * n > kMaxNarrowGramArea)) {
+  if (narrow_shape(dtype, n, k)) return MatmulShape::kTall;
+  if (m <= kMaxNarrow && n <= kMaxNarrow && !(dtype == at::kFloat && m * n > kMaxNarrowGramArea)) {
     return MatmulShape::kGram;
   }
   return MatmulShape::kOther;

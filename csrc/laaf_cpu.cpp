@@ -375,6 +375,42 @@ void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_strid
   });
 }
 
+// A bf16 chunk's backward GEMMs on vdpbf16ps (laaf_cpu_gemm_bf16.h), from the float
+// buffer `gbuf` (rows x cols: gz, or gh where the caller scales by s afterwards):
+//     dx_chunk = bf16(gbuf diag(dx_scale)) W         (dx_scale: s for gh, else null)
+//     dW_group += bf16(gbuf)^T x_chunk
+// Each operand is rounded to bf16 once, in a pass over the chunk in cache; eager's
+// bf16 backward rounds gh and then gz = gh s before its GEMMs. The products are exact
+// in float and summed in float (dW per group, folded in double by the caller), as on
+// the widened path.
+struct PairBackwardStage {
+  std::vector<uint32_t> gz_words;  // dx's A: the chunk's rows in pairs (round_row_pairs)
+  PairPanel gh_t, x_pairs;         // dW's A (gbuf^T's pairs) and B (x's rows in pairs)
+  PairBackwardStage(int64_t cols, int64_t K)
+      : gz_words(kRowsPerChunk * ((cols + 1) / 2), 0u),
+        gh_t(kRowsPerChunk, cols),
+        x_pairs(kRowsPerChunk, K) {}
+};
+
+void backward_pairs_chunk(const float* gbuf, int64_t rows, int64_t cols, const float* dx_scale,
+                          const PairPanel& w_pairs, const c10::BFloat16* x_rows,
+                          int64_t x_row_stride, int64_t x_col_stride, float* dx_stage,
+                          c10::BFloat16* dx, float* dw, PairBackwardStage& stage) {
+  const int64_t K = w_pairs.width();
+  if (dx != nullptr) {
+    round_row_pairs(gbuf, rows, cols, dx_scale, stage.gz_words.data());
+    pair_gemm_words(WordPairs{stage.gz_words.data(), (cols + 1) / 2, 1}, rows, w_pairs,
+                    dx_stage, K, /*accumulate=*/false);
+    narrow_run(dx_stage, rows * K, dx);
+  }
+  if (dw != nullptr) {
+    fill_pairs(stage.gh_t, gbuf, rows, cols);
+    fill_pairs(stage.x_pairs, x_rows, rows, x_row_stride, x_col_stride);
+    pair_gemm_words(WordPairs{stage.gh_t.row(0), 1, stage.gh_t.padded()}, cols, stage.x_pairs,
+                    dw, stage.x_pairs.padded(), /*accumulate=*/true);
+  }
+}
+
 // Backward: chunk by chunk, gz (the flat epilogue, with the db / ds partials of
 // the chunk) into a chunk-sized buffer, then from that buffer, still in cache,
 // dx_chunk = gz W and dW_group += gz^T x_chunk. dW is summed per group of
@@ -384,10 +420,14 @@ void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_strid
 // FROM_Y (z null): the buffer holds gh, `w` must be packed as diag(s) W (so that
 // dx = gh diag(s) W = gz W), db_part gets the sums of gh and dw_parts those of
 // gh^T x: the caller scales them by s (linear_bwd_narrow).
+// w_pairs (a bf16 layer on vdpbf16ps, else null): W's pairs (depth N), and the GEMMs
+// run in backward_pairs_chunk (`w` unused; dx_scale: s per column where the buffer
+// holds gh, else null).
 template <typename T, int ACT, bool FROM_Y = false>
 void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_t x_col_stride,
                             int64_t K, const T* z, const T* y,
-                            const PackedPanel<Compute<T>>& w, T* dx, Compute<T>* dw_parts,
+                            const PackedPanel<Compute<T>>& w, const PairPanel* w_pairs,
+                            const Compute<T>* dx_scale, T* dx, Compute<T>* dw_parts,
                             double* db_part, double* ds_part, const Grid<Compute<T>>& grid) {
   using C = Compute<T>;
   const FlatWalk<C> walk(grid);
@@ -401,6 +441,8 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
     ChunkStage<T> stage(0, K);  // (16-bit: dx in float; x is widened into x_chunk)
     const int64_t dw_size = cols * x_chunk.padded();
     PhaseSums<C> db(cols, walk.period()), ds(cols, walk.period());
+    std::optional<PairBackwardStage> pair_stage;
+    if (w_pairs != nullptr) pair_stage.emplace(cols, K);
     for (int64_t grp = g0; grp < g1; ++grp) {
       C* dw = dw_parts == nullptr ? nullptr : dw_parts + grp * dw_size;
       if (dw != nullptr) std::fill(dw, dw + dw_size, C(0));
@@ -415,6 +457,15 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
                                     ds_part != nullptr ? &ds : nullptr);
         if (db_part != nullptr) db.fold(db_part + k * cols);
         if (ds_part != nullptr) ds.fold(ds_part + k * cols);
+        if constexpr (std::is_same_v<T, c10::BFloat16>) {
+          if (w_pairs != nullptr) {
+            backward_pairs_chunk(gz.data(), rows, cols, dx_scale, *w_pairs,
+                                 x + r0 * x_row_stride, x_row_stride, x_col_stride,
+                                 stage.c.data(), dx == nullptr ? nullptr : dx + r0 * K, dw,
+                                 *pair_stage);
+            continue;
+          }
+        }
         if (dx != nullptr) {  // dx(r, :) = sum_n gz(r, n) W(n, :)
           const StridedA<C> gz_rows{gz.data(), cols, 1};
           if constexpr (ChunkStage<T>::kWidened) {
@@ -481,10 +532,23 @@ bool forward_on_pairs(const Tensor& x, const Tensor& weight) {
   return weight.scalar_type() == at::kBFloat16 && pair_shape(x.scalar_type(), weight.size(0));
 }
 
-// B(k, n) = W(n, k) in bf16 pairs along k: the forward's pair panel.
-PairPanel pack_weight_pairs(const Tensor& weight) {
-  PairPanel panel(weight.size(1), weight.size(0));
-  panel.pack(weight.data_ptr<c10::BFloat16>(), weight.stride(1), weight.stride(0));
+// Whether a narrow layer's backward GEMMs (dx = gz W, dW = gz^T x) run on bf16 pairs:
+// bf16 x and W, C (dx and dW) at least kMinPairWidth = 3 columns wide (K), and
+// bf16_dot_enabled().
+bool backward_on_pairs(const Tensor& x, const Tensor& weight) {
+  return weight.scalar_type() == at::kBFloat16 && pair_shape(x.scalar_type(), weight.size(1));
+}
+
+// W in bf16 pairs along the depth: transposed, B(k, n) = W(n, k) (the forward's panel,
+// x W^T); else B(n, k) = W(n, k) (the backward's, gz W).
+PairPanel pack_weight_pairs(const Tensor& weight, bool transposed) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  PairPanel panel(transposed ? K : N, transposed ? N : K);
+  if (transposed) {
+    panel.pack(weight.data_ptr<c10::BFloat16>(), weight.stride(1), weight.stride(0));
+  } else {
+    panel.pack(weight.data_ptr<c10::BFloat16>(), weight.stride(0), weight.stride(1));
+  }
   return panel;
 }
 
@@ -502,7 +566,7 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weig
     // W's pairs where a bf16 layer runs on them; else W^T packed for our float GEMM (a
     // 16-bit x is widened into a contiguous chunk: the dot tail's A).
     const std::optional<PairPanel> pairs =
-        forward_on_pairs(x, weight) ? std::optional(pack_weight_pairs(weight)) : std::nullopt;
+        forward_on_pairs(x, weight) ? std::optional(pack_weight_pairs(weight, true)) : std::nullopt;
     const bool contiguous_depth = x.stride(1) == 1 || ChunkStage<scalar_t>::kWidened;
     const auto wt = pairs ? PackedPanel<C>(0, 0)
                           : pack_weight<scalar_t>(weight, true, /*dot_tail=*/contiguous_depth);
@@ -608,9 +672,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
   LAAF_DISPATCH_CPU_TYPES(x.scalar_type(), "laaf_cpp_linear_bwd_narrow", [&] {
     using C = Compute<scalar_t>;
     const auto s_rows = slope_per_row<C>(s_c, slope_kind(s), N);
-    auto w = need.dx ? pack_weight<scalar_t>(weight, false, /*dot_tail=*/true)  // (A = gz)
-                     : PackedPanel<C>(0, K);
-    if (from_y && need.dx && s.has_value()) w.scale_rows(s_rows.data());
+    // W's pairs where a bf16 layer's GEMMs run on them (s then scales gh as it is
+    // rounded: dx_scale); else W packed for our float GEMM (diag(s) W from y).
+    const std::optional<PairPanel> w_pairs =
+        backward_on_pairs(x, weight) ? std::optional(pack_weight_pairs(weight, false))
+                                     : std::nullopt;
+    const C* dx_scale = w_pairs && from_y && s.has_value() ? s_rows.data() : nullptr;
+    auto w = need.dx && !w_pairs ? pack_weight<scalar_t>(weight, false, /*dot_tail=*/true)
+                                 : PackedPanel<C>(0, K);  // (A = gz)
+    if (from_y && need.dx && s.has_value() && !w_pairs) w.scale_rows(s_rows.data());
     const auto grid = make_grid<scalar_t>(rows, N, s_c, slope_kind(s), false, 0);
     const int64_t k_padded = padded_width<C>(K);  // dW's rows (narrow_gemm accumulates)
     const auto c_options = x.options().dtype(c10::CppTypeToScalarType<C>::value);
@@ -619,7 +689,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
       linear_backward_narrow<scalar_t, decltype(act_c)::value, decltype(from_y_c)::value>(
           g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), K,
           data_or_null<scalar_t>(z), data_or_null<scalar_t>(y),
-          w, need.dx ? dx.data_ptr<scalar_t>() : nullptr,
+          w, w_pairs ? &*w_pairs : nullptr, dx_scale, need.dx ? dx.data_ptr<scalar_t>() : nullptr,
           data_or_null<C>(dw_parts), data_or_null<double>(db_part),
           data_or_null<double>(ds_part), grid);
     };
@@ -801,13 +871,20 @@ int64_t parallel_threads() {
   return __builtin_popcountll(seen.load());
 }
 
-// cpp_linear_fwd_gemm: the GEMM a layer's forward runs on, for the tests and
-// benchmarks: "bf16_pairs" (vdpbf16ps, laaf_cpu_gemm_bf16.h), "narrow" (our fp32 /
-// fp64 GEMM, 16-bit x widened) or "aten" (at::addmm), on this CPU, build and setting
-// of LAAF_CPU_NARROW and LAAF_CPU_BF16_DOT.
+// cpp_linear_fwd_gemm / cpp_linear_bwd_gemm: the GEMMs a layer's forward / backward
+// runs on, for the tests and benchmarks: "bf16_pairs" (vdpbf16ps,
+// laaf_cpu_gemm_bf16.h), "narrow" (our fp32 / fp64 GEMM, 16-bit values widened) or
+// "aten" (ATen's), on this CPU, build and setting of LAAF_CPU_NARROW and
+// LAAF_CPU_BF16_DOT. The pair GEMMs' C is z (N wide) forward, dx and dW (K wide) backward.
+std::string linear_gemm_path(int64_t n_out, int64_t k_in, at::ScalarType dtype, bool forward) {
+  if (!narrow_enabled() || !narrow_shape(dtype, n_out, k_in, forward)) return "aten";
+  return pair_shape(dtype, forward ? n_out : k_in) ? "bf16_pairs" : "narrow";
+}
 std::string linear_fwd_gemm(int64_t n_out, int64_t k_in, at::ScalarType dtype) {
-  if (!narrow_enabled() || !narrow_shape(dtype, n_out, k_in, /*forward=*/true)) return "aten";
-  return pair_shape(dtype, n_out) ? "bf16_pairs" : "narrow";
+  return linear_gemm_path(n_out, k_in, dtype, /*forward=*/true);
+}
+std::string linear_bwd_gemm(int64_t n_out, int64_t k_in, at::ScalarType dtype) {
+  return linear_gemm_path(n_out, k_in, dtype, /*forward=*/false);
 }
 
 }  // namespace
@@ -815,6 +892,7 @@ std::string linear_fwd_gemm(int64_t n_out, int64_t k_in, at::ScalarType dtype) {
 TORCH_LIBRARY_FRAGMENT(laaf, m) {
   m.def("cpp_parallel_threads() -> int", &parallel_threads);
   m.def("cpp_linear_fwd_gemm(int n_out, int k_in, ScalarType dtype) -> str", &linear_fwd_gemm);
+  m.def("cpp_linear_bwd_gemm(int n_out, int k_in, ScalarType dtype) -> str", &linear_bwd_gemm);
   m.def("cpp_linear_stores_z(int n_out, int k_in, bool training, ScalarType dtype, "
         "str activation) -> bool", &linear_stores_z);
   m.def("cpp_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "

@@ -1,7 +1,10 @@
-// laaf_kernels: the forward GEMM of a bfloat16 NARROW layer on AVX512-BF16's
-// vdpbf16ps, for CPUs that have it (Intel Cooper Lake and later, AMD Zen 4 and later):
+// laaf_kernels: the GEMMs of a bfloat16 NARROW layer on AVX512-BF16's vdpbf16ps,
+// for CPUs that have it (Intel Cooper Lake and later, AMD Zen 4 and later):
 //
-//   z_chunk = x_chunk W^T + b      x, W in bfloat16, z in float lanes
+//   forward    z_chunk = x_chunk W^T + b      x, W in bfloat16, z in float lanes
+//   backward   dx_chunk = gz_chunk W,  dW += gz_chunk^T x_chunk
+//              (gz formed in float, rounded to bf16 once per GEMM operand:
+//              round_row_pairs, fill_pairs; laaf_cpu.cpp: backward_pairs_chunk)
 //
 // Without it (laaf_cpu.cpp: ChunkStage) a bf16 layer widens each chunk of x to
 // float and runs the fp32 GEMM of laaf_cpu_gemm.h. vdpbf16ps instead takes x's and
@@ -81,6 +84,7 @@ class PairPanel {
  public:
   static constexpr int64_t kLanes = 16;  // float lanes of a zmm, pairs per B vector
 
+  // Room for `depth` values along the depth; refill() may then hold fewer.
   PairPanel(int64_t depth, int64_t width)
       : depth_(depth), width_(width), padded_((width + kLanes - 1) / kLanes * kLanes),
         data_(std::max<int64_t>(1, pairs()) * padded_, 0u) {}
@@ -93,30 +97,57 @@ class PairPanel {
       for (int64_t n = 0; n < width_; ++n) row[n] |= uint32_t(src[d * sd + n * sw].x) << shift;
     }
   }
+  // Hold `depth` values (at most the constructor's) from here on: a chunk's panel,
+  // refilled chunk by chunk (fill_pairs writes every word of rows [0, pairs())); with
+  // `zero`, those words are first set to zero (for pack's ORs).
+  void reset(int64_t depth, bool zero) {
+    TORCH_INTERNAL_ASSERT(depth >= 0 && (depth + 1) / 2 * padded_ <= int64_t(data_.size()));
+    depth_ = depth;
+    if (zero) std::fill(data_.begin(), data_.begin() + pairs() * padded_, 0u);
+  }
   int64_t depth() const { return depth_; }
   int64_t pairs() const { return (depth_ + 1) / 2; }
   int64_t width() const { return width_; }
   int64_t padded() const { return padded_; }
   const uint32_t* row(int64_t q) const { return data_.data() + q * padded_; }
+  uint32_t* row(int64_t q) { return data_.data() + q * padded_; }
 
  private:
   int64_t depth_, width_, padded_;
   std::vector<uint32_t> data_;
 };
 
+// How a pair GEMM reads A(r, d), a pair (d = 2q, 2q + 1) at a time as one 32-bit
+// word (the lower d in the low half). RowPairs: bf16 rows with a contiguous depth
+// (the forward's x), where an odd depth's last value is alone; WordPairs: words
+// already paired, word (r, q) at words[r * row_stride + q * pair_stride], an odd
+// depth's last high half zero (the backward's gz, and gh^T as a pair panel).
+struct RowPairs {
+  const c10::BFloat16* a;
+  int64_t lda, depth;
+};
+struct WordPairs {
+  const uint32_t* words;
+  int64_t row_stride, pair_stride;
+};
+
 #if LAAF_HAS_BF16_DOT
-// The pair A(r, 2q), A(r, 2q + 1) as one 32-bit word: a row's depth is contiguous.
-// An odd depth's last pair is A(r, depth - 1) alone, zero-extended: the word past it
-// (the next row's first value, or past x's end) is not read, so an Inf or NaN there
-// cannot turn the zero of B's padding into a NaN.
-inline uint32_t a_pair(const c10::BFloat16* row, int64_t q, int64_t depth) {
-  if (2 * q + 1 < depth) {
-    uint32_t word;
-    std::memcpy(&word, row + 2 * q, sizeof(word));
-    return word;
-  }
-  return row[2 * q].x;
+// Pair q of A's row r, q below the last pair. An odd depth's last pair (last_word)
+// is A(r, depth - 1) alone, zero-extended: the word past it (the next row's first
+// value, or past x's end) is not read, so an Inf or NaN there cannot turn the zero
+// of B's padding into a NaN.
+inline uint32_t word(const RowPairs& A, int64_t r, int64_t q) {
+  uint32_t w;
+  std::memcpy(&w, A.a + r * A.lda + 2 * q, sizeof(w));
+  return w;
 }
+inline uint32_t last_word(const RowPairs& A, int64_t r, int64_t q) {
+  return 2 * q + 1 < A.depth ? word(A, r, q) : uint32_t(A.a[r * A.lda + 2 * q].x);
+}
+inline uint32_t word(const WordPairs& A, int64_t r, int64_t q) {
+  return A.words[r * A.row_stride + q * A.pair_stride];
+}
+inline uint32_t last_word(const WordPairs& A, int64_t r, int64_t q) { return word(A, r, q); }
 
 // One pair of depth steps of an R x P tile: acc(r, p) += the pair bcast(r) . the P
 // vectors of B's pair row at b_row.
@@ -136,77 +167,113 @@ LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_step(
   }
 }
 
-// One R x P tile of C = A B (+ init, through the epilogue) at columns [col, col + 16 P):
-// the lanes below `cols` are stored. As gemm_tile, with the depth in pairs.
-template <int R, int P, typename Ep>
+// One R x P tile of C = A B (+ init, through the epilogue) at rows [r0, r0 + R) of A
+// and C and columns [col, col + 16 P): the lanes below `cols` are stored. As
+// gemm_tile, with the depth in pairs. init: null (0), a row for every row (the
+// bias), or, with `accumulate`, C itself (its live lanes: dW += gh^T x).
+template <int R, int P, typename A, typename Ep>
 LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_tile(
-    const c10::BFloat16* a, int64_t lda, const PairPanel& B, int64_t col, float* c,
-    int64_t ldc, int64_t cols, const float* init_row, const Ep& ep) {
+    const A& a, int64_t r0, const PairPanel& B, int64_t col, float* c, int64_t ldc,
+    int64_t cols, const float* init_row, bool accumulate, const Ep& ep) {
   using V = Vectorized<float>;
   constexpr int64_t L = PairPanel::kLanes;
+  __mmask16 live[P];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) {
+    live[p] = __mmask16((uint32_t(1) << std::clamp<int64_t>(cols - col - p * L, 0, L)) - 1u);
+  }
   __m512 acc[R][P];
 #pragma GCC unroll 4
   for (int p = 0; p < P; ++p) {
     const __m512 start = init_row == nullptr ? _mm512_setzero_ps()
                                              : _mm512_loadu_ps(init_row + col + p * L);
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) acc[r][p] = start;
+    for (int r = 0; r < R; ++r) {
+      acc[r][p] = accumulate ? _mm512_maskz_loadu_ps(live[p], c + (r0 + r) * ldc + col + p * L)
+                             : start;
+    }
   }
-  const int64_t depth = B.depth(), whole_pairs = depth / 2;
+  const int64_t whole_pairs = B.depth() / 2;
   for (int64_t q = 0; q < whole_pairs; ++q) {
     __m512i bcast[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      uint32_t word;
-      std::memcpy(&word, a + r * lda + 2 * q, sizeof(word));
-      bcast[r] = _mm512_set1_epi32(int(word));
-    }
+    for (int r = 0; r < R; ++r) bcast[r] = _mm512_set1_epi32(int(word(a, r0 + r, q)));
     pair_step<R, P>(acc, bcast, B.row(q) + col);
   }
   if (whole_pairs < B.pairs()) {  // (an odd depth: its last value alone)
     __m512i bcast[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      bcast[r] = _mm512_set1_epi32(int(a_pair(a + r * lda, whole_pairs, depth)));
-    }
+    for (int r = 0; r < R; ++r) bcast[r] = _mm512_set1_epi32(int(last_word(a, r0 + r, whole_pairs)));
     pair_step<R, P>(acc, bcast, B.row(whole_pairs) + col);
   }
 #pragma GCC unroll 4
   for (int p = 0; p < P; ++p) {
-    const int64_t live = std::clamp<int64_t>(cols - col - p * L, 0, L);
-    const __mmask16 mask = __mmask16((uint32_t(1) << live) - 1u);
     V f;
     if constexpr (Ep::kActive) f = V::loadu(ep.factor + col + p * L);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       __m512 out = acc[r][p];
       if constexpr (Ep::kActive) out = ep.apply(V(out), f);
-      _mm512_mask_storeu_ps(c + r * ldc + col + p * L, mask, out);
+      _mm512_mask_storeu_ps(c + (r0 + r) * ldc + col + p * L, live[p], out);
     }
   }
 }
 
-// R rows of C, all of B's columns, in panels of next_panel_vectors (laaf_cpu_gemm.h).
-template <int R, typename Ep>
+// R rows of C from row r0, all of B's columns, in panels of next_panel_vectors
+// (laaf_cpu_gemm.h).
+template <int R, typename A, typename Ep>
 LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_rows(
-    const c10::BFloat16* a, int64_t lda, const PairPanel& B, float* c, int64_t ldc,
-    const float* init_row, const Ep& ep) {
+    const A& a, int64_t r0, const PairPanel& B, float* c, int64_t ldc, const float* init_row,
+    bool accumulate, const Ep& ep) {
   constexpr int64_t L = PairPanel::kLanes;
   const int64_t cols = B.width();
   int64_t left = B.padded() / L;
   for (int64_t col = 0; left > 0;) {
     const int64_t vectors = next_panel_vectors(left);
     switch (vectors) {
-      case 1: pair_tile<R, 1>(a, lda, B, col, c, ldc, cols, init_row, ep); break;
-      case 2: pair_tile<R, 2>(a, lda, B, col, c, ldc, cols, init_row, ep); break;
-      case 3: pair_tile<R, 3>(a, lda, B, col, c, ldc, cols, init_row, ep); break;
-      default: pair_tile<R, 4>(a, lda, B, col, c, ldc, cols, init_row, ep);
+      case 1: pair_tile<R, 1>(a, r0, B, col, c, ldc, cols, init_row, accumulate, ep); break;
+      case 2: pair_tile<R, 2>(a, r0, B, col, c, ldc, cols, init_row, accumulate, ep); break;
+      case 3: pair_tile<R, 3>(a, r0, B, col, c, ldc, cols, init_row, accumulate, ep); break;
+      default: pair_tile<R, 4>(a, r0, B, col, c, ldc, cols, init_row, accumulate, ep);
     }
     left -= vectors;
     col += vectors * L;
   }
 }
+
+// All `rows` rows: tiles of 4 rows, then 2, then 1.
+template <typename A, typename Ep>
+LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_all_rows(
+    const A& a, int64_t rows, const PairPanel& B, float* c, int64_t ldc, const float* init_row,
+    bool accumulate, const Ep& ep) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) pair_rows<4>(a, r, B, c, ldc, init_row, accumulate, ep);
+  if (r + 2 <= rows) {
+    pair_rows<2>(a, r, B, c, ldc, init_row, accumulate, ep);
+    r += 2;
+  }
+  if (r < rows) pair_rows<1>(a, r, B, c, ldc, init_row, accumulate, ep);
+}
+
+// 16 bf16 values (round to nearest even) of the float lanes `live` of src, times
+// scale's (if not null), each zero-extended into a 32-bit lane.
+LAAF_BF16_TARGET inline __m512i rounded_words(const float* src, const float* scale,
+                                              __mmask16 live) {
+  __m512 v = _mm512_maskz_loadu_ps(live, src);
+  if (scale != nullptr) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, scale));
+  return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v));
+}
 #endif  // LAAF_HAS_BF16_DOT
+
+// An out-of-line entry point into the AVX512-BF16 code (a no-op stub elsewhere: only
+// called where bf16_dot_enabled()).
+#if LAAF_HAS_BF16_DOT
+#define LAAF_BF16_ENTRY LAAF_BF16_TARGET __attribute__((noinline))
+#else
+#define LAAF_BF16_ENTRY
+#endif
+#define LAAF_NO_BF16_DOT_CODE(name) \
+  TORCH_INTERNAL_ASSERT(false, name ": this build has no AVX512-BF16 code")
 
 // C(r, :) = init + sum_d A(r, d) B(d, :) for r < rows, through the epilogue `ep`
 // (StoreAsIs, or laaf_cpu.cpp's ActEpilogue on float lanes): A(r, d) =
@@ -214,21 +281,109 @@ LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_rows(
 // columns, B.width() of them written; init_row null or padded to whole vectors.
 // Serial, in tiles of 4 rows, then 2, then 1. Only where bf16_dot_enabled().
 template <typename Ep = StoreAsIs>
+LAAF_BF16_ENTRY void pair_gemm(const c10::BFloat16* a, int64_t lda, int64_t rows,
+                               const PairPanel& B, float* c, int64_t ldc, const float* init_row,
+                               const Ep& ep = Ep()) {
 #if LAAF_HAS_BF16_DOT
-LAAF_BF16_TARGET __attribute__((noinline))
-#endif
-void pair_gemm(const c10::BFloat16* a, int64_t lda, int64_t rows, const PairPanel& B, float* c,
-               int64_t ldc, const float* init_row, const Ep& ep = Ep()) {
-#if LAAF_HAS_BF16_DOT
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) pair_rows<4>(a + r * lda, lda, B, c + r * ldc, ldc, init_row, ep);
-  if (r + 2 <= rows) {
-    pair_rows<2>(a + r * lda, lda, B, c + r * ldc, ldc, init_row, ep);
-    r += 2;
-  }
-  if (r < rows) pair_rows<1>(a + r * lda, lda, B, c + r * ldc, ldc, init_row, ep);
+  pair_all_rows(RowPairs{a, lda, B.depth()}, rows, B, c, ldc, init_row, false, ep);
 #else
-  TORCH_INTERNAL_ASSERT(false, "pair_gemm: this build has no AVX512-BF16 code");
+  LAAF_NO_BF16_DOT_CODE("pair_gemm");
+#endif
+}
+
+// C(r, :) (+)= sum_q word(A, r, q) . B's pair row q for r < rows: A's pairs already
+// formed (WordPairs); C float with ldc columns, B.width() of them written; with
+// `accumulate` onto C's values (dW's partial sums), else from zero. The backward's GEMMs.
+inline LAAF_BF16_ENTRY void pair_gemm_words(const WordPairs& a, int64_t rows, const PairPanel& B,
+                                            float* c, int64_t ldc, bool accumulate) {
+#if LAAF_HAS_BF16_DOT
+  pair_all_rows(a, rows, B, c, ldc, nullptr, accumulate, StoreAsIs{});
+#else
+  LAAF_NO_BF16_DOT_CODE("pair_gemm_words");
+#endif
+}
+
+// The backward's pair operands, each a pass over a chunk in cache; bf16 values are
+// rounded to nearest even (vcvtneps2bf16, which also flushes a denormal to zero, as
+// vdpbf16ps would flush it in the GEMM).
+//
+// round_row_pairs: words[r * ((cols + 1) / 2) + q] = bf16(src(r, 2q) scale(2q)) and
+// bf16(src(r, 2q + 1) scale(2q + 1)), src rows x cols floats (row-major), scale one
+// per column or null; an odd row's last high half zero. dx's A: gz's rows, as
+// WordPairs{words, (cols + 1) / 2, 1}.
+inline LAAF_BF16_ENTRY void round_row_pairs(const float* src, int64_t rows, int64_t cols,
+                                            const float* scale, uint32_t* words) {
+#if LAAF_HAS_BF16_DOT
+  constexpr int64_t L = PairPanel::kLanes;
+  const int64_t row_words = (cols + 1) / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* out = reinterpret_cast<uint16_t*>(words + r * row_words);
+    for (int64_t c = 0; c < cols; c += L) {
+      const __mmask16 live = __mmask16((uint32_t(1) << std::min<int64_t>(L, cols - c)) - 1u);
+      const __m512i w = rounded_words(src + r * cols + c, scale == nullptr ? nullptr : scale + c,
+                                      live);
+      _mm256_mask_storeu_epi16(out + c, live, _mm512_cvtepi32_epi16(w));
+    }
+    if (cols % 2 == 1) out[cols] = 0;
+  }
+#else
+  LAAF_NO_BF16_DOT_CODE("round_row_pairs");
+#endif
+}
+
+// B.reset(depth), then B(d, n) = bf16(src[d * ld + n]) for n < B.width(): a chunk of
+// gh rounded, whose pair rows are gh^T's pairs along the chunk's rows (dW's A, as
+// WordPairs{B.row(0), 1, B.padded()}).
+inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const float* src, int64_t depth,
+                                       int64_t ld) {
+#if LAAF_HAS_BF16_DOT
+  constexpr int64_t L = PairPanel::kLanes;
+  B.reset(depth, /*zero=*/false);
+  for (int64_t q = 0; q < B.pairs(); ++q) {
+    const float* lo = src + 2 * q * ld;
+    const bool has_hi = 2 * q + 1 < depth;
+    for (int64_t n = 0; n < B.width(); n += L) {
+      const __mmask16 live = __mmask16((uint32_t(1) << std::min<int64_t>(L, B.width() - n)) - 1u);
+      __m512i w = rounded_words(lo + n, nullptr, live);
+      if (has_hi) w = _mm512_or_si512(w, _mm512_slli_epi32(rounded_words(lo + ld + n, nullptr, live), 16));
+      _mm512_storeu_si512(B.row(q) + n, w);
+    }
+  }
+#else
+  LAAF_NO_BF16_DOT_CODE("fill_pairs");
+#endif
+}
+
+// B.reset(depth), then B(d, n) = src[d * sd + n * sw]: a chunk of a bf16 x (dW's B).
+inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const c10::BFloat16* src, int64_t depth,
+                                       int64_t sd, int64_t sw) {
+#if LAAF_HAS_BF16_DOT
+  constexpr int64_t L = PairPanel::kLanes;
+  B.reset(depth, /*zero=*/sw != 1);
+  if (sw != 1) {  // (a strided x: value by value)
+    for (int64_t d = 0; d < depth; ++d) {
+      uint32_t* row = B.row(d / 2);
+      const int shift = d % 2 == 0 ? 0 : 16;
+      for (int64_t n = 0; n < B.width(); ++n) row[n] |= uint32_t(src[d * sd + n * sw].x) << shift;
+    }
+    return;
+  }
+  for (int64_t q = 0; q < B.pairs(); ++q) {
+    const c10::BFloat16* lo = src + 2 * q * sd;
+    const bool has_hi = 2 * q + 1 < depth;
+    for (int64_t n = 0; n < B.width(); n += L) {
+      const __mmask16 live = __mmask16((uint32_t(1) << std::min<int64_t>(L, B.width() - n)) - 1u);
+      __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, static_cast<const void*>(lo + n)));
+      if (has_hi) {
+        w = _mm512_or_si512(
+            w, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, static_cast<const void*>(lo + sd + n))),
+                                 16));
+      }
+      _mm512_storeu_si512(B.row(q) + n, w);
+    }
+  }
+#else
+  LAAF_NO_BF16_DOT_CODE("fill_pairs");
 #endif
 }
 

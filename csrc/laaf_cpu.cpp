@@ -253,6 +253,8 @@ struct ActEpilogue {
 };
 
 // ---- 16-bit layers: chunks staged in float ------------------------------------
+// (On a CPU with AVX512-BF16 a bf16 layer's GEMMs take bf16 pairs instead, forward
+// and backward: laaf_cpu_gemm_bf16.h; the epilogues stay on float chunks.)
 // A bfloat16 or float16 layer runs the same float GEMMs and epilogues: each chunk of
 // x is widened into a float buffer (in L1), z, y, gz and dx live in float chunk
 // buffers, and y, z and dx round to the 16-bit type once, at the store. ATen's bf16
@@ -351,7 +353,7 @@ void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_strid
   const bool on_tiles = z_out == y && (pairs != nullptr || stores_each_lane_once(wt));
   const GemmInit<C> init{bias_row, false};
   at::parallel_for(0, chunks, grain(kRowsPerChunk * (K + grid.cols)), [&](int64_t k0, int64_t k1) {
-    ChunkStage<T> stage(K, grid.cols);
+    ChunkStage<T> stage(pairs != nullptr ? 0 : K, grid.cols);  // (pairs: x is not widened)
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = k * kRowsPerChunk;
       const int64_t rows = std::min(kRowsPerChunk, grid.rows - r0);
@@ -437,7 +439,7 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
   const int64_t per_group = groups.per_group;
   at::parallel_for(0, groups.count, 1, [&](int64_t g0, int64_t g1) {
     std::vector<C> gz(kRowsPerChunk * cols);
-    PackedPanel<C> x_chunk(kRowsPerChunk, K);
+    PackedPanel<C> x_chunk(w_pairs != nullptr ? 0 : kRowsPerChunk, K);  // (pairs: x_pairs)
     ChunkStage<T> stage(0, K);  // (16-bit: dx in float; x is widened into x_chunk)
     const int64_t dw_size = cols * x_chunk.padded();
     PhaseSums<C> db(cols, walk.period()), ds(cols, walk.period());

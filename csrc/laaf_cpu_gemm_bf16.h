@@ -149,6 +149,11 @@ inline uint32_t word(const WordPairs& A, int64_t r, int64_t q) {
 }
 inline uint32_t last_word(const WordPairs& A, int64_t r, int64_t q) { return word(A, r, q); }
 
+// The first min(16, max(n, 0)) of 16 lanes.
+inline __mmask16 first_lanes(int64_t n) {
+  return __mmask16((uint32_t(1) << std::clamp<int64_t>(n, 0, PairPanel::kLanes)) - 1u);
+}
+
 // One pair of depth steps of an R x P tile: acc(r, p) += the pair bcast(r) . the P
 // vectors of B's pair row at b_row.
 template <int R, int P>
@@ -180,7 +185,7 @@ LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_tile(
   __mmask16 live[P];
 #pragma GCC unroll 4
   for (int p = 0; p < P; ++p) {
-    live[p] = __mmask16((uint32_t(1) << std::clamp<int64_t>(cols - col - p * L, 0, L)) - 1u);
+    live[p] = first_lanes(cols - col - p * L);
   }
   __m512 acc[R][P];
 #pragma GCC unroll 4
@@ -203,7 +208,9 @@ LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_tile(
   if (whole_pairs < B.pairs()) {  // (an odd depth: its last value alone)
     __m512i bcast[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) bcast[r] = _mm512_set1_epi32(int(last_word(a, r0 + r, whole_pairs)));
+    for (int r = 0; r < R; ++r) {
+      bcast[r] = _mm512_set1_epi32(int(last_word(a, r0 + r, whole_pairs)));
+    }
     pair_step<R, P>(acc, bcast, B.row(whole_pairs) + col);
   }
 #pragma GCC unroll 4
@@ -256,12 +263,21 @@ LAAF_BF16_TARGET inline __attribute__((always_inline)) void pair_all_rows(
 }
 
 // 16 bf16 values (round to nearest even) of the float lanes `live` of src, times
-// scale's (if not null), each zero-extended into a 32-bit lane.
-LAAF_BF16_TARGET inline __m512i rounded_words(const float* src, const float* scale,
-                                              __mmask16 live) {
+// scale's (if not null); the other lanes 0.
+LAAF_BF16_TARGET inline __m256i rounded_bf16(const float* src, const float* scale,
+                                             __mmask16 live) {
   __m512 v = _mm512_maskz_loadu_ps(live, src);
   if (scale != nullptr) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, scale));
-  return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v));
+  return (__m256i)_mm512_cvtneps_pbh(v);
+}
+// 16 bf16 values of src (lanes `live`, the others 0), each zero-extended into a 32-bit
+// lane: the low halves of 16 pair words.
+LAAF_BF16_TARGET inline __m512i bf16_words(const c10::BFloat16* src, __mmask16 live) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, static_cast<const void*>(src)));
+}
+// rounded_bf16's values as the low halves of 16 pair words.
+LAAF_BF16_TARGET inline __m512i rounded_words(const float* src, __mmask16 live) {
+  return _mm512_cvtepu16_epi32(rounded_bf16(src, nullptr, live));
 }
 #endif  // LAAF_HAS_BF16_DOT
 
@@ -319,10 +335,9 @@ inline LAAF_BF16_ENTRY void round_row_pairs(const float* src, int64_t rows, int6
   for (int64_t r = 0; r < rows; ++r) {
     uint16_t* out = reinterpret_cast<uint16_t*>(words + r * row_words);
     for (int64_t c = 0; c < cols; c += L) {
-      const __mmask16 live = __mmask16((uint32_t(1) << std::min<int64_t>(L, cols - c)) - 1u);
-      const __m512i w = rounded_words(src + r * cols + c, scale == nullptr ? nullptr : scale + c,
-                                      live);
-      _mm256_mask_storeu_epi16(out + c, live, _mm512_cvtepi32_epi16(w));
+      const __mmask16 live = first_lanes(cols - c);
+      const float* col_scale = scale == nullptr ? nullptr : scale + c;
+      _mm256_mask_storeu_epi16(out + c, live, rounded_bf16(src + r * cols + c, col_scale, live));
     }
     if (cols % 2 == 1) out[cols] = 0;
   }
@@ -343,9 +358,11 @@ inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const float* src, int64_t d
     const float* lo = src + 2 * q * ld;
     const bool has_hi = 2 * q + 1 < depth;
     for (int64_t n = 0; n < B.width(); n += L) {
-      const __mmask16 live = __mmask16((uint32_t(1) << std::min<int64_t>(L, B.width() - n)) - 1u);
-      __m512i w = rounded_words(lo + n, nullptr, live);
-      if (has_hi) w = _mm512_or_si512(w, _mm512_slli_epi32(rounded_words(lo + ld + n, nullptr, live), 16));
+      const __mmask16 live = first_lanes(B.width() - n);
+      __m512i w = rounded_words(lo + n, live);
+      if (has_hi) {
+        w = _mm512_or_si512(w, _mm512_slli_epi32(rounded_words(lo + ld + n, live), 16));
+      }
       _mm512_storeu_si512(B.row(q) + n, w);
     }
   }
@@ -372,13 +389,9 @@ inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const c10::BFloat16* src, i
     const c10::BFloat16* lo = src + 2 * q * sd;
     const bool has_hi = 2 * q + 1 < depth;
     for (int64_t n = 0; n < B.width(); n += L) {
-      const __mmask16 live = __mmask16((uint32_t(1) << std::min<int64_t>(L, B.width() - n)) - 1u);
-      __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, static_cast<const void*>(lo + n)));
-      if (has_hi) {
-        w = _mm512_or_si512(
-            w, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, static_cast<const void*>(lo + sd + n))),
-                                 16));
-      }
+      const __mmask16 live = first_lanes(B.width() - n);
+      __m512i w = bf16_words(lo + n, live);
+      if (has_hi) w = _mm512_or_si512(w, _mm512_slli_epi32(bf16_words(lo + sd + n, live), 16));
       _mm512_storeu_si512(B.row(q) + n, w);
     }
   }

@@ -5,6 +5,8 @@
 //   dW:   dW += gz_chunk^T x_chunk            (x_chunk packed per chunk)
 //   bf16 fwd, x and W rounded to bf16: widened (each chunk of x to float, then fwd's
 //   GEMM) and, where the CPU has AVX512-BF16, pairs (laaf_cpu_gemm_bf16.h)
+//   bf16 dW on pairs: gz's chunk rounded to gz^T's pairs, x's chunk paired, and the
+//   accumulating pair GEMM (compare with dW above, whose x chunk is packed as well)
 //
 // Timings here depend on how the compiler treats this file, not only the header:
 // in one such harness GCC 12 kept a tile's accumulators on the stack (N = 50:
@@ -130,7 +132,7 @@ int main(int argc, char** argv) {
                   GemmInit<float>{bias_row.data(), false});
     }
   });
-  Timing bf16_pairs{0, 0};
+  Timing bf16_pairs{0, 0}, bf16_dw_pairs{0, 0};
   if (laaf::cpu::bf16_dot_enabled()) {
     laaf::cpu::PairPanel pairs(K, N);
     pairs.pack(w16.data(), 1, K);
@@ -138,6 +140,18 @@ int main(int argc, char** argv) {
       for (int64_t r0 = 0; r0 < kRows; r0 += kChunk) {
         laaf::cpu::pair_gemm(x16.data() + r0 * K, K, std::min(kChunk, kRows - r0), pairs,
                              z.data() + r0 * N, N, bias_row.data());
+      }
+    });
+    // dW as the backward runs it (laaf_cpu.cpp: backward_pairs_chunk): gz's chunk
+    // rounded into gz^T's pairs, x's chunk paired, then the accumulating pair GEMM.
+    laaf::cpu::PairPanel gz_t(kChunk, N), x_pairs(kChunk, K);
+    bf16_dw_pairs = time_ms([&] {
+      for (int64_t r0 = 0; r0 < kRows; r0 += kChunk) {
+        const int64_t rows = std::min(kChunk, kRows - r0);
+        laaf::cpu::fill_pairs(gz_t, gz.data(), rows, N);
+        laaf::cpu::fill_pairs(x_pairs, x16.data() + r0 * K, rows, K, 1);
+        laaf::cpu::pair_gemm_words(laaf::cpu::WordPairs{gz_t.row(0), 1, gz_t.padded()}, N,
+                                   x_pairs, dw.data(), x_pairs.padded(), /*accumulate=*/true);
       }
     });
   }
@@ -149,7 +163,8 @@ int main(int argc, char** argv) {
               (long)N, (long)K, (long)kRows);
   for (const auto& [name, t] :
        {std::pair{"fwd              ", fwd}, std::pair{"dW               ", dw_time},
-        std::pair{"bf16 fwd, widened", bf16_widened}, std::pair{"bf16 fwd, pairs  ", bf16_pairs}}) {
+        std::pair{"bf16 fwd, widened", bf16_widened}, std::pair{"bf16 fwd, pairs  ", bf16_pairs},
+        std::pair{"bf16 dW, pairs   ", bf16_dw_pairs}}) {
     if (t.median_ms == 0) {
       std::printf("  %s (no AVX512-BF16 on this CPU or build)\n", name);
     } else {

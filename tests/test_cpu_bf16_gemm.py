@@ -234,8 +234,8 @@ def _gz_error_bound(x, w, b, s_full, g, activation):
 #: (rows, K, N): K >= 3 (the pair backward's width), odd and prime K and N (an odd N
 #: is an odd depth for dx), rows that leave an odd last chunk (dW's depth) and a
 #: single row.
-BACKWARD_SHAPES = [(67, 3, 5), (131, 7, 1), (65, 13, 17), (130, 50, 50), (67, 49, 64),
-                   (129, 127, 101), (1, 33, 33), (300, 128, 128)]
+BACKWARD_SHAPES = [(67, 3, 5), (131, 7, 1), (66, 9, 2), (65, 13, 17), (130, 50, 50),
+                   (67, 49, 64), (129, 127, 101), (1, 33, 33), (300, 128, 128)]
 
 
 @needs_pairs
@@ -319,9 +319,10 @@ def test_pair_backward_odd_chunk_reads_no_row_past_x(rows):
 
 
 @needs_pairs
-def test_pair_backward_outputs_do_not_depend_on_x_strides():
+def test_pair_backward_outputs_do_not_depend_on_x_or_w_strides():
     """A strided x's rows are paired value by value (fill_pairs' strided branch), a
-    contiguous one's a vector at a time: the same words, so the same bits."""
+    contiguous one's a vector at a time: the same words, so the same bits; and W's
+    pair panel is packed through its strides (a transposed W: the same bits)."""
     x, w, b, s = _layer(131, 37, 50, seed=11)
     g = torch.randn(131, 50).bfloat16()
     want = _backward(x, w, b, s, g)
@@ -329,6 +330,8 @@ def test_pair_backward_outputs_do_not_depend_on_x_strides():
     for strided in (x.t().contiguous().t(), padded_rows):
         got = _backward(strided, w, b, s, g)
         assert all(torch.equal(p, q) for p, q in zip(got, want)), strided.stride()
+    got = _backward(x, w.t().contiguous().t(), b, s, g)
+    assert all(torch.equal(p, q) for p, q in zip(got, want))
 
 
 @needs_pairs

@@ -89,7 +89,8 @@ class PairPanel {
       : depth_(depth), width_(width), padded_((width + kLanes - 1) / kLanes * kLanes),
         data_(std::max<int64_t>(1, pairs()) * padded_, 0u) {}
 
-  // B(d, n) = src[d * sd + n * sw].
+  // B(d, n) = src[d * sd + n * sw], ORed into zeroed words (a new panel, or reset's
+  // with `zero`).
   void pack(const c10::BFloat16* src, int64_t sd, int64_t sw) {
     for (int64_t d = 0; d < depth_; ++d) {
       uint32_t* row = data_.data() + (d / 2) * padded_;
@@ -377,14 +378,7 @@ inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const c10::BFloat16* src, i
 #if LAAF_HAS_BF16_DOT
   constexpr int64_t L = PairPanel::kLanes;
   B.reset(depth, /*zero=*/sw != 1);
-  if (sw != 1) {  // (a strided x: value by value)
-    for (int64_t d = 0; d < depth; ++d) {
-      uint32_t* row = B.row(d / 2);
-      const int shift = d % 2 == 0 ? 0 : 16;
-      for (int64_t n = 0; n < B.width(); ++n) row[n] |= uint32_t(src[d * sd + n * sw].x) << shift;
-    }
-    return;
-  }
+  if (sw != 1) return B.pack(src, sd, sw);  // (a strided x: value by value)
   for (int64_t q = 0; q < B.pairs(); ++q) {
     const c10::BFloat16* lo = src + 2 * q * sd;
     const bool has_hi = 2 * q + 1 < depth;

@@ -523,22 +523,16 @@ std::vector<T> slope_per_row(const Tensor& s_c, int kind, int64_t N) {
   return factor;
 }
 
-// Whether a narrow layer's forward GEMM runs on bf16 pairs (laaf_cpu_gemm_bf16.h):
-// bf16 x (and W), at least kMinPairWidth outputs, and bf16_dot_enabled(). (An x whose
-// depth is strided is gathered a chunk at a time, so that its outputs are the
-// contiguous x's, bit for bit.)
-inline bool pair_shape(at::ScalarType dtype, int64_t N) {
-  return dtype == at::kBFloat16 && N >= kMinPairWidth && bf16_dot_enabled();
+// Whether a narrow layer's GEMMs run on bf16 pairs (laaf_cpu_gemm_bf16.h): bf16, a
+// GEMM output at least kMinPairWidth columns wide (z: N forward; dx and dW: K
+// backward), and bf16_dot_enabled(). (An x whose depth is strided is gathered or
+// paired a chunk at a time, so that its outputs are the contiguous x's, bit for bit.)
+inline bool pair_shape(at::ScalarType dtype, int64_t N, int64_t K, bool forward) {
+  return dtype == at::kBFloat16 && (forward ? N : K) >= kMinPairWidth && bf16_dot_enabled();
 }
-bool forward_on_pairs(const Tensor& x, const Tensor& weight) {
-  return weight.scalar_type() == at::kBFloat16 && pair_shape(x.scalar_type(), weight.size(0));
-}
-
-// Whether a narrow layer's backward GEMMs (dx = gz W, dW = gz^T x) run on bf16 pairs:
-// bf16 x and W, C (dx and dW) at least kMinPairWidth = 3 columns wide (K), and
-// bf16_dot_enabled().
-bool backward_on_pairs(const Tensor& x, const Tensor& weight) {
-  return weight.scalar_type() == at::kBFloat16 && pair_shape(x.scalar_type(), weight.size(1));
+bool layer_on_pairs(const Tensor& x, const Tensor& weight, bool forward) {
+  return weight.scalar_type() == at::kBFloat16 &&
+         pair_shape(x.scalar_type(), weight.size(0), weight.size(1), forward);
 }
 
 // W in bf16 pairs along the depth: transposed, B(k, n) = W(n, k) (the forward's panel,
@@ -568,7 +562,8 @@ std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weig
     // W's pairs where a bf16 layer runs on them; else W^T packed for our float GEMM (a
     // 16-bit x is widened into a contiguous chunk: the dot tail's A).
     const std::optional<PairPanel> pairs =
-        forward_on_pairs(x, weight) ? std::optional(pack_weight_pairs(weight, true)) : std::nullopt;
+        layer_on_pairs(x, weight, /*forward=*/true) ? std::optional(pack_weight_pairs(weight, true))
+                                                   : std::nullopt;
     const bool contiguous_depth = x.stride(1) == 1 || ChunkStage<scalar_t>::kWidened;
     const auto wt = pairs ? PackedPanel<C>(0, 0)
                           : pack_weight<scalar_t>(weight, true, /*dot_tail=*/contiguous_depth);
@@ -675,10 +670,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
     using C = Compute<scalar_t>;
     const auto s_rows = slope_per_row<C>(s_c, slope_kind(s), N);
     // W's pairs where a bf16 layer's GEMMs run on them (s then scales gh as it is
-    // rounded: dx_scale); else W packed for our float GEMM (diag(s) W from y).
-    const std::optional<PairPanel> w_pairs =
-        backward_on_pairs(x, weight) ? std::optional(pack_weight_pairs(weight, false))
-                                     : std::nullopt;
+    // rounded: dx_scale; empty without dx); else W packed for our float GEMM (diag(s) W
+    // from y).
+    std::optional<PairPanel> w_pairs;
+    if (layer_on_pairs(x, weight, /*forward=*/false)) {
+      w_pairs.emplace(need.dx ? pack_weight_pairs(weight, false) : PairPanel(0, K));
+    }
     const C* dx_scale = w_pairs && from_y && s.has_value() ? s_rows.data() : nullptr;
     auto w = need.dx && !w_pairs ? pack_weight<scalar_t>(weight, false, /*dot_tail=*/true)
                                  : PackedPanel<C>(0, K);  // (A = gz)
@@ -880,7 +877,7 @@ int64_t parallel_threads() {
 // LAAF_CPU_BF16_DOT. The pair GEMMs' C is z (N wide) forward, dx and dW (K wide) backward.
 std::string linear_gemm_path(int64_t n_out, int64_t k_in, at::ScalarType dtype, bool forward) {
   if (!narrow_enabled() || !narrow_shape(dtype, n_out, k_in, forward)) return "aten";
-  return pair_shape(dtype, forward ? n_out : k_in) ? "bf16_pairs" : "narrow";
+  return pair_shape(dtype, n_out, k_in, forward) ? "bf16_pairs" : "narrow";
 }
 std::string linear_fwd_gemm(int64_t n_out, int64_t k_in, at::ScalarType dtype) {
   return linear_gemm_path(n_out, k_in, dtype, /*forward=*/true);

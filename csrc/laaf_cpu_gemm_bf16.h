@@ -282,8 +282,9 @@ LAAF_BF16_TARGET inline __m512i rounded_words(const float* src, __mmask16 live) 
 }
 #endif  // LAAF_HAS_BF16_DOT
 
-// An out-of-line entry point into the AVX512-BF16 code (a no-op stub elsewhere: only
-// called where bf16_dot_enabled()).
+// An out-of-line entry point into the AVX512-BF16 code. In builds without it the
+// entry points are stubs that fail an internal assert: callers check
+// bf16_dot_enabled() first.
 #if LAAF_HAS_BF16_DOT
 #define LAAF_BF16_ENTRY LAAF_BF16_TARGET __attribute__((noinline))
 #else

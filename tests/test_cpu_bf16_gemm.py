@@ -359,3 +359,18 @@ def test_pair_backward_empty_batch(monkeypatch):
         monkeypatch.setenv("LAAF_CPU_BF16_DOT", env)
         dx, dw, db, ds = _backward(x, w, b, s, torch.zeros(0, 5, dtype=torch.bfloat16))
         assert dx.shape == (0, 7) and dw.eq(0).all() and db.eq(0).all() and ds.eq(0).all()
+
+
+@needs_pairs
+@pytest.mark.parametrize("activation", ["tanh", "sin"])
+def test_pair_backward_parts_match_the_full_call(activation):
+    """Without dx, W's pairs are not packed (an empty panel of K columns); dW, db and ds
+    asked alone, or dx alone, are the full call's, bit for bit."""
+    x, w, b, s = _layer(131, 23, 17, seed=17)
+    g = torch.randn(131, 17).bfloat16()
+    y, z = ops.cpp_linear_fwd(x, w, b, s, activation, True)
+    full = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, True, True, True, True)
+    params = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, False, True, True, True)
+    dx_only = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, True, False, False, False)
+    assert params[0].numel() == 0 and all(torch.equal(p, q) for p, q in zip(params[1:], full[1:]))
+    assert torch.equal(dx_only[0], full[0])

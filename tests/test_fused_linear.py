@@ -426,9 +426,10 @@ def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype, monk
     (z kept), every slope kind, 67 rows (a chunk and a partial one). The fp32 forward
     above K N = 120^2 is ATen's sgemm, so there only the backward is compared. x is
     widened into a contiguous chunk whatever its strides (widen_rows), so a transposed
-    x and one with padded rows give the contiguous x's outputs, bit for bit. (A bf16
-    layer's forward GEMM on AVX512-BF16 pairs is another sum order, tested in
-    tests/test_cpu_bf16_gemm.py; here LAAF_CPU_BF16_DOT=0 keeps the widened one.)"""
+    x and one with padded rows give the contiguous x's outputs, bit for bit. (On
+    AVX512-BF16 a bf16 layer's GEMMs run on pairs instead: the forward in another sum
+    order, the backward on gz rounded to bf16; tests/test_cpu_bf16_gemm.py tests them.
+    Here LAAF_CPU_BF16_DOT=0 keeps the widened path.)"""
     monkeypatch.setenv("LAAF_CPU_BF16_DOT", "0")
     ops = torch.ops.laaf
     gen = torch.Generator().manual_seed(83)

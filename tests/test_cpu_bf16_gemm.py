@@ -33,6 +33,14 @@ def _cpu_has_avx512_bf16():
     return cpuinfo.exists() and " avx512_bf16" in cpuinfo.read_text()
 
 
+@pytest.fixture(autouse=True)
+def _pairs_switch_on(monkeypatch):
+    """Every test starts with the pair GEMMs on (LAAF_CPU_BF16_DOT unset), whatever the
+    environment says: a test that compares the two paths must not compare one with
+    itself."""
+    monkeypatch.delenv("LAAF_CPU_BF16_DOT", raising=False)
+
+
 #: Whether bf16 layers take the pair GEMM here: an AVX-512 build on an AVX512-BF16 CPU.
 CAPABLE = str(torch.backends.cpu.get_cpu_capability()) == "AVX512" and _cpu_has_avx512_bf16()
 needs_pairs = pytest.mark.skipif(
@@ -49,7 +57,6 @@ def test_pair_gemm_is_on_exactly_where_the_cpu_and_build_have_it(direction, monk
     cannot silently lose the path, nor an incapable one take it. Narrower outputs (a
     PINN's output layer forward: kMinPairWidth), other dtypes and LAAF_CPU_BF16_DOT=0
     keep "narrow"; LAAF_CPU_NARROW=0 and K, N above 128 are ATen's."""
-    monkeypatch.delenv("LAAF_CPU_BF16_DOT", raising=False)
     monkeypatch.delenv("LAAF_CPU_NARROW", raising=False)
     op = getattr(ops, f"cpp_linear_{direction}_gemm")
 
@@ -109,7 +116,6 @@ def test_pair_gemm_forward_against_float64_truth(rows, k_in, n_out, activation, 
     sums' noise of the float64 truth; and within the same of the widened path's
     outputs, elementwise. tanh keeps no z, so its y comes from the epilogue on the
     pair tiles; sin's from the flat pass after them."""
-    monkeypatch.delenv("LAAF_CPU_BF16_DOT", raising=False)
     x, w, b, s_vec = _layer(rows, k_in, n_out, seed=rows * 1000 + k_in * 10 + n_out)
     s = {"none": None, "scalar": s_vec[0].clone(), "vector": s_vec}[slope]
     s_full = torch.ones(n_out).bfloat16() if s is None else s.expand(n_out)
@@ -136,7 +142,6 @@ def test_pair_gemm_runs_and_flushes_denormal_inputs(monkeypatch):
     product is 2^-30. This both shows that bf16 layers really take the pair path here
     and pins down the one way its results differ beyond rounding (documented in
     laaf_cpu_gemm_bf16.h and the README)."""
-    monkeypatch.delenv("LAAF_CPU_BF16_DOT", raising=False)
     x = torch.zeros(3, 4, dtype=torch.bfloat16)
     x[0, 0], x[1, 1] = 2.0 ** -130, 1.0
     w = torch.zeros(5, 4, dtype=torch.bfloat16)
@@ -253,7 +258,6 @@ def test_pair_backward_against_float64_truth(rows, k_in, n_out, activation, slop
     of E, and ds = sum gh z by those of E / |s| (|x| |W|^T + |b|), which also bounds the
     from-y path's W . (gh^T x) + b sum gh. A wrong pair, a lost row or column, or a
     missing s is O(1) of the output."""
-    monkeypatch.delenv("LAAF_CPU_BF16_DOT", raising=False)
     x, w, b, s_vec = _layer(rows, k_in, n_out, seed=rows * 1000 + k_in * 10 + n_out + 7)
     s = {"none": None, "scalar": s_vec[0].clone(), "vector": s_vec}[slope]
     s_full = torch.ones(n_out).bfloat16() if s is None else s.expand(n_out)
@@ -285,7 +289,6 @@ def test_pair_backward_runs_and_rounds_gz_to_bf16(monkeypatch):
     on the widened path and 0 on pairs, where 1 + 3 2^-10 rounds to 1 (its excess is
     below half of bf16's ulp 2^-7 at 1). So the test shows that the path runs, and
     pins down the rounding it adds (documented in laaf_cpu_gemm_bf16.h and the README)."""
-    monkeypatch.delenv("LAAF_CPU_BF16_DOT", raising=False)
     x = torch.randn(5, 3).bfloat16()
     w = torch.tensor([[1.0] * 3, [-1.0] * 3]).bfloat16()
     s = torch.tensor([1 + 3 * 2.0 ** -10, 1.0])

@@ -72,7 +72,7 @@ void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
 
 // Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = act(s z).
 template <typename T, int ACT>
-void forward_flat_range(const T* z, T* y, const FlatWalk<Compute<T>>& walk, int64_t v0,
+void forward_flat_range(const T* z, T* y, const WalkView<Compute<T>> walk, int64_t v0,
                         int64_t v1, int64_t total) {
   using V = Vectorized<Compute<T>>;
   for (int64_t v = v0, p = walk.phase_of(v0); v < v1; ++v, p = walk.next(p)) {
@@ -91,7 +91,7 @@ void forward_flat(const T* z, T* y, const Grid<Compute<T>>& grid) {
   const int64_t total = grid.rows * grid.cols;
   const int64_t vectors = (total + V::size() - 1) / V::size();
   at::parallel_for(0, vectors, grain(V::size()), [&](int64_t v0, int64_t v1) {
-    forward_flat_range<T, ACT>(z, y, walk, v0, v1, total);
+    forward_flat_range<T, ACT>(z, y, walk.view(), v0, v1, total);
   });
 }
 
@@ -138,8 +138,8 @@ inline __attribute__((always_inline)) std::array<Vectorized<Compute<T>>, 2> grad
 // G: the gz buffer's type (a 16-bit layer's narrow backward keeps it in float).
 template <typename T, int ACT, bool FROM_Y = false, typename G = T>
 void backward_flat_chunk(const T* g, const T* z, const T* y, G* gz_out, int64_t at0, int64_t end,
-                         const FlatWalk<Compute<T>>& walk, PhaseSums<Compute<T>>* db,
-                         PhaseSums<Compute<T>>* ds) {
+                         const WalkView<Compute<T>> walk, const PhaseSlots<Compute<T>> db,
+                         const PhaseSlots<Compute<T>> ds) {
   static_assert(std::is_same_v<Compute<T>, Compute<G>>, "gz in T's compute type");
   using C = Compute<T>;
   using V = Vectorized<C>;
@@ -150,14 +150,14 @@ void backward_flat_chunk(const T* g, const T* z, const T* y, G* gz_out, int64_t 
     if constexpr (FROM_Y) {
       const V gh = Io<T>::load(g + at, n) * Act<ACT>::d1_y(Io<T>::load(y + at, n));
       if (gz_out != nullptr) Io<G>::store(gh, gz_out + (at - at0), n);
-      if (db != nullptr) db->add(p, V::set(V(C(0)), gh, n));
+      if (db.data != nullptr) db.add(p, V::set(V(C(0)), gh, n));
       continue;
     }
     const auto terms = grad_terms<T, ACT>(g, z, y, at, n, walk.slope(p));
     if (gz_out != nullptr) Io<G>::store(terms[0], gz_out + (at - at0), n);
     // (V::set keeps the n live lanes: the rest must not reach the sums.)
-    if (db != nullptr) db->add(p, V::set(V(C(0)), terms[0], n));
-    if (ds != nullptr) ds->add(p, V::set(V(C(0)), terms[1], n));
+    if (db.data != nullptr) db.add(p, V::set(V(C(0)), terms[0], n));
+    if (ds.data != nullptr) ds.add(p, V::set(V(C(0)), terms[1], n));
   }
 }
 
@@ -179,9 +179,8 @@ void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
       db.clear();
       ds.clear();
       backward_flat_chunk<T, ACT>(g, z, y, gz == nullptr ? nullptr : gz + at0, at0,
-                                  std::min(total, at0 + per_chunk), walk,
-                                  db_part != nullptr ? &db : nullptr,
-                                  ds_part != nullptr ? &ds : nullptr);
+                                  std::min(total, at0 + per_chunk), walk.view(),
+                                  wanted_slots(db_part, db), wanted_slots(ds_part, ds));
       if (db_part != nullptr) db.fold(db_part + k * grid.cols);
       if (ds_part != nullptr) ds.fold(ds_part + k * grid.cols);
     }
@@ -210,7 +209,8 @@ void backward_rows(const T* g, const T* z, const T* y, T* gz, double* ds_part,
 // laid out as channel_pass lays them out. Narrow channels-last grids: backward_flat;
 // wide ones: channel_pass (row-major, column sums in a chunk buffer). (channel_pass's
 // own per-row and flat walks take the body through a lambda, which measured 12 % and,
-// with silu's non-inlined Sleef exp, 25 % slower than these two.)
+// with silu's non-inlined Sleef exp, 25 % slower than these two; that was before
+// channel_pass ran a local copy of its body (stop 35, see WalkView), not measured since.)
 template <typename T, int ACT>
 void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, double* ds_part,
                    const Grid<Compute<T>>& grid) {
@@ -221,7 +221,7 @@ void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, d
     backward_flat<T, ACT>(g, z, y, gz, db_part, ds_part, grid);
   } else {
     channel_pass<Compute<T>, 2>(grid, grid, {db_part, ds_part},
-                                [&](int64_t at, int64_t n, const ChannelLanes<Compute<T>>& ch)
+                                [=](int64_t at, int64_t n, const ChannelLanes<Compute<T>>& ch)
                                     __attribute__((always_inline)) {
       const auto terms = grad_terms<T, ACT>(g, z, y, at, n, ch.a);
       if (gz != nullptr) Io<T>::store(terms[0], gz + at, n);
@@ -325,7 +325,7 @@ void forward_widened_chunk(const T* x_rows, int64_t x_row_stride, int64_t x_col_
   } else {
     form_z(StoreAsIs{});
     if (z_chunk != y_chunk) narrow_run(c, count, z_chunk);
-    forward_flat_range<C, ACT>(c, c, walk, 0, (count + L - 1) / L, count);
+    forward_flat_range<C, ACT>(c, c, walk.view(), 0, (count + L - 1) / L, count);
   }
   narrow_run(c, count, y_chunk);
 }
@@ -371,7 +371,7 @@ void linear_forward_narrow(const T* x, int64_t x_row_stride, int64_t x_col_strid
                     grid.cols, init);
         const int64_t v0 = r0 * grid.cols / V::size();  // (64 cols is whole vectors)
         const int64_t v1 = ((r0 + rows) * grid.cols + V::size() - 1) / V::size();
-        forward_flat_range<T, ACT>(z_out, y, walk, v0, v1, total);
+        forward_flat_range<T, ACT>(z_out, y, walk.view(), v0, v1, total);
       }
     }
   });
@@ -454,9 +454,8 @@ void linear_backward_narrow(const T* g, const T* x, int64_t x_row_stride, int64_
         db.clear();
         ds.clear();
         backward_flat_chunk<T, ACT, FROM_Y, C>(g, z, y, gz.data(), r0 * cols,
-                                    std::min(total, (r0 + rows) * cols), walk,
-                                    db_part != nullptr ? &db : nullptr,
-                                    ds_part != nullptr ? &ds : nullptr);
+                                    std::min(total, (r0 + rows) * cols), walk.view(),
+                                    wanted_slots(db_part, db), wanted_slots(ds_part, ds));
         if (db_part != nullptr) db.fold(db_part + k * cols);
         if (ds_part != nullptr) ds.fold(ds_part + k * cols);
         if constexpr (std::is_same_v<T, c10::BFloat16>) {

@@ -99,7 +99,7 @@ Tensor grad_y(const Tensor& g_in, const Tensor& y_in, const c10::optional<Tensor
     scalar_t* out = gz.data_ptr<scalar_t>();
     with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
-      channel_pass<Compute<scalar_t>, 0>(grid, grid, {}, [&](int64_t at, int64_t n,
+      channel_pass<Compute<scalar_t>, 0>(grid, grid, {}, [=](int64_t at, int64_t n,
                                                              const auto& ch) {
         const V phi = Act<ACT>::d1_y(Io<scalar_t>::load(yp + at, n));
         Io<scalar_t>::store(Io<scalar_t>::load(gp + at, n) * phi * ch.a, out + at, n);
@@ -133,7 +133,7 @@ std::tuple<Tensor, Tensor, Tensor> grad_y_vjp(const Tensor& u_in, const Tensor& 
     with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       channel_pass<Compute<T>, 1>(grid, grid, partial_slots<1>(f.parts),
-                                  [&](int64_t at, int64_t n, const auto& ch) {
+                                  [=](int64_t at, int64_t n, const auto& ch) {
         const V uv = Io<T>::load(up + at, n), gv = Io<T>::load(gp + at, n);
         const Phi<ACT, V> phi(Io<T>::load(yp + at, n));
         const V us = uv * ch.a;
@@ -183,7 +183,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grad_y_vjp2(
     with_y_activation<Act>(act, [&](auto act_c) {
       constexpr int ACT = decltype(act_c)::value;
       channel_pass<C, 1>(grid, us_grid, partial_slots<1>(f.parts),
-                         [&](int64_t at, int64_t n, const auto& ch) {
+                         [=](int64_t at, int64_t n, const auto& ch) {
         const V uv = Io<T>::load(up + at, n), gv = Io<T>::load(gp + at, n);
         const Phi<ACT, V> phi(Io<T>::load(yp + at, n));
         const V ugv = ugp != nullptr ? Io<T>::load(ugp + at, n) : V(C(0));

@@ -15,6 +15,9 @@ from laaf_kernels import FLEXIBLE_KINDS
 
 CASES = {  # name -> (shape of z, dim, non-contiguous)
     "last_dim": ((37, 11), -1, False),
+    # 131 rows: three chunks of 64 (csrc kRowsPerChunk), the last partial, and a flat
+    # walk whose last vector is partial
+    "many_rows": ((131, 13), -1, False),
     "nchw_dim1": ((2, 3, 5, 7), 1, False),
     "first_dim": ((5, 3, 4), 0, False),
     "middle_noncontig": ((5, 3, 4), 1, True),

@@ -41,7 +41,7 @@ ParamGrids<Compute<T>> param_grids(const Tensor& params_c, const ActLayout& L) {
 
 // y = f(z; p0, p1): channel_pass with nothing to sum (so a narrow channels-last grid
 // is one flat walk on whole vectors; row by row, 10^4 x 20 fp32 relu_tanh had a
-// partial vector at the end of every row: 89 -> 53 us on two Zen 4 threads).
+// partial vector at the end of every row: ~90 -> 51 us on two Zen 4 threads).
 template <typename T, int KIND>
 void flex_forward_pass(const T* z, T* y, const ParamGrids<Compute<T>>& p) {
   using V = Vectorized<Compute<T>>;

@@ -271,14 +271,45 @@ LAAF_BF16_TARGET inline __m256i rounded_bf16(const float* src, const float* scal
   if (scale != nullptr) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, scale));
   return (__m256i)_mm512_cvtneps_pbh(v);
 }
-// 16 bf16 values of src (lanes `live`, the others 0), each zero-extended into a 32-bit
-// lane: the low halves of 16 pair words.
-LAAF_BF16_TARGET inline __m512i bf16_words(const c10::BFloat16* src, __mmask16 live) {
-  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, static_cast<const void*>(src)));
+// The rows a panel is paired from (fill_pairs), row d at src + d * ld: FloatRows
+// rounded to bf16 (rounded_bf16), Bf16Rows as they are. half_words(rows, d, n, live):
+// row d's values at columns [n, n + 16) (lanes `live`, the others 0), each
+// zero-extended into a 32-bit lane: the low halves of 16 pair words.
+struct FloatRows {
+  const float* src;
+  int64_t ld;
+};
+struct Bf16Rows {
+  const c10::BFloat16* src;
+  int64_t ld;
+};
+LAAF_BF16_TARGET inline __m512i half_words(const FloatRows& rows, int64_t d, int64_t n,
+                                           __mmask16 live) {
+  return _mm512_cvtepu16_epi32(rounded_bf16(rows.src + d * rows.ld + n, nullptr, live));
 }
-// rounded_bf16's values as the low halves of 16 pair words.
-LAAF_BF16_TARGET inline __m512i rounded_words(const float* src, __mmask16 live) {
-  return _mm512_cvtepu16_epi32(rounded_bf16(src, nullptr, live));
+LAAF_BF16_TARGET inline __m512i half_words(const Bf16Rows& rows, int64_t d, int64_t n,
+                                           __mmask16 live) {
+  const void* at = rows.src + d * rows.ld + n;
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, at));
+}
+
+// B.reset(depth), then pair row q of B = rows 2q (low halves) and 2q + 1 (high halves,
+// zero past `depth`), 16 columns at a time: every word of rows [0, B.pairs()) written.
+template <typename Rows>
+LAAF_BF16_TARGET inline void fill_pair_rows(PairPanel& B, int64_t depth, const Rows& rows) {
+  constexpr int64_t L = PairPanel::kLanes;
+  B.reset(depth, /*zero=*/false);
+  for (int64_t q = 0; q < B.pairs(); ++q) {
+    const bool has_hi = 2 * q + 1 < depth;
+    for (int64_t n = 0; n < B.width(); n += L) {
+      const __mmask16 live = first_lanes(B.width() - n);
+      __m512i w = half_words(rows, 2 * q, n, live);
+      if (has_hi) {
+        w = _mm512_or_si512(w, _mm512_slli_epi32(half_words(rows, 2 * q + 1, n, live), 16));
+      }
+      _mm512_storeu_si512(B.row(q) + n, w);
+    }
+  }
 }
 #endif  // LAAF_HAS_BF16_DOT
 
@@ -354,20 +385,7 @@ inline LAAF_BF16_ENTRY void round_row_pairs(const float* src, int64_t rows, int6
 inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const float* src, int64_t depth,
                                        int64_t ld) {
 #if LAAF_HAS_BF16_DOT
-  constexpr int64_t L = PairPanel::kLanes;
-  B.reset(depth, /*zero=*/false);
-  for (int64_t q = 0; q < B.pairs(); ++q) {
-    const float* lo = src + 2 * q * ld;
-    const bool has_hi = 2 * q + 1 < depth;
-    for (int64_t n = 0; n < B.width(); n += L) {
-      const __mmask16 live = first_lanes(B.width() - n);
-      __m512i w = rounded_words(lo + n, live);
-      if (has_hi) {
-        w = _mm512_or_si512(w, _mm512_slli_epi32(rounded_words(lo + ld + n, live), 16));
-      }
-      _mm512_storeu_si512(B.row(q) + n, w);
-    }
-  }
+  fill_pair_rows(B, depth, FloatRows{src, ld});
 #else
   LAAF_NO_BF16_DOT_CODE("fill_pairs");
 #endif
@@ -377,19 +395,9 @@ inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const float* src, int64_t d
 inline LAAF_BF16_ENTRY void fill_pairs(PairPanel& B, const c10::BFloat16* src, int64_t depth,
                                        int64_t sd, int64_t sw) {
 #if LAAF_HAS_BF16_DOT
-  constexpr int64_t L = PairPanel::kLanes;
-  B.reset(depth, /*zero=*/sw != 1);
-  if (sw != 1) return B.pack(src, sd, sw);  // (a strided x: value by value)
-  for (int64_t q = 0; q < B.pairs(); ++q) {
-    const c10::BFloat16* lo = src + 2 * q * sd;
-    const bool has_hi = 2 * q + 1 < depth;
-    for (int64_t n = 0; n < B.width(); n += L) {
-      const __mmask16 live = first_lanes(B.width() - n);
-      __m512i w = bf16_words(lo + n, live);
-      if (has_hi) w = _mm512_or_si512(w, _mm512_slli_epi32(bf16_words(lo + sd + n, live), 16));
-      _mm512_storeu_si512(B.row(q) + n, w);
-    }
-  }
+  if (sw == 1) return fill_pair_rows(B, depth, Bf16Rows{src, sd});
+  B.reset(depth, /*zero=*/true);  // (a strided x: value by value, ORed into zeros)
+  B.pack(src, sd, sw);
 #else
   LAAF_NO_BF16_DOT_CODE("fill_pairs");
 #endif

@@ -48,27 +48,11 @@
 namespace laaf {
 namespace {
 
-using namespace cpu;  // Grid, Io, Compute, grain, lane_sum, sum_parts, slope_in, ...
+using namespace cpu;  // Grid, Io, Compute, grain, sum_parts, slope_in, ...
 
 // ---------------------------------------------------------------------------
 // Forward epilogue: y = act(s * z), one vectorised pass (in place allowed)
 // ---------------------------------------------------------------------------
-
-// Slopes per row (channels in the middle), or rows too wide for a flat walk: row by
-// row, long rows cut into segments (for_row_segments).
-template <typename T, int ACT>
-void forward_rows(const T* z, T* y, const Grid<Compute<T>>& grid) {
-  using V = Vectorized<Compute<T>>;
-  for_row_segments(grid.rows, grid.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
-    const T* zr = z + r * grid.cols;
-    T* yr = y + r * grid.cols;
-    for (int64_t c = c0; c < c1; c += V::size()) {
-      const int64_t n = std::min<int64_t>(V::size(), c1 - c);
-      const V h = Io<T>::load(zr + c, n) * grid.slope(r, c, n);
-      Io<T>::store(Act<ACT>::value(h), yr + c, n);
-    }
-  });
-}
 
 // Vectors [v0, v1) of a flat walk (FlatWalk) over `total` elements: y = act(s z).
 template <typename T, int ACT>
@@ -83,26 +67,16 @@ void forward_flat_range(const T* z, T* y, const WalkView<Compute<T>> walk, int64
   }
 }
 
-// Narrow grids with slopes per column, one or none: a flat walk (FlatWalk).
-template <typename T, int ACT>
-void forward_flat(const T* z, T* y, const Grid<Compute<T>>& grid) {
-  using V = Vectorized<Compute<T>>;
-  const FlatWalk<Compute<T>> walk(grid);
-  const int64_t total = grid.rows * grid.cols;
-  const int64_t vectors = (total + V::size() - 1) / V::size();
-  at::parallel_for(0, vectors, grain(V::size()), [&](int64_t v0, int64_t v1) {
-    forward_flat_range<T, ACT>(z, y, walk.view(), v0, v1, total);
-  });
-}
-
+// y = act(s z) over the whole grid: channel_pass with nothing to sum (a flat walk on
+// whole vectors for narrow channels-last grids, row by row otherwise).
 template <typename T, int ACT>
 void forward_pass(const T* z, T* y, const Grid<Compute<T>>& grid) {
-  if (grid.rows * grid.cols == 0) return;  // (a flat walk takes columns modulo cols)
-  if (grid.on_rows || grid.cols > kMaxFlatCols) {
-    forward_rows<T, ACT>(z, y, grid);
-  } else {
-    forward_flat<T, ACT>(z, y, grid);
-  }
+  using C = Compute<T>;
+  channel_pass<C, 0>(grid, grid, {}, [=](int64_t at, int64_t n, const ChannelLanes<C>& ch)
+                                         __attribute__((always_inline)) {
+    Io<T>::store(Act<ACT>::value(Io<T>::load(z + at, n) * ch.a), y + at, n);
+    return std::array<Vectorized<C>, 0>{};
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -187,47 +161,26 @@ void backward_flat(const T* g, const T* z, const T* y, T* gz, double* db_part,
   });
 }
 
-// Slopes per row: each segment of row r (for_row_segments) adds the sum of gh * z over
-// its columns to ds_part[task].
-template <typename T, int ACT>
-void backward_rows(const T* g, const T* z, const T* y, T* gz, double* ds_part,
-                   const Grid<Compute<T>>& grid) {
-  using V = Vectorized<Compute<T>>;
-  for_row_segments(grid.rows, grid.cols, [&](int64_t r, int64_t task, int64_t c0, int64_t c1) {
-    const V s = grid.slope(r, 0, V::size());
-    for (int64_t c = c0; c < c1; c += V::size()) {
-      const int64_t n = std::min<int64_t>(V::size(), c1 - c);
-      const auto terms = grad_terms<T, ACT>(g, z, y, r * grid.cols + c, n, s);
-      if (gz != nullptr) Io<T>::store(terms[0], gz + r * grid.cols + c, n);
-      if (ds_part != nullptr) ds_part[task] += lane_sum(terms[1], n);
-    }
-  });
-}
-
-// gz (unless null) and the per-chunk (per-row for slopes per row) partials of
-// db = sum gz and ds = sum gh z (each unless null; db only for slopes per column),
-// laid out as channel_pass lays them out. Narrow channels-last grids: backward_flat;
-// wide ones: channel_pass (row-major, column sums in a chunk buffer). (channel_pass's
-// own per-row and flat walks take the body through a lambda, which measured 12 % and,
-// with silu's non-inlined Sleef exp, 25 % slower than these two; that was before
-// channel_pass ran a local copy of its body (stop 35, see WalkView), not measured since.)
+// gz (unless null) and the channel_pass partials of db = sum gz and ds = sum gh z
+// (each unless null; db only for slopes per column). Narrow channels-last grids:
+// backward_flat, the narrow linear backward's own walk; channel_pass's flat walk ran
+// this body ~4 % slower (act_bwd 10^4 x 20 fp32 tanh, one Zen 4 thread: 101 vs 105 us,
+// stop 36; cause not found). Slopes per row and wide grids: channel_pass.
 template <typename T, int ACT>
 void backward_pass(const T* g, const T* z, const T* y, T* gz, double* db_part, double* ds_part,
                    const Grid<Compute<T>>& grid) {
-  if (grid.rows * grid.cols == 0) return;  // nothing to sum: the partials stay empty
-  if (grid.on_rows) {
-    backward_rows<T, ACT>(g, z, y, gz, ds_part, grid);
-  } else if (grid.cols <= kMaxFlatCols) {
+  using C = Compute<T>;
+  if (!grid.on_rows && grid.cols <= kMaxFlatCols && grid.rows * grid.cols > 0) {
     backward_flat<T, ACT>(g, z, y, gz, db_part, ds_part, grid);
-  } else {
-    channel_pass<Compute<T>, 2>(grid, grid, {db_part, ds_part},
-                                [=](int64_t at, int64_t n, const ChannelLanes<Compute<T>>& ch)
-                                    __attribute__((always_inline)) {
-      const auto terms = grad_terms<T, ACT>(g, z, y, at, n, ch.a);
-      if (gz != nullptr) Io<T>::store(terms[0], gz + at, n);
-      return terms;
-    });
+    return;
   }
+  channel_pass<C, 2>(grid, grid, {db_part, ds_part},
+                     [=](int64_t at, int64_t n, const ChannelLanes<C>& ch)
+                         __attribute__((always_inline)) {
+    const auto terms = grad_terms<T, ACT>(g, z, y, at, n, ch.a);
+    if (gz != nullptr) Io<T>::store(terms[0], gz + at, n);
+    return terms;
+  });
 }
 
 

@@ -280,12 +280,13 @@ void for_row_segments(int64_t rows, int64_t cols, const F& f) {
 }
 
 // Per-lane double sums of a run of vectors (a row segment of channel_pass on_rows),
-// added up in lane order at the end. Every lane is a chain of its own, so successive
+// added up in lane order at the end. (Not laaf_cpu_lane_sums.h's lane_sums, which
+// reduces L vectors to their L sums at once.) Every lane is a chain of its own, so successive
 // vectors' adds overlap; summing each vector's lanes into one double (a chain of L
 // dependent adds per vector) bound channel_pass on_rows: NCHW act_bwd ran ~1.3 ms at
 // 64x32x32x32 fp32 that way on two Zen 4 threads (stop 36).
 template <typename C>
-struct LaneSums {
+struct PerLaneSums {
   static constexpr int64_t L = Vectorized<C>::size();
   double lane[L] = {};
 
@@ -365,7 +366,7 @@ void channel_pass(const Grid<C>& a, const Grid<C>& b, const std::array<double*, 
     for_row_segments(rows, cols, [&](int64_t r, int64_t task, int64_t c0, int64_t c1) {
       const Body run = body;  // (local copies: see WalkView)
       const std::array<double*, NSUMS> out = parts;
-      std::array<LaneSums<C>, NSUMS> sums;
+      std::array<PerLaneSums<C>, NSUMS> sums;
       // The segment's vectors, lanes_at(c, n) giving their ChannelLanes.
       auto walk = [&](const auto& lanes_at) __attribute__((always_inline)) {
         for (int64_t c = c0; c < c1; c += V::size()) {

@@ -712,10 +712,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
   check_dtype(x, "x");
   check_linear_shapes("cpp_linear_bwd", x, weight, bias, s);
-  TORCH_CHECK(g_in.dim() == 2 && g_in.size(0) == x.size(0) && g_in.size(1) == weight.size(0),
-              "laaf cpp_linear_bwd: g must have shape (x.size(0), weight.size(0)) = (",
-              x.size(0), ", ", weight.size(0), "), got ", g_in.sizes());
-  check_shape_like("cpp_linear_bwd", "y", y_in, "g", g_in);
+  const bool no_z = !check_linear_grads("cpp_linear_bwd", x, weight, g_in, z, y_in);
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, x.scalar_type());
   need_ds = need_ds && s.has_value();
@@ -727,9 +724,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   // An empty z: the forward kept none (linear_fwd_narrow), and the narrow backward
   // takes act' from y. Anywhere else (no y given; LAAF_CPU_NARROW turned off between
   // the passes) z is formed again, as the forward formed it.
-  const bool no_z = z.sizes() != g.sizes();
-  TORCH_CHECK(!no_z || z.numel() == 0, "laaf cpp_linear_bwd: z must have g's shape ", g.sizes(),
-              " or be empty (not kept by the forward), got ", z.sizes());
   if (rows * cols > 0 && narrow_fused(x, weight, /*forward=*/false) &&
       (!no_z || (y.has_value() && d1_from_y<Act>(act)))) {
     return linear_bwd_narrow(g, x, weight, bias, z, s, s_c, y, act, chunks,

@@ -4,13 +4,17 @@
 //   * narrow layers (N, K <= 128, the PINN widths): ONE kernel. Each block
 //     stages W (and b, s) in shared memory once, then walks tiles of 64 rows
 //     of x: the tile is copied to shared memory, each thread forms z for 8 rows
-//     x (32 * NJ) columns in registers, and writes y (and z when training).
-//     x is read once and y written once: no z round trip through memory.
+//     x (32 * NJ) columns in registers, and writes y (and z when training a
+//     layer that keeps it). x is read once and y written once.
 //   * wide layers: z from cuBLAS (at::addmm), then one epilogue pass y = act(s z).
-// Backward, given g = dL/dy (z saved by the forward):
-//   gh = g act'(h), gz = gh s        one pass over (g, z) that also writes the
-//   db = sum gz, ds = sum gh z       per-chunk partial column sums
-//   dx = gz W, dW = gz^T x           cuBLAS GEMMs (at::mm)
+// Backward, given g = dL/dy:
+//   * narrow layers (narrow_backward_layer, laaf_cuda_narrow.cuh): the forward kept
+//     no z; ONE kernel forms z again and every gradient (laaf_cuda_narrow_bwd.cu).
+//     Where the device cannot run it, z comes from cuBLAS and the wide path follows.
+//   * wide layers, given the saved z:
+//       gh = g act'(h), gz = gh s        one pass over (g, z) that also writes the
+//       db = sum gz, ds = sum gh z       per-chunk partial column sums
+//       dx = gz W, dW = gz^T x           cuBLAS GEMMs (at::mm)
 //
 // Determinism: no atomics. Every partial sum has a fixed home (a chunk of rows
 // and a column) and is summed in a fixed order, then the partials are folded by
@@ -33,6 +37,7 @@
 
 #include "laaf_activations_cuda.cuh"
 #include "laaf_cuda_common.cuh"
+#include "laaf_cuda_narrow.cuh"
 
 namespace laaf {
 namespace {
@@ -66,34 +71,16 @@ __global__ void forward_epilogue_kernel(const T* z, T* y, SlopeGrid<at::opmath_t
 
 // --- The narrow fused forward ------------------------------------------------
 
-constexpr int kNarrowMax = 128;                       // N, K <= this
-constexpr int kTileRows = 64;                         // rows of x per tile
-constexpr int kRowsPerThread = kTileRows / (kThreads / 32);  // 8: one warp owns 8 rows
-
-// Four consecutive values of a 16-byte aligned shared array (one LDS.128 for float).
-template <typename A>
-__device__ __forceinline__ void load4(const A* p, A out[4]) {
-#pragma unroll
-  for (int q = 0; q < 4; ++q) out[q] = p[q];
-}
-template <>
-__device__ __forceinline__ void load4<float>(const float* p, float out[4]) {
-  const float4 v = *reinterpret_cast<const float4*>(p);
-  out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-}
-
 // Shared memory of the narrow kernel, in A: W^T as (K4, 32 NJ) and one x tile
 // as (kTileRows, K4), K4 = K rounded up to 4; the padding holds zeros.
-__host__ __device__ inline int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }
 template <typename A>
 size_t narrow_smem_bytes(int64_t K, int nj) {
   return size_t(round_up4(K)) * (32 * nj + kTileRows) * sizeof(A);
 }
 
 // Lane l of a warp owns columns c = l + 32 j (j < NJ); warp w owns rows
-// w*8 .. w*8+7 of the tile. Per 4 values of k a thread does 8 * NJ * 4 FMAs from
-// 8 broadcast 16-byte loads of x (all lanes read the same row) and 4 NJ
-// conflict-free loads of W^T (consecutive lanes, consecutive columns).
+// w*8 .. w*8+7 of the tile; z's register tile is tile_product's (laaf_cuda_narrow.cuh),
+// on rows of W^T (consecutive lanes, consecutive columns: no bank conflict).
 template <typename T, int ACT, int NJ>
 __global__ void __launch_bounds__(kThreads)
 narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
@@ -137,26 +124,7 @@ narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
 
     // z (without b) for this thread's 8 rows x NJ columns.
     A acc[kRowsPerThread][NJ];
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i)
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) acc[i][j] = A(0);
-    for (int k = 0; k < K4; k += 4) {
-      A wv[4][NJ];
-#pragma unroll
-      for (int q = 0; q < 4; ++q)
-#pragma unroll
-        for (int j = 0; j < NJ; ++j) wv[q][j] = w_s[(k + q) * WCOLS + lane + 32 * j];
-#pragma unroll
-      for (int i = 0; i < kRowsPerThread; ++i) {
-        A xv[4];
-        load4(x_s + (warp * kRowsPerThread + i) * K4 + k, xv);
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-#pragma unroll
-          for (int j = 0; j < NJ; ++j) acc[i][j] = fma(xv[q], wv[q][j], acc[i][j]);
-      }
-    }
+    tile_product<NJ>(x_s, K4, w_s, WCOLS, 1, K4, acc);
 
     // Epilogue: z = acc + b, h = s z, y = act(h); consecutive lanes write
     // consecutive columns of a row.
@@ -211,16 +179,12 @@ void launch_forward_epilogue(const Tensor& z, Tensor& y, const SlopeGrid<at::opm
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Whether the narrow kernel runs this layer: N, K <= 128, its shared memory
-// fits this device, and LAAF_CUDA_NARROW is not "0" (for benchmarking both).
+// Whether the narrow forward runs this layer: N, K <= 128, and its shared memory
+// fits this device (narrow_smem_fits: LAAF_CUDA_NARROW=0 switches it off).
 template <typename A>
 bool narrow_fits(int64_t N, int64_t K, int device) {
-  const char* env = std::getenv("LAAF_CUDA_NARROW");
-  if (env != nullptr && env[0] == '0') return false;
   if (N > kNarrowMax || K > kNarrowMax || N == 0 || K == 0) return false;
-  const int nj = N <= 32 ? 1 : (N <= 64 ? 2 : 4);
-  const size_t limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  return narrow_smem_bytes<A>(K, nj) <= limit;
+  return narrow_smem_fits(narrow_smem_bytes<A>(K, column_groups(N)), device);
 }
 
 template <typename T, int ACT, int NJ>
@@ -247,13 +211,10 @@ void launch_narrow_nj(const Tensor& x, const Tensor& w, const c10::optional<Tens
 template <typename T, int ACT>
 void launch_narrow(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
                    const SlopeGrid<at::opmath_type<T>>& sg, Tensor& y, T* z_out) {
-  const int64_t N = w.size(0);
-  if (N <= 32) {
-    launch_narrow_nj<T, ACT, 1>(x, w, b, sg, y, z_out);
-  } else if (N <= 64) {
-    launch_narrow_nj<T, ACT, 2>(x, w, b, sg, y, z_out);
-  } else {
-    launch_narrow_nj<T, ACT, 4>(x, w, b, sg, y, z_out);
+  switch (column_groups(w.size(0))) {
+    case 1: launch_narrow_nj<T, ACT, 1>(x, w, b, sg, y, z_out); break;
+    case 2: launch_narrow_nj<T, ACT, 2>(x, w, b, sg, y, z_out); break;
+    default: launch_narrow_nj<T, ACT, 4>(x, w, b, sg, y, z_out);
   }
 }
 
@@ -277,6 +238,15 @@ void launch_backward(const Tensor& g, const Tensor& z, const c10::optional<Tenso
 // The ops
 // ===========================================================================
 
+// Whether cuda_linear_fwd returns z (else an empty tensor): in training, except for a
+// narrow_backward_layer, whose backward forms z again. A function of the shape and
+// dtype alone, not of the device or LAAF_CUDA_NARROW: the fake of cuda_linear_fwd
+// asks it, and traced shapes must match the kernel's wherever it runs (a device
+// without the fused backward forms z with cuBLAS instead).
+bool linear_stores_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType dtype) {
+  return training && !narrow_backward_layer(n_out, k_in, dtype);
+}
+
 std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x_in, const Tensor& weight_in,
                                       const c10::optional<Tensor>& bias_in,
                                       const c10::optional<Tensor>& s, c10::string_view activation,
@@ -290,24 +260,25 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x_in, const Tensor& weight_i
   const int64_t M = x.size(0), N = weight.size(0);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const Tensor s_acc = slope_in(s, acc);
+  const bool keep_z = linear_stores_z(N, weight.size(1), training, x.scalar_type());
   Tensor y, z;
   LAAF_DISPATCH_CUDA_TYPES(x.scalar_type(), "laaf_cuda_linear_fwd", [&] {
     using A = at::opmath_type<scalar_t>;
     const auto sg = slope_grid<A>(s_acc, slope_kind(s), false, 0);
     if (M > 0 && narrow_fits<A>(N, weight.size(1), x.get_device())) {
       y = at::empty({M, N}, x.options());
-      z = training ? at::empty({M, N}, x.options()) : at::empty({0}, x.options());
+      z = keep_z ? at::empty({M, N}, x.options()) : at::empty({0}, x.options());
       LAAF_ACT_SWITCH(act, [&] {
         launch_narrow<scalar_t, ACT>(x, weight, bias, sg, y,
-                                     training ? z.data_ptr<scalar_t>() : nullptr);
+                                     keep_z ? z.data_ptr<scalar_t>() : nullptr);
       });
       return;
     }
-    // Wide (or empty): cuBLAS, then the epilogue; in inference z's buffer becomes y.
+    // Wide (or empty): cuBLAS, then the epilogue; unless z is kept, z's buffer becomes y.
     z = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
-    y = training ? at::empty_like(z) : z;
+    y = keep_z ? at::empty_like(z) : z;
     LAAF_ACT_SWITCH(act, [&] { launch_forward_epilogue<scalar_t, ACT>(z, y, sg, M, N); });
-    if (!training) z = at::empty({0}, x.options());
+    if (!keep_z) z = at::empty({0}, x.options());
   });
   return {y, z};
 }
@@ -318,15 +289,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
   check_cuda(x, "x");
   check_linear_shapes("cuda_linear_bwd", x, weight, bias, s);
-  TORCH_CHECK(z_in.dim() == 2 && z_in.size(0) == x.size(0) && z_in.size(1) == weight.size(0),
-              "laaf cuda_linear_bwd: z must have shape (x.size(0), weight.size(0)) = (",
-              x.size(0), ", ", weight.size(0), "), got ", z_in.sizes());
-  check_shape_like("cuda_linear_bwd", "g", g_in, "z", z_in);
-  check_shape_like("cuda_linear_bwd", "y", y_in, "z", z_in);
+  const bool kept_z = check_linear_grads("cuda_linear_bwd", x, weight, g_in, z_in, y_in);
   const c10::cuda::CUDAGuard guard(x.device());
   const int act = activation_id(activation);
   need_ds = need_ds && s.has_value();
-  const Tensor g = g_in.contiguous(), z = z_in.contiguous();
+  const Tensor g = g_in.contiguous();
+  const int64_t N = weight.size(0);
+  if (!kept_z && x.size(0) > 0 && narrow_backward_layer(N, weight.size(1), x.scalar_type())) {
+    const auto fused = narrow_linear_backward(g, x.contiguous(), weight.contiguous(),
+                                              contiguous(bias), s, act, need_dx, need_dw,
+                                              need_db, need_ds);
+    if (fused.has_value()) return *fused;
+  }
+  // The wide path, on the saved z or (a forward that kept none) z formed again.
+  const Tensor z = kept_z ? z_in.contiguous()
+                          : (bias.has_value() ? at::addmm(*bias, x, weight.t())
+                                              : at::mm(x, weight.t()));
   const auto y = contiguous(y_in);
   const int64_t rows = z.size(0), cols = z.size(1);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
@@ -420,6 +398,8 @@ TORCH_LIBRARY_FRAGMENT(laaf, m) {
         "Tensor? y, str activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("cuda_act_fwd(Tensor z, Tensor? s, str activation, int dim) -> Tensor");
+  m.def("cuda_linear_stores_z(int n_out, int k_in, bool training, ScalarType dtype) -> bool",
+        &linear_stores_z);
   m.def("cuda_act_bwd(Tensor g, Tensor z, Tensor? s, Tensor? y, str activation, int dim, "
         "bool need_dz, bool need_ds) -> (Tensor, Tensor)");
 }

@@ -77,6 +77,24 @@ __global__ void fold_parts_kernel(const A* __restrict__ parts, A* __restrict__ o
   if (threadIdx.x == 0) out[w] = partial[0];
 }
 
+// The same fold for many columns and few parts (a narrow backward's dW: N K columns,
+// one part per block): a block of 32 column lanes x 8 row lanes; row lane t sums
+// p = t, t + 8, ... in order, then the 8 row lanes in order (sum_over_row_lanes).
+// One block per column (fold_parts_kernel) would launch N K blocks.
+template <typename A>
+__global__ void fold_columns_kernel(const A* __restrict__ parts, A* __restrict__ out, int64_t P,
+                                    int64_t W) {
+  __shared__ A scratch[8][32];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t w = int64_t(blockIdx.x) * 32 + tx;
+  A total = A(0);
+  if (w < W) {
+    for (int64_t p = ty; p < P; p += 8) total += parts[p * W + w];
+  }
+  total = sum_over_row_lanes(total, scratch);
+  if (ty == 0 && w < W) out[w] = total;
+}
+
 // ---------------------------------------------------------------------------
 // Channel sums: one element-wise pass that also sums NSUMS terms per channel
 // ---------------------------------------------------------------------------
@@ -191,6 +209,20 @@ Tensor fold_parts(const Tensor& parts, int64_t width) {
   AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "laaf_cuda_fold_parts", [&] {
     fold_parts_kernel<scalar_t><<<width, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         parts.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P, width);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// fold_parts for many columns and few parts (fold_columns_kernel).
+Tensor fold_columns(const Tensor& parts, int64_t width) {
+  Tensor out = at::zeros({width}, parts.options());
+  if (width == 0 || parts.numel() == 0) return out;
+  const int64_t P = parts.numel() / width;
+  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "laaf_cuda_fold_columns", [&] {
+    fold_columns_kernel<scalar_t>
+        <<<(width + 31) / 32, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            parts.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P, width);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -76,6 +76,22 @@ inline void check_linear_shapes(const char* op, const at::Tensor& x, const at::T
               op, ": s must be 0-d or (N,) with N = ", N, ", got ", s->sizes());
 }
 
+// The linear backward's tensors: g (x.size(0), N); z g's shape, or empty where the
+// forward kept none (the backward forms it again, or needs none); y g's shape, if
+// given. Whether z was kept.
+inline bool check_linear_grads(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& g, const at::Tensor& z,
+                               const c10::optional<at::Tensor>& y) {
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == weight.size(0), "laaf ",
+              op, ": g must have shape (x.size(0), weight.size(0)) = (", x.size(0), ", ",
+              weight.size(0), "), got ", g.sizes());
+  check_shape_like(op, "y", y, "g", g);
+  const bool kept = z.sizes() == g.sizes();
+  TORCH_CHECK(kept || z.numel() == 0, "laaf ", op, ": z must have g's shape ", g.sizes(),
+              " or be empty (not kept by the forward), got ", z.sizes());
+  return kept;
+}
+
 // Rows up to this wide stay rows when nothing is per channel (see ActLayout).
 constexpr int64_t kMaxUnsplitRow = 512;
 

@@ -48,10 +48,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 EMULATION = HERE / "cuda" / "emulation"
 HEADER = EMULATION / "cuda_emulation.h"
 SELFTEST = EMULATION / "selftest.cu"
-#: The CUDA sources that launch kernels or register ops, translated; the other
-#: headers they include (the functors, the layout) compile as they are.
-TRANSLATED = ("laaf_cuda.cu", "laaf_cuda_flexible.cu", "laaf_cuda_grad_y.cu",
-              "laaf_cuda_common.cuh")
+#: The CUDA sources that launch kernels or register ops, and the headers that include
+#: them, translated; the other headers (the functors, the layout) compile as they are.
+TRANSLATED = ("laaf_cuda.cu", "laaf_cuda_narrow_bwd.cu", "laaf_cuda_flexible.cu",
+              "laaf_cuda_grad_y.cu", "laaf_cuda_common.cuh", "laaf_cuda_narrow.cuh")
 REQUIRE_ENV = "LAAF_REQUIRE_CUDA_EMULATION"
 #: The (backend, device) target of the emulated kernels in fused_cases.TARGETS.
 TARGET = ("cuda", "cpu")
@@ -121,11 +121,17 @@ def _replace(text: str, pattern, replacement, expected: int, what: str, source: 
 #: the translation does not cover fails loudly instead of compiling wrongly.
 EXPECTED = {
     "laaf_cuda.cu": dict(launches=2, dynamic_shared=1, static_shared=0, impls=1, checks=0),
+    "laaf_cuda_narrow_bwd.cu": dict(launches=1, dynamic_shared=1, static_shared=0, impls=0,
+                                    checks=0),
     "laaf_cuda_flexible.cu": dict(launches=1, dynamic_shared=0, static_shared=0, impls=1,
                                   checks=0),
     "laaf_cuda_grad_y.cu": dict(launches=0, dynamic_shared=0, static_shared=0, impls=1,
                                 checks=0),
-    "laaf_cuda_common.cuh": dict(launches=3, dynamic_shared=0, static_shared=2, impls=0,
+    # (translated though it has nothing to rewrite: its #include of laaf_cuda_common.cuh
+    # must find the translated copy beside it)
+    "laaf_cuda_narrow.cuh": dict(launches=0, dynamic_shared=0, static_shared=0, impls=0,
+                                 checks=0),
+    "laaf_cuda_common.cuh": dict(launches=4, dynamic_shared=0, static_shared=3, impls=0,
                                  checks=1),
     "selftest.cu": dict(launches=5, dynamic_shared=1, static_shared=1, impls=1, checks=0),
 }

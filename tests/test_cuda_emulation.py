@@ -89,15 +89,21 @@ def test_an_untranslated_change_to_a_source_fails_loudly(source):
 def test_every_cuda_source_is_translated():
     assert sorted(p.name for p in extension.CSRC.glob("*.cu")) == sorted(
         s for s in cuda_emulation.TRANSLATED if s.endswith(".cu"))
-    launching = sorted(p.name for p in extension.CSRC.glob("*.cuh") if "<<<" in p.read_text())
-    assert launching == [s for s in cuda_emulation.TRANSLATED if s.endswith(".cuh")]
+    # Headers that launch kernels, and those that include one (their #include must
+    # find the translated copy beside them).
+    launching = {p.name for p in extension.CSRC.glob("*.cuh") if "<<<" in p.read_text()}
+    including = {p.name for p in extension.CSRC.glob("*.cuh")
+                 if any(f'#include "{name}"' in p.read_text() for name in launching)}
+    assert sorted(launching | including) == sorted(
+        s for s in cuda_emulation.TRANSLATED if s.endswith(".cuh"))
 
 
 def test_the_emulated_kernels_run_on_cpu_tensors():
-    """A direct call of an emulated op, outside the backend: the N-LAAF forward."""
+    """A direct call of an emulated op, outside the backend: the N-LAAF forward (a wide
+    layer, N = 130, so that it keeps z)."""
     gen = torch.Generator().manual_seed(3)
-    x, w = torch.randn(70, 9, generator=gen), torch.randn(5, 9, generator=gen)
-    b, s = torch.randn(5, generator=gen), torch.rand(5, generator=gen) + 0.5
+    x, w = torch.randn(70, 9, generator=gen), torch.randn(130, 9, generator=gen)
+    b, s = torch.randn(130, generator=gen), torch.rand(130, generator=gen) + 0.5
     y, z = torch.ops.laaf.cuda_linear_fwd(x, w, b, s, "tanh", True)
     torch.testing.assert_close(z, torch.addmm(b, x, w.t()), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y, torch.tanh(s * z), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,292 @@
+// laaf_kernels: the fused backward of a narrow linear layer (N, K <= 128), one kernel.
+//
+// Given g = dL/dy and x, with y = act(h), h = s z, z = x W^T + b:
+//   z  = x W^T + b        formed again on chip (the forward kept no z)
+//   gh = g act'(h), gz = gh s
+//   dx = gz W             written once per row
+//   dW = gz^T x, db = sum gz, ds = sum gh z      accumulated per block
+// Each block stages W in shared memory once, then walks tiles of 64 rows: the
+// tile of x is staged too, z is formed in registers, gz goes to shared memory,
+// and from there dx (a 64 x K product) and dW's share of the tile (N x K, summed
+// over 64 rows). g and x are read once, dx written once; z and gz never reach
+// global memory. The Triton backend's narrow backward (triton_linear.py:
+// linear_bwd_narrow_kernel) does the same with tl.dot.
+//
+// Determinism: no atomics. Each block sums its tiles in tile order and writes one
+// partial of dW, db and ds; fold_columns and fold_parts add the partials in a fixed
+// order. The block count is a function of the device and the shape: the same bits
+// every run there.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+#include "laaf_activations_cuda.cuh"
+#include "laaf_cuda_common.cuh"
+#include "laaf_cuda_narrow.cuh"
+
+namespace laaf {
+namespace {
+
+// Shared memory of the backward, in A, with WCOLS = 32 NJ and KCOLS = 32 KJ:
+//   w_s  (KCOLS, WCOLS + 1): w_s[k * (WCOLS + 1) + n] = W[n, k]. The odd row stride
+//        serves both products: z reads a row (lanes over n), dx a column (lanes over
+//        k, WCOLS + 1 apart: 32 different banks).
+//   x_s  (kTileRows, KCOLS): the tile of x;  gz_s (kTileRows, WCOLS): its gz.
+// Everything outside N x K (and the tile's rows) holds zeros, so that the products
+// run over whole column groups and padded lanes add nothing.
+template <typename A>
+size_t narrow_bwd_smem_bytes(int nj, int kj) {
+  const size_t wcols = 32 * nj, kcols = 32 * kj;
+  return (kcols * (wcols + 1) + kTileRows * kcols + kTileRows * wcols) * sizeof(A);
+}
+
+// Lane l owns columns n = l + 32 j of z and gz (j < NJ) and k = l + 32 i of dx
+// (i < KJ); warp w owns rows 8 w .. 8 w + 7 of the tile for both, and rows
+// n in [4 NJ w, 4 NJ w + 4 NJ) of dW (times the lane's KJ columns k), whose
+// accumulators stay in registers for the whole kernel.
+// Blocks per SM that ptxas must leave room for: 2 (at most 128 registers a thread)
+// where the dW accumulators are small, else 1 (up to 255). Without a minimum, ptxas
+// capped some of these kernels at 64 registers and spilled (CUDA 13, sm_90).
+template <typename A, int NJ, int KJ>
+constexpr int narrow_bwd_min_blocks() {
+  return 4 * NJ * KJ * sizeof(A) <= 64 ? 2 : 1;
+}
+
+template <typename T, int ACT, int NJ, int KJ>
+__global__ void __launch_bounds__(kThreads, (narrow_bwd_min_blocks<at::opmath_type<T>, NJ, KJ>()))
+narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
+                              const T* __restrict__ w, const T* __restrict__ b,
+                              SlopeGrid<at::opmath_type<T>> slope, T* __restrict__ dx,
+                              at::opmath_type<T>* __restrict__ dw_part,
+                              at::opmath_type<T>* __restrict__ db_part,
+                              at::opmath_type<T>* __restrict__ ds_part, int64_t M, int N, int K) {
+  using A = at::opmath_type<T>;
+  constexpr int WCOLS = 32 * NJ, KCOLS = 32 * KJ, WS = WCOLS + 1;
+  constexpr int NPW = 4 * NJ;  // rows n of dW per warp: 8 warps x NPW = WCOLS
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* w_s = reinterpret_cast<A*>(smem_raw);
+  A* x_s = w_s + KCOLS * WS;
+  A* gz_s = x_s + kTileRows * KCOLS;
+
+  // Stage W once per block, zeros outside N x K (the padding column WS - 1 is unread).
+  for (int i = threadIdx.x; i < KCOLS * WCOLS; i += kThreads) {
+    const int k = i / WCOLS, n = i - k * WCOLS;
+    w_s[k * WS + n] = (k < K && n < N) ? static_cast<A>(w[int64_t(n) * K + k]) : A(0);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  A bias[NJ], s_col[NJ], db_acc[NJ], ds_acc[NJ];
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    const int n = lane + 32 * j;
+    bias[j] = (b != nullptr && n < N) ? static_cast<A>(b[n]) : A(0);
+    s_col[j] = n < N ? slope.at(0, n) : A(1);
+    db_acc[j] = ds_acc[j] = A(0);
+  }
+  A dw_acc[NPW][KJ];
+#pragma unroll
+  for (int p = 0; p < NPW; ++p)
+#pragma unroll
+    for (int i = 0; i < KJ; ++i) dw_acc[p][i] = A(0);
+
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t r0 = tile * kTileRows;
+    const int rows_here = static_cast<int>(std::min<int64_t>(kTileRows, M - r0));
+    __syncthreads();  // W staged (first tile), or the previous tile's x_s, gz_s all read
+    // -- The x tile, zeros past K and past the last row (they meet gz = 0 in dW).
+    for (int i = threadIdx.x; i < kTileRows * KCOLS; i += kThreads) {
+      const int r = i / KCOLS, k = i - r * KCOLS;
+      x_s[i] = (r < rows_here && k < K) ? static_cast<A>(x[(r0 + r) * K + k]) : A(0);
+    }
+    __syncthreads();
+
+    // -- z = x W^T (b added below) for 8 rows x NJ columns: rows of w_s.
+    A acc[kRowsPerThread][NJ];
+    tile_product<NJ>(x_s, KCOLS, w_s, WS, 1, K, acc);
+
+    // -- gh = g act'(h), gz = gh s with h = s z; the column sums of gz and gh z stay
+    //    in this thread's db_acc, ds_acc; gz goes to gz_s (0 outside the tile and N).
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const int row = warp * kRowsPerThread + r;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const int n = lane + 32 * j;
+        A gz = A(0);
+        if (row < rows_here && n < N) {
+          const A z = acc[r][j] + bias[j];
+          const A gh = static_cast<A>(g[(r0 + row) * N + n]) * gpu::Act<ACT>::d1(s_col[j] * z);
+          gz = gh * s_col[j];
+          db_acc[j] += gz;
+          ds_acc[j] += gh * z;
+        }
+        gz_s[row * WCOLS + n] = gz;
+      }
+    }
+    __syncthreads();
+
+    // -- dx = gz W for 8 rows x KJ columns k: columns of w_s.
+    if (dx != nullptr) {
+      A dx_acc[kRowsPerThread][KJ];
+      tile_product<KJ>(gz_s, WCOLS, w_s, 1, WS, N, dx_acc);
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        const int row = warp * kRowsPerThread + r;
+#pragma unroll
+        for (int i = 0; i < KJ; ++i) {
+          const int k = lane + 32 * i;
+          if (row < rows_here && k < K) dx[(r0 + row) * K + k] = static_cast<T>(dx_acc[r][i]);
+        }
+      }
+    }
+
+    // -- dW += gz^T x over the tile's rows: per row, NJ broadcast float4 loads of gz
+    //    (this warp's NPW rows n) and KJ conflict-free loads of x.
+    if (dw_part != nullptr) {
+      for (int row = 0; row < rows_here; ++row) {
+        A gv[NPW], xv[KJ];
+#pragma unroll
+        for (int q = 0; q < NJ; ++q) load4(gz_s + row * WCOLS + warp * NPW + 4 * q, gv + 4 * q);
+#pragma unroll
+        for (int i = 0; i < KJ; ++i) xv[i] = x_s[row * KCOLS + lane + 32 * i];
+#pragma unroll
+        for (int p = 0; p < NPW; ++p)
+#pragma unroll
+          for (int i = 0; i < KJ; ++i) dw_acc[p][i] = fma(gv[p], xv[i], dw_acc[p][i]);
+      }
+    }
+  }
+
+  // -- The block's partials: dW as it is; db and ds summed over the 8 warps in
+  //    warp order (through gz_s, free now).
+  if (dw_part != nullptr) {
+    A* out = dw_part + int64_t(blockIdx.x) * N * K;
+#pragma unroll
+    for (int p = 0; p < NPW; ++p) {
+      const int n = warp * NPW + p;
+#pragma unroll
+      for (int i = 0; i < KJ; ++i) {
+        const int k = lane + 32 * i;
+        if (n < N && k < K) out[n * K + k] = dw_acc[p][i];
+      }
+    }
+  }
+  A* per_warp = gz_s;  // (2, 8 warps, WCOLS)
+  __syncthreads();     // every warp done with gz_s
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    per_warp[warp * WCOLS + lane + 32 * j] = db_acc[j];
+    per_warp[(8 + warp) * WCOLS + lane + 32 * j] = ds_acc[j];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < 2 * WCOLS; i += kThreads) {
+    const int sum = i / WCOLS, n = i - sum * WCOLS;
+    A* part = sum == 0 ? db_part : ds_part;
+    if (part == nullptr || n >= N) continue;
+    A total = A(0);
+    for (int v = 0; v < kThreads / 32; ++v) total += per_warp[(8 * sum + v) * WCOLS + n];
+    part[int64_t(blockIdx.x) * N + n] = total;
+  }
+}
+
+// Launch narrow_linear_backward_kernel<T, ACT, NJ, KJ>: persistent blocks, as many as
+// fit the device (at most one per tile); false where its shared memory does not fit.
+template <typename T, int ACT, int NJ, int KJ>
+bool launch_narrow_backward(const Tensor& g, const Tensor& x, const Tensor& w,
+                            const c10::optional<Tensor>& b,
+                            const SlopeGrid<at::opmath_type<T>>& sg, Tensor& dx,
+                            Tensor& dw_part, Tensor& db_part, Tensor& ds_part, bool need_dw,
+                            bool need_db, bool need_ds) {
+  using A = at::opmath_type<T>;
+  const int device = x.get_device();
+  const size_t smem = narrow_bwd_smem_bytes<A>(NJ, KJ);
+  if (!narrow_smem_fits(smem, device)) return false;
+  const int64_t M = x.size(0);
+  const int N = static_cast<int>(w.size(0)), K = static_cast<int>(w.size(1));
+  auto kernel = narrow_linear_backward_kernel<T, ACT, NJ, KJ>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, device);
+  const int64_t blocks = std::max<int64_t>(1, std::min(tiles, sms * std::max(per_sm, 1)));
+  const auto part = x.options().dtype(at::toOpMathType(x.scalar_type()));
+  dw_part = need_dw ? at::empty({blocks, N, K}, part) : Tensor();
+  db_part = need_db ? at::empty({blocks, N}, part) : Tensor();
+  ds_part = need_ds ? at::empty({blocks, N}, part) : Tensor();
+  kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      g.data_ptr<T>(), x.data_ptr<T>(), w.data_ptr<T>(), data_or_null<T>(b), sg,
+      data_or_null<T>(dx), data_or_null<A>(dw_part), data_or_null<A>(db_part),
+      data_or_null<A>(ds_part), M, N, K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+// f(integral_constant<int, NJ>, integral_constant<int, KJ>) for the column groups of
+// N and K (fp64 layers with NJ x KJ = 16 are not narrow_backward_layers: not compiled).
+template <typename A, typename F>
+bool with_column_groups(int64_t N, int64_t K, const F& f) {
+  auto for_kj = [&](auto nj) {
+    switch (column_groups(K)) {
+      case 1: return f(nj, std::integral_constant<int, 1>{});
+      case 2: return f(nj, std::integral_constant<int, 2>{});
+      default:
+        if constexpr (std::is_same_v<A, double> && decltype(nj)::value == 4) {
+          TORCH_CHECK(false, "laaf cuda: no fused narrow backward for fp64 at N, K > 64");
+          return false;
+        } else {
+          return f(nj, std::integral_constant<int, 4>{});
+        }
+    }
+  };
+  switch (column_groups(N)) {
+    case 1: return for_kj(std::integral_constant<int, 1>{});
+    case 2: return for_kj(std::integral_constant<int, 2>{});
+    default: return for_kj(std::integral_constant<int, 4>{});
+  }
+}
+
+}  // namespace
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> narrow_linear_backward(
+    const Tensor& g, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
+    const c10::optional<Tensor>& s, int act, bool need_dx, bool need_dw, bool need_db,
+    bool need_ds) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(narrow_backward_layer(N, K, x.scalar_type()), "laaf cuda: a ", N, " x ", K, " ",
+              x.scalar_type(), " layer has no fused narrow backward");
+  need_ds = need_ds && s.has_value();
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  const Tensor s_acc = slope_in(s, acc);
+  Tensor dx = need_dx ? at::empty({x.size(0), K}, x.options()) : Tensor(), dw_part, db_part,
+                                                                          ds_part;
+  bool launched = false;
+  LAAF_DISPATCH_CUDA_TYPES(x.scalar_type(), "laaf_cuda_narrow_linear_bwd", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const auto sg = slope_grid<A>(s_acc, slope_kind(s), false, 0);
+    LAAF_ACT_SWITCH(act, [&] {
+      launched = with_column_groups<A>(N, K, [&](auto nj, auto kj) {
+        return launch_narrow_backward<scalar_t, ACT, decltype(nj)::value, decltype(kj)::value>(
+            g, x, weight, bias, sg, dx, dw_part, db_part, ds_part, need_dw, need_db, need_ds);
+      });
+    });
+  });
+  if (!launched) return std::nullopt;
+  const Tensor empty = at::empty({0}, x.options());
+  return std::make_tuple(
+      need_dx ? dx : empty,
+      need_dw ? fold_columns(dw_part, N * K).view({N, K}).to(x.scalar_type()) : empty,
+      need_db ? fold_parts(db_part, N).to(x.scalar_type()) : empty,
+      need_ds ? finish_ds(fold_parts(ds_part, N), *s) : empty);
+}
+
+}  // namespace laaf

@@ -1,0 +1,141 @@
+"""The CUDA backend's fused narrow backward (csrc/laaf_cuda_narrow_bwd.cu): one kernel
+forms z = x W^T + b again and every gradient, so that a narrow layer's training
+forward keeps no z. Checked against the backend's other path, cuBLAS on a z formed
+again (LAAF_CUDA_NARROW=0), output by output; the reference comparisons of every
+shape, activation and slope kind are in test_fused_linear.py (which runs this kernel
+for every narrow case). On the GPU, and on the CPU through the CUDA emulation."""
+import pytest
+import torch
+
+import laaf_kernels
+from fused_cases import TARGETS
+from helpers import linear_inputs
+
+CUDA_TARGETS = [t for t in TARGETS if t.values[0][0] == "cuda"]
+SCALE = 2.0
+
+#: (M, K, N): tiles that wrap the emulation's blocks (3 SMs), one column group and
+#: four, N = 1 and K = 1 (a PINN's last and first layers), the widest fp64 layers,
+#: a partial last tile.
+SHAPES = [(203, 50, 29), (131, 37, 100), (1601, 50, 29), (67, 2, 1), (45, 1, 128),
+          (70, 64, 128), (70, 128, 64), (64, 33, 65)]
+
+
+def _layer(M, K, N, dtype, device, slope, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=gen, dtype=torch.float64)
+    w = torch.randn(N, K, generator=gen, dtype=torch.float64) / K ** 0.5
+    b = torch.randn(N, generator=gen, dtype=torch.float64)
+    g = torch.randn(M, N, generator=gen, dtype=torch.float64)
+    s = {"none": None, "scalar": torch.tensor(1.3, dtype=torch.float64),
+         "vector": torch.rand(N, generator=gen, dtype=torch.float64) + 0.5}[slope]
+    cast = lambda t: None if t is None else t.to(dtype=dtype, device=device)  # noqa: E731
+    return cast(x), cast(w), cast(b), cast(g), cast(s)
+
+
+def _both_paths(x, w, b, g, s, activation, need, monkeypatch):
+    """(fused, cuBLAS) outputs of cuda_linear_bwd on a forward that kept no z."""
+    y, z = torch.ops.laaf.cuda_linear_fwd(x, w, b, s, activation, True)
+    assert z.numel() == 0
+    fused = torch.ops.laaf.cuda_linear_bwd(g, x, w, b, z, s, None, activation, *need)
+    monkeypatch.setenv("LAAF_CUDA_NARROW", "0")
+    wide = torch.ops.laaf.cuda_linear_bwd(g, x, w, b, z, s, None, activation, *need)
+    monkeypatch.delenv("LAAF_CUDA_NARROW")
+    return fused, wide
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "m{}_k{}_n{}".format(*s))
+@pytest.mark.parametrize("slope", ["vector", "scalar", "none"])
+def test_fused_backward_is_the_cublas_path_fp64(target, shape, slope, monkeypatch):
+    """Every gradient, in fp64: the two paths sum in other orders (dW over blocks of
+    tiles, then over blocks; cuBLAS its own way), so they agree to rounding. M = 1601
+    and K = N = 50 sums 1601 products per dW entry: 1e-12 relative is ~50 ulp."""
+    x, w, b, g, s = _layer(*shape, torch.float64, target[1], slope, seed=sum(shape))
+    fused, wide = _both_paths(x, w, b, g, s, "tanh", (True,) * 4, monkeypatch)
+    for name, p, q in zip(("dx", "dW", "db", "ds"), fused, wide):
+        if name == "ds" and s is None:
+            assert p.numel() == 0 and q.numel() == 0
+            continue
+        assert p.shape == q.shape, name
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("need", [(True, False, False, False), (False, True, False, False),
+                                  (False, False, True, True), (False, True, False, True)],
+                         ids=["dx", "dW", "db_ds", "dW_ds"])
+def test_fused_backward_forms_only_what_is_needed(target, need, monkeypatch):
+    """An output not asked for is an empty tensor; the others are unchanged."""
+    x, w, b, g, s = _layer(131, 37, 100, torch.float64, target[1], "vector", seed=3)
+    fused, wide = _both_paths(x, w, b, g, s, "sin", need, monkeypatch)
+    for wanted, p, q in zip(need, fused, wide):
+        if wanted:
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+        else:
+            assert p.numel() == 0 and q.numel() == 0
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "leaky_relu"])
+@pytest.mark.parametrize("shape", [(1601, 50, 29), (70, 128, 128)], ids=["m1601", "k128_n128"])
+def test_fused_backward_low_precision(target, dtype, activation, shape, monkeypatch):
+    """fp32 and bf16, up to the widest narrow layer (float arithmetic in both paths;
+    bf16 rounds dx, dW and db once at the end on both, from float sums in another
+    order): within 16 ulp of the output's type, relative to the gradient's scale."""
+    x, w, b, g, s = _layer(*shape, dtype, target[1], "vector", seed=5)
+    fused, wide = _both_paths(x, w, b, g, s, activation, (True,) * 4, monkeypatch)
+    eps = torch.finfo(dtype).eps
+    for name, p, q in zip(("dx", "dW", "db", "ds"), fused, wide):
+        scale = q.double().abs().max().item()
+        torch.testing.assert_close(p.double(), q.double(), rtol=0, atol=16 * eps * scale,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+def test_training_forward_keeps_z_only_off_the_fused_backward(target):
+    """A narrow layer (N, K <= 128; in fp64 not both above 64) keeps no z: autograd
+    saves x and s, half of eager's x and z at K = N (tanh also saves y there). Any
+    other layer keeps z in training; no layer keeps one in inference. The fake
+    (cuda_backend.stores_z) says the same as the kernel."""
+    from bench.memory import saved_bytes
+    from laaf_kernels.ops import cuda_backend
+    device = target[1]
+    for N, K, dtype, keeps in ((50, 50, torch.float32, False), (50, 50, torch.float64, False),
+                               (128, 128, torch.float32, False), (70, 64, torch.float64, False),
+                               (70, 100, torch.float64, True), (131, 50, torch.float32, True),
+                               (50, 129, torch.bfloat16, True)):
+        x, w, b, _, s = _layer(37, K, N, dtype, device, "vector", seed=N + K)
+        _, z = torch.ops.laaf.cuda_linear_fwd(x, w, b, s, "tanh", True)
+        assert (z.shape == (37, N)) == keeps and (keeps or z.numel() == 0), (N, K, dtype)
+        assert cuda_backend.stores_z(N, K, True, dtype) == keeps
+        assert not cuda_backend.stores_z(N, K, False, dtype)
+        _, z_inference = torch.ops.laaf.cuda_linear_fwd(x, w, b, s, "tanh", False)
+        assert z_inference.numel() == 0
+    x, w, b, _, _ = _layer(257, 50, 50, torch.float32, device, "vector", seed=9)
+    w, b = w.requires_grad_(), b.requires_grad_()
+    a = (torch.rand(50, dtype=torch.float32, device=device) + 0.5).requires_grad_()
+    ours = saved_bytes(lambda: laaf_kernels.laaf_linear(x, w, b, a, activation="tanh",
+                                                        scale=SCALE, backend="cuda"), (w, b, a))
+    assert ours == 257 * 50 * 4 + 50 * 4  # x and s = scale * a
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+def test_fused_backward_through_autograd_and_an_empty_batch(target):
+    """Through laaf_linear: the reference's gradients (fp64), and an empty batch gives
+    zero gradients of the right shapes."""
+    device = target[1]
+    x, w, b, a = linear_inputs(((131,), 37, 29, False), "vector", 21, SCALE, torch.float64,
+                               device)
+    y = laaf_kernels.laaf_linear(x, w, b, a, scale=SCALE, backend="cuda")
+    ref = laaf_kernels.reference.laaf_linear(x, w, b, a, scale=SCALE)
+    g = torch.randn_like(y)
+    for p, q in zip(torch.autograd.grad(y, (x, w, b, a), g),
+                    torch.autograd.grad(ref, (x, w, b, a), g)):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-11)
+    empty = x[:0].detach().requires_grad_()
+    y0 = laaf_kernels.laaf_linear(empty, w, b, a, scale=SCALE, backend="cuda")
+    grads = torch.autograd.grad(y0.sum(), (empty, w, b, a))
+    assert [t.shape for t in grads] == [empty.shape, w.shape, b.shape, a.shape]
+    assert all((t == 0).all() for t in grads)

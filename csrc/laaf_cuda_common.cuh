@@ -77,10 +77,9 @@ __global__ void fold_parts_kernel(const A* __restrict__ parts, A* __restrict__ o
   if (threadIdx.x == 0) out[w] = partial[0];
 }
 
-// The same fold for many columns and few parts (a narrow backward's dW: N K columns,
-// one part per block): a block of 32 column lanes x 8 row lanes; row lane t sums
-// p = t, t + 8, ... in order, then the 8 row lanes in order (sum_over_row_lanes).
-// One block per column (fold_parts_kernel) would launch N K blocks.
+// The same fold for many columns and few parts: a block of 32 column lanes x 8 row
+// lanes; row lane t sums p = t, t + 8, ... in order, then the 8 row lanes in order
+// (sum_over_row_lanes). (One block per column would launch a block per value.)
 template <typename A>
 __global__ void fold_columns_kernel(const A* __restrict__ parts, A* __restrict__ out, int64_t P,
                                     int64_t W) {
@@ -201,28 +200,25 @@ int64_t rows_per_chunk(int64_t rows) {
   return std::max<int64_t>(256, (rows + 65534) / 65535);
 }
 
-// The (P, W) partials summed over P, deterministically.
+// The (P, W) partials summed over P, deterministically: one block per column
+// (fold_parts_kernel) where there are at least as many parts as columns (a
+// backward's per-chunk db / ds), else 32 columns a block (fold_columns_kernel: a
+// narrow backward's dW has N K columns and one part per block). The choice depends
+// on the shape alone.
 Tensor fold_parts(const Tensor& parts, int64_t width) {
   Tensor out = at::zeros({width}, parts.options());
   if (width == 0 || parts.numel() == 0) return out;
   const int64_t P = parts.numel() / width;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "laaf_cuda_fold_parts", [&] {
-    fold_parts_kernel<scalar_t><<<width, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        parts.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P, width);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
-}
-
-// fold_parts for many columns and few parts (fold_columns_kernel).
-Tensor fold_columns(const Tensor& parts, int64_t width) {
-  Tensor out = at::zeros({width}, parts.options());
-  if (width == 0 || parts.numel() == 0) return out;
-  const int64_t P = parts.numel() / width;
-  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "laaf_cuda_fold_columns", [&] {
-    fold_columns_kernel<scalar_t>
-        <<<(width + 31) / 32, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            parts.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P, width);
+    const scalar_t* in = parts.data_ptr<scalar_t>();
+    scalar_t* sums = out.data_ptr<scalar_t>();
+    if (P >= width) {
+      fold_parts_kernel<scalar_t><<<width, kThreads, 0, stream>>>(in, sums, P, width);
+    } else {
+      fold_columns_kernel<scalar_t><<<(width + 31) / 32, kThreads, 0, stream>>>(in, sums, P,
+                                                                             width);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

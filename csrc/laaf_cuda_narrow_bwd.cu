@@ -13,9 +13,9 @@
 // linear_bwd_narrow_kernel) does the same with tl.dot.
 //
 // Determinism: no atomics. Each block sums its tiles in tile order and writes one
-// partial of dW, db and ds; fold_columns and fold_parts add the partials in a fixed
-// order. The block count is a function of the device and the shape: the same bits
-// every run there.
+// partial of dW, db and ds; fold_parts adds the partials in a fixed order. The
+// block count is a function of the device and the shape: the same bits every run
+// there.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -284,7 +284,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> narrow_linear_backward
   const Tensor empty = at::empty({0}, x.options());
   return std::make_tuple(
       need_dx ? dx : empty,
-      need_dw ? fold_columns(dw_part, N * K).view({N, K}).to(x.scalar_type()) : empty,
+      need_dw ? fold_parts(dw_part, N * K).view({N, K}).to(x.scalar_type()) : empty,
       need_db ? fold_parts(db_part, N).to(x.scalar_type()) : empty,
       need_ds ? finish_ds(fold_parts(ds_part, N), *s) : empty);
 }

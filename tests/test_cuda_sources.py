@@ -2,6 +2,9 @@
 
 * ``csrc/*.cu`` compile (device code for sm_90 and sm_75, the flags of torch's JIT
   build), so a CUDA syntax or type error cannot land;
+* the JIT build's CUDA part takes every one of them, and its objects link: each
+  ``laaf::`` function that one calls is defined in another (torch's loader would
+  otherwise refuse the library, and only on a GPU);
 * the generated CUDA activation functors (``csrc/laaf_activations_cuda.cuh``), built
   for the host, give the table's value, act', act'' and act'-from-y.
 
@@ -54,18 +57,79 @@ def _torch_nvcc_flags() -> list:
     return [*cpp_extension.COMMON_NVCC_FLAGS, "-std=c++20", "--compiler-options", "-fPIC"]
 
 
+@pytest.fixture(scope="session")
+def objects_dir(tmp_path_factory) -> pathlib.Path:
+    """Where the compiled objects go, shared by the session's xdist workers (the
+    sm_90 ones serve both the compile and the link test: nvcc takes minutes)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    directory = base / "cuda-objects"
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
+def _compiled(source: str, arch: str, objects_dir: pathlib.Path) -> pathlib.Path:
+    """csrc/<source> compiled (nvcc -c, device code for `arch`) once per session, under
+    a lock that the workers share; the object's path. A compile error fails the test."""
+    from filelock import FileLock
+    out = objects_dir / f"{arch}-{source}.o"
+    with FileLock(f"{out}.lock"):
+        if not out.exists():
+            partial = out.with_suffix(".partial.o")
+            cmd = [NVCC, "-c", str(extension.CSRC / source), "-o", str(partial),
+                   "-O3", f"-arch={arch}", *_torch_nvcc_flags(), *_include_flags()]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            errors = [line for line in done.stderr.splitlines() if "error" in line]
+            assert done.returncode == 0, "nvcc failed:\n" + "\n".join(
+                errors[:30] or [done.stderr[-4000:]])
+            partial.rename(out)
+    return out
+
+
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_90", "sm_75"])
 @pytest.mark.parametrize("source", [p.name for p in extension.sources(".cu")])
-def test_cuda_kernels_compile(source, arch, tmp_path):
+def test_cuda_kernels_compile(source, arch, objects_dir):
     """Compile only (the device code too): nvcc -c, for the H100's sm_90 and for the
     oldest GPU that CUDA 13 still targets, a T4's sm_75 (no bf16 arithmetic there: the
     kernels compute in float)."""
-    cmd = [NVCC, "-c", str(extension.CSRC / source), "-o", str(tmp_path / "out.o"),
-           "-O3", f"-arch={arch}", *_torch_nvcc_flags(), *_include_flags()]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    errors = [line for line in done.stderr.splitlines() if "error" in line]
-    assert done.returncode == 0, "nvcc failed:\n" + "\n".join(errors[:30] or [done.stderr[-4000:]])
+    assert _compiled(source, arch, objects_dir).stat().st_size > 0
+
+
+def _laaf_symbols(obj: pathlib.Path, which: str) -> dict:
+    """{mangled name: nm's type letter} of the external laaf:: symbols that `obj` defines
+    or leaves undefined (`which`: "--defined-only" or "--undefined-only"); the unnamed
+    namespace's are local, and inline functions weak ("W")."""
+    listing = subprocess.run(["nm", "--extern-only", which, str(obj)], capture_output=True,
+                             text=True, check=True).stdout
+    rows = (line.split() for line in listing.splitlines() if line.strip())
+    return {row[-1]: row[-2] for row in rows
+            if row[-1].startswith(("_ZN4laaf", "_ZNK4laaf"))}
+
+
+@needs_nvcc
+def test_the_jit_cuda_part_takes_every_source_and_links(objects_dir):
+    """The JIT build (extension.CUDA) compiles every csrc/*.cu, as setup.py's AOT build
+    does, and the objects link: each laaf:: function that one of them calls (say
+    laaf_cuda.cu's call of narrow_linear_backward, in laaf_cuda_narrow_bwd.cu) is
+    defined in one of them. libtorch's CUDA half is not in the CPU wheel, so the
+    objects cannot be linked into a library here; their symbol tables are compared."""
+    assert list(extension.CUDA.sources) == [p.name for p in extension.sources(".cu")]
+    objects = [_compiled(source, "sm_90", objects_dir) for source in extension.CUDA.sources]
+    defined = {o.name: _laaf_symbols(o, "--defined-only") for o in objects}
+    called = {name: o.name for o in objects for name in _laaf_symbols(o, "--undefined-only")}
+    assert called, "no object calls another: the check below would hold of anything"
+    missing = {name: o for name, o in called.items()
+               if not any(name in symbols for symbols in defined.values())}
+    assert not missing, f"laaf:: symbols that no object of the CUDA part defines: {missing}"
+    strong = {}  # a non-weak definition in two objects is a duplicate at the link
+    for o, symbols in defined.items():
+        for name, kind in symbols.items():
+            if kind not in "WVuv":
+                strong.setdefault(name, []).append(o)
+    twice = {name: found for name, found in strong.items() if len(found) > 1}
+    assert not twice, f"laaf:: symbols defined in more than one object: {twice}"
 
 
 def _edge_inputs() -> list:

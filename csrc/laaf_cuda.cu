@@ -101,14 +101,8 @@ narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
   for (int i = threadIdx.x; i < kTileRows * (K4 - K); i += kThreads) {
     x_s[(i / (K4 - K)) * K4 + K + i % (K4 - K)] = A(0);
   }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   A bias[NJ], s_col[NJ];
-#pragma unroll
-  for (int j = 0; j < NJ; ++j) {
-    const int c = lane + 32 * j;
-    bias[j] = (b != nullptr && c < N) ? static_cast<A>(b[c]) : A(0);
-    s_col[j] = c < N ? slope.at(0, c) : A(1);
-  }
+  load_column_params<NJ>(b, slope, N, bias, s_col);
 
   const int64_t tiles = (M + kTileRows - 1) / kTileRows;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -128,19 +122,13 @@ narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
 
     // Epilogue: z = acc + b, h = s z, y = act(h); consecutive lanes write
     // consecutive columns of a row.
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      const int r = warp * kRowsPerThread + i;
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) {
-        const int c = lane + 32 * j;
-        if (r >= rows_here || c >= N) continue;
-        const A zv = acc[i][j] + bias[j];
-        const int64_t at = (r0 + r) * N + c;
-        y[at] = static_cast<T>(gpu::Act<ACT>::value(s_col[j] * zv));
-        if (z_out != nullptr) z_out[at] = static_cast<T>(zv);
-      }
-    }
+    for_each_tile_cell<NJ>([&](int r, int row, int j, int c) {
+      if (row >= rows_here || c >= N) return;
+      const A zv = acc[r][j] + bias[j];
+      const int64_t at = (r0 + row) * N + c;
+      y[at] = static_cast<T>(gpu::Act<ACT>::value(s_col[j] * zv));
+      if (z_out != nullptr) z_out[at] = static_cast<T>(zv);
+    });
   }
 }
 
@@ -195,13 +183,8 @@ void launch_narrow_nj(const Tensor& x, const Tensor& w, const c10::optional<Tens
   const int N = static_cast<int>(w.size(0)), K = static_cast<int>(w.size(1));
   const size_t smem = narrow_smem_bytes<A>(K, NJ);
   auto kernel = narrow_linear_forward_kernel<T, ACT, NJ>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
-  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, x.get_device());
-  const int64_t blocks = std::max<int64_t>(1, std::min(tiles, sms * std::max(per_sm, 1)));
+  const int64_t blocks =
+      persistent_grid(kernel, smem, x.get_device(), (M + kTileRows - 1) / kTileRows);
   kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<T>(), w.data_ptr<T>(), data_or_null<T>(b), sg,
       y.data_ptr<T>(), z_out, M, N, K);

@@ -11,8 +11,11 @@
 #include <ATen/OpMathType.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "laaf_cuda_common.cuh"
 
@@ -40,6 +43,33 @@ template <>
 __device__ __forceinline__ void load4<float>(const float* p, float out[4]) {
   const float4 v = *reinterpret_cast<const float4*>(p);
   out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+}
+
+// f(r, row, j, col) for each cell of this thread's share of a tile, unrolled: its
+// kRowsPerThread rows (r the register index, row = 8 warp + r the row of the tile)
+// times its J columns (j the register index, col = lane + 32 j). The cells of
+// tile_product's acc[r][j], in the order consecutive lanes touch consecutive columns.
+template <int J, typename F>
+__device__ __forceinline__ void for_each_tile_cell(const F& f) {
+  const int lane = threadIdx.x % 32, row0 = threadIdx.x / 32 * kRowsPerThread;
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r)
+#pragma unroll
+    for (int j = 0; j < J; ++j) f(r, row0 + r, j, lane + 32 * j);
+}
+
+// This lane's bias b[c] and slope s[c] at its columns c = lane + 32 j, j < J (0 and 1
+// past N, or where there is no bias): both narrow kernels keep them in registers.
+template <int J, typename T, typename A>
+__device__ __forceinline__ void load_column_params(const T* b, const SlopeGrid<A>& slope, int N,
+                                                   A (&bias)[J], A (&s_col)[J]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    bias[j] = (b != nullptr && c < N) ? static_cast<A>(b[c]) : A(0);
+    s_col[j] = c < N ? slope.at(0, c) : A(1);
+  }
 }
 
 // The register tile of a narrow kernel's products: for this warp's kRowsPerThread rows
@@ -82,6 +112,45 @@ inline bool narrow_smem_fits(size_t bytes, int device) {
   const char* env = std::getenv("LAAF_CUDA_NARROW");
   if (env != nullptr && env[0] == '0') return false;
   return bytes <= size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+}
+
+// The grid of a persistent narrow kernel over `tiles` row tiles: as many blocks as
+// the device holds at once (blocks per SM from the occupancy calculator, times the
+// SMs), at most one per tile, at least one. Opts `kernel` in to `smem` bytes of
+// dynamic shared memory first.
+//
+// The opt-in and the occupancy query are driver calls that cost microseconds, about
+// as much as a PINN-sized layer's kernel, and their answers never change: they are
+// asked once per (kernel, device, smem) and kept. The opt-in is only ever raised,
+// since a launch with less dynamic shared memory than the kernel's limit is valid
+// (the forward's smem depends on K, so one kernel meets several sizes).
+template <typename Kernel>
+int64_t persistent_grid(Kernel* kernel, size_t smem, int device, int64_t tiles) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> opted_in;
+  static std::map<std::tuple<const void*, int, size_t>, int64_t> resident;
+  const void* key = reinterpret_cast<const void*>(kernel);
+  int64_t blocks = 0;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    size_t& limit = opted_in[{key, device}];
+    if (smem > limit) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+      limit = smem;
+    }
+    const auto found = resident.find({key, device, smem});
+    if (found != resident.end()) {
+      blocks = found->second;
+    } else {
+      int per_sm = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+      blocks = int64_t(device_attribute(cudaDevAttrMultiProcessorCount, device)) *
+               std::max(per_sm, 1);
+      resident.emplace(std::make_tuple(key, device, smem), blocks);
+    }
+  }
+  return std::max<int64_t>(1, std::min(tiles, blocks));
 }
 
 }  // namespace

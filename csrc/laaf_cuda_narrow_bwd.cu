@@ -83,13 +83,9 @@ narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
   }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   A bias[NJ], s_col[NJ], db_acc[NJ], ds_acc[NJ];
+  load_column_params<NJ>(b, slope, N, bias, s_col);
 #pragma unroll
-  for (int j = 0; j < NJ; ++j) {
-    const int n = lane + 32 * j;
-    bias[j] = (b != nullptr && n < N) ? static_cast<A>(b[n]) : A(0);
-    s_col[j] = n < N ? slope.at(0, n) : A(1);
-    db_acc[j] = ds_acc[j] = A(0);
-  }
+  for (int j = 0; j < NJ; ++j) db_acc[j] = ds_acc[j] = A(0);
   A dw_acc[NPW][KJ];
 #pragma unroll
   for (int p = 0; p < NPW; ++p)
@@ -114,38 +110,26 @@ narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
 
     // -- gh = g act'(h), gz = gh s with h = s z; the column sums of gz and gh z stay
     //    in this thread's db_acc, ds_acc; gz goes to gz_s (0 outside the tile and N).
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int row = warp * kRowsPerThread + r;
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) {
-        const int n = lane + 32 * j;
-        A gz = A(0);
-        if (row < rows_here && n < N) {
-          const A z = acc[r][j] + bias[j];
-          const A gh = static_cast<A>(g[(r0 + row) * N + n]) * gpu::Act<ACT>::d1(s_col[j] * z);
-          gz = gh * s_col[j];
-          db_acc[j] += gz;
-          ds_acc[j] += gh * z;
-        }
-        gz_s[row * WCOLS + n] = gz;
+    for_each_tile_cell<NJ>([&](int r, int row, int j, int n) {
+      A gz = A(0);
+      if (row < rows_here && n < N) {
+        const A z = acc[r][j] + bias[j];
+        const A gh = static_cast<A>(g[(r0 + row) * N + n]) * gpu::Act<ACT>::d1(s_col[j] * z);
+        gz = gh * s_col[j];
+        db_acc[j] += gz;
+        ds_acc[j] += gh * z;
       }
-    }
+      gz_s[row * WCOLS + n] = gz;
+    });
     __syncthreads();
 
     // -- dx = gz W for 8 rows x KJ columns k: columns of w_s.
     if (dx != nullptr) {
       A dx_acc[kRowsPerThread][KJ];
       tile_product<KJ>(gz_s, WCOLS, w_s, 1, WS, N, dx_acc);
-#pragma unroll
-      for (int r = 0; r < kRowsPerThread; ++r) {
-        const int row = warp * kRowsPerThread + r;
-#pragma unroll
-        for (int i = 0; i < KJ; ++i) {
-          const int k = lane + 32 * i;
-          if (row < rows_here && k < K) dx[(r0 + row) * K + k] = static_cast<T>(dx_acc[r][i]);
-        }
-      }
+      for_each_tile_cell<KJ>([&](int r, int row, int i, int k) {
+        if (row < rows_here && k < K) dx[(r0 + row) * K + k] = static_cast<T>(dx_acc[r][i]);
+      });
     }
 
     // -- dW += gz^T x over the tile's rows: per row, NJ broadcast float4 loads of gz
@@ -212,13 +196,7 @@ bool launch_narrow_backward(const Tensor& g, const Tensor& x, const Tensor& w,
   const int64_t M = x.size(0);
   const int N = static_cast<int>(w.size(0)), K = static_cast<int>(w.size(1));
   auto kernel = narrow_linear_backward_kernel<T, ACT, NJ, KJ>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
-  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, device);
-  const int64_t blocks = std::max<int64_t>(1, std::min(tiles, sms * std::max(per_sm, 1)));
+  const int64_t blocks = persistent_grid(kernel, smem, device, (M + kTileRows - 1) / kTileRows);
   const auto part = x.options().dtype(at::toOpMathType(x.scalar_type()));
   dw_part = need_dw ? at::empty({blocks, N, K}, part) : Tensor();
   db_part = need_db ? at::empty({blocks, N}, part) : Tensor();

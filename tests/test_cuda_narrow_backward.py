@@ -149,3 +149,22 @@ def test_fused_backward_through_autograd_and_an_empty_batch(target):
     grads = torch.autograd.grad(y0.sum(), (empty, w, b, a))
     assert [t.shape for t in grads] == [empty.shape, w.shape, b.shape, a.shape]
     assert all((t == 0).all() for t in grads)
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+def test_a_kernel_launches_at_every_shared_memory_size_it_meets(target, monkeypatch):
+    """The narrow forward's shared memory grows with K, and its grid (opt-in limit,
+    occupancy) is asked of the driver once per (kernel, device, size) and kept
+    (persistent_grid). One kernel (fp64, N = 50, softplus, which no other test here
+    runs) meets K = 128, then smaller K, then 128 again: the kept opt-in must still
+    admit the larger launch (the emulation rejects a launch over the kernel's limit)
+    and every size must give the reference's y; the backward runs alongside."""
+    device = target[1]
+    for K in (128, 3, 11, 128, 97, 3):
+        x, w, b, g, s = _layer(203, K, 50, torch.float64, device, "vector", seed=K)
+        y, _ = torch.ops.laaf.cuda_linear_fwd(x, w, b, s, "softplus", False)
+        expected = torch.nn.functional.softplus(s * torch.addmm(b, x, w.t()))
+        torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12, msg=lambda m: f"K={K}: {m}")
+        fused, wide = _both_paths(x, w, b, g, s, "softplus", (True,) * 4, monkeypatch)
+        for p, q in zip(fused, wide):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=lambda m: f"K={K}: {m}")

@@ -28,3 +28,11 @@ def _cuda_backend_on_cpu_for_the_emulated_target(request):
         return
     with cuda_emulation.cuda_backend_on_cpu():
         yield
+
+
+@pytest.fixture(scope="session")
+def objects_dir(tmp_path_factory):
+    """Where native_build puts compiled objects, shared by the session's xdist workers
+    (the sm_90 objects of test_cuda_sources serve its compile and its link test)."""
+    import native_build
+    return native_build.shared_objects_dir(tmp_path_factory)

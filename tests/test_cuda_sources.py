@@ -12,9 +12,7 @@ Without nvcc these tests skip, unless ``LAAF_REQUIRE_NVCC=1`` (CI), where that i
 """
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
 import subprocess
 
 import pytest
@@ -24,67 +22,12 @@ from laaf_kernels.activations import ACTIVATIONS, TABLE, Y_FORMULAS, evaluate
 from laaf_kernels.flexible import FLEXIBLE_KINDS, evaluate_flexible
 from laaf_kernels.ops import extension
 
+import native_build
+
 HERE = pathlib.Path(__file__).resolve().parent
-TORCH_INCLUDE = pathlib.Path(torch.__file__).parent / "include"
-#: Torch's CPU wheels lack this one generated CUDA header; the shim stands in for it.
-SHIM = HERE / "cuda" / "shim"
-
-
-def _nvcc():
-    path = shutil.which("nvcc")
-    if path is None and os.environ.get("CUDA_HOME"):
-        candidate = pathlib.Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"
-        path = str(candidate) if candidate.exists() else None
-    if path is None and os.environ.get("LAAF_REQUIRE_NVCC") == "1":
-        raise RuntimeError("LAAF_REQUIRE_NVCC=1 but nvcc is not on PATH (nor in $CUDA_HOME/bin)")
-    return path
-
-
-NVCC = _nvcc()
+THIS_TORCH = native_build.this_torch()
+NVCC = native_build.NVCC
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed here")
-
-
-def _include_flags() -> list:
-    flags = [f"-I{TORCH_INCLUDE}", f"-I{TORCH_INCLUDE / 'torch' / 'csrc' / 'api' / 'include'}",
-             f"-I{extension.CSRC}"]
-    if not (TORCH_INCLUDE / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").exists():
-        flags.append(f"-I{SHIM}")
-    return flags
-
-
-def _torch_nvcc_flags() -> list:
-    from torch.utils import cpp_extension
-    return [*cpp_extension.COMMON_NVCC_FLAGS, "-std=c++20", "--compiler-options", "-fPIC"]
-
-
-@pytest.fixture(scope="session")
-def objects_dir(tmp_path_factory) -> pathlib.Path:
-    """Where the compiled objects go, shared by the session's xdist workers (the
-    sm_90 ones serve both the compile and the link test: nvcc takes minutes)."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    directory = base / "cuda-objects"
-    directory.mkdir(exist_ok=True)
-    return directory
-
-
-def _compiled(source: str, arch: str, objects_dir: pathlib.Path) -> pathlib.Path:
-    """csrc/<source> compiled (nvcc -c, device code for `arch`) once per session, under
-    a lock that the workers share; the object's path. A compile error fails the test."""
-    from filelock import FileLock
-    out = objects_dir / f"{arch}-{source}.o"
-    with FileLock(f"{out}.lock"):
-        if not out.exists():
-            partial = out.with_suffix(".partial.o")
-            cmd = [NVCC, "-c", str(extension.CSRC / source), "-o", str(partial),
-                   "-O3", f"-arch={arch}", *_torch_nvcc_flags(), *_include_flags()]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            errors = [line for line in done.stderr.splitlines() if "error" in line]
-            assert done.returncode == 0, "nvcc failed:\n" + "\n".join(
-                errors[:30] or [done.stderr[-4000:]])
-            partial.rename(out)
-    return out
 
 
 @needs_nvcc
@@ -94,7 +37,8 @@ def test_cuda_kernels_compile(source, arch, objects_dir):
     """Compile only (the device code too): nvcc -c, for the H100's sm_90 and for the
     oldest GPU that CUDA 13 still targets, a T4's sm_75 (no bf16 arithmetic there: the
     kernels compute in float)."""
-    assert _compiled(source, arch, objects_dir).stat().st_size > 0
+    obj = native_build.compiled(source, THIS_TORCH, objects_dir, arch)
+    assert obj.stat().st_size > 0
 
 
 def _laaf_symbols(obj: pathlib.Path, which: str) -> dict:
@@ -116,7 +60,8 @@ def test_the_jit_cuda_part_takes_every_source_and_links(objects_dir):
     defined in one of them. libtorch's CUDA half is not in the CPU wheel, so the
     objects cannot be linked into a library here; their symbol tables are compared."""
     assert list(extension.CUDA.sources) == [p.name for p in extension.sources(".cu")]
-    objects = [_compiled(source, "sm_90", objects_dir) for source in extension.CUDA.sources]
+    objects = [native_build.compiled(source, THIS_TORCH, objects_dir)
+               for source in extension.CUDA.sources]
     defined = {o.name: _laaf_symbols(o, "--defined-only") for o in objects}
     called = {name: o.name for o in objects for name in _laaf_symbols(o, "--undefined-only")}
     assert called, "no object calls another: the check below would hold of anything"
@@ -146,7 +91,7 @@ def functor_table(tmp_path_factory):
     program = tmp_path_factory.mktemp("functors") / "functors"
     source = HERE / "cuda" / "activation_functors.cu"
     build = subprocess.run([NVCC, "-std=c++20", "-x", "cu", str(source), "-o", str(program),
-                            "--expt-relaxed-constexpr", *_include_flags()],
+                            "--expt-relaxed-constexpr", *THIS_TORCH.include_flags()],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]
     inputs = _edge_inputs()

@@ -32,7 +32,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <tuple>
 
 #include "laaf_activations_cuda.cuh"
@@ -194,11 +193,9 @@ void launch_narrow_nj(const Tensor& x, const Tensor& w, const c10::optional<Tens
 template <typename T, int ACT>
 void launch_narrow(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
                    const SlopeGrid<at::opmath_type<T>>& sg, Tensor& y, T* z_out) {
-  switch (column_groups(w.size(0))) {
-    case 1: launch_narrow_nj<T, ACT, 1>(x, w, b, sg, y, z_out); break;
-    case 2: launch_narrow_nj<T, ACT, 2>(x, w, b, sg, y, z_out); break;
-    default: launch_narrow_nj<T, ACT, 4>(x, w, b, sg, y, z_out);
-  }
+  with_column_groups(w.size(0), [&](auto nj) {
+    launch_narrow_nj<T, ACT, decltype(nj)::value>(x, w, b, sg, y, z_out);
+  });
 }
 
 // gz (if asked for) and the partials of db and ds (each unless undefined): per

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "laaf_cuda_common.cuh"
@@ -29,6 +30,17 @@ constexpr int kRowsPerThread = kTileRows / (kThreads / 32);  // 8: one warp owns
 // Column groups of 32 lanes that cover `width` (<= kNarrowMax) columns: 1, 2 or 4.
 __host__ __device__ inline int column_groups(int64_t width) {
   return width <= 32 ? 1 : (width <= 64 ? 2 : 4);
+}
+
+// f(std::integral_constant<int, J>{}) with J = column_groups(width): the one place
+// where a width becomes the narrow kernels' template argument NJ or KJ.
+template <typename F>
+decltype(auto) with_column_groups(int64_t width, const F& f) {
+  switch (column_groups(width)) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
 }
 
 __host__ __device__ inline int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }

@@ -209,30 +209,6 @@ bool launch_narrow_backward(const Tensor& g, const Tensor& x, const Tensor& w,
   return true;
 }
 
-// f(integral_constant<int, NJ>, integral_constant<int, KJ>) for the column groups of
-// N and K (fp64 layers with NJ x KJ = 16 are not narrow_backward_layers: not compiled).
-template <typename A, typename F>
-bool with_column_groups(int64_t N, int64_t K, const F& f) {
-  auto for_kj = [&](auto nj) {
-    switch (column_groups(K)) {
-      case 1: return f(nj, std::integral_constant<int, 1>{});
-      case 2: return f(nj, std::integral_constant<int, 2>{});
-      default:
-        if constexpr (std::is_same_v<A, double> && decltype(nj)::value == 4) {
-          TORCH_CHECK(false, "laaf cuda: no fused narrow backward for fp64 at N, K > 64");
-          return false;
-        } else {
-          return f(nj, std::integral_constant<int, 4>{});
-        }
-    }
-  };
-  switch (column_groups(N)) {
-    case 1: return for_kj(std::integral_constant<int, 1>{});
-    case 2: return for_kj(std::integral_constant<int, 2>{});
-    default: return for_kj(std::integral_constant<int, 4>{});
-  }
-}
-
 }  // namespace
 
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> narrow_linear_backward(
@@ -245,16 +221,26 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> narrow_linear_backward
   need_ds = need_ds && s.has_value();
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const Tensor s_acc = slope_in(s, acc);
-  Tensor dx = need_dx ? at::empty({x.size(0), K}, x.options()) : Tensor(), dw_part, db_part,
-                                                                          ds_part;
+  Tensor dx = need_dx ? at::empty({x.size(0), K}, x.options()) : Tensor();
+  Tensor dw_part, db_part, ds_part;  // (blocks, ...) partials, sized by the launch
   bool launched = false;
   LAAF_DISPATCH_CUDA_TYPES(x.scalar_type(), "laaf_cuda_narrow_linear_bwd", [&] {
     using A = at::opmath_type<scalar_t>;
     const auto sg = slope_grid<A>(s_acc, slope_kind(s), false, 0);
     LAAF_ACT_SWITCH(act, [&] {
-      launched = with_column_groups<A>(N, K, [&](auto nj, auto kj) {
-        return launch_narrow_backward<scalar_t, ACT, decltype(nj)::value, decltype(kj)::value>(
-            g, x, weight, bias, sg, dx, dw_part, db_part, ds_part, need_dw, need_db, need_ds);
+      // NJ x KJ = 16 in fp64 is no narrow_backward_layer, and is not compiled.
+      launched = with_column_groups(N, [&](auto nj) {
+        return with_column_groups(K, [&](auto kj) {
+          constexpr int NJ = decltype(nj)::value, KJ = decltype(kj)::value;
+          if constexpr (std::is_same_v<A, double> && NJ * KJ > 8) {
+            TORCH_CHECK(false, "laaf cuda: no fused narrow backward for fp64 at N, K > 64");
+            return false;
+          } else {
+            return launch_narrow_backward<scalar_t, ACT, NJ, KJ>(
+                g, x, weight, bias, sg, dx, dw_part, db_part, ds_part, need_dw, need_db,
+                need_ds);
+          }
+        });
       });
     });
   });

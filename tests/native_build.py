@@ -16,15 +16,15 @@ import subprocess
 import sysconfig
 from dataclasses import dataclass
 
+from torch.utils import cpp_extension
+
 from laaf_kernels.ops import extension
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: Torch's CPU wheels lack this one generated CUDA header; the shim stands in for it.
 SHIM = HERE / "cuda" / "shim"
-#: torch.utils.cpp_extension.COMMON_NVCC_FLAGS, the same in torch 2.11 and 2.13.
-NVCC_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-                "--expt-relaxed-constexpr"]
+#: The JIT's nvcc defines; torch 2.11's cpp_extension has the same list (checked at stop 38).
+NVCC_DEFINES = list(cpp_extension.COMMON_NVCC_FLAGS)
 
 
 def find_nvcc():

@@ -90,7 +90,7 @@ def functor_table(tmp_path_factory):
     of the functors."""
     program = tmp_path_factory.mktemp("functors") / "functors"
     source = HERE / "cuda" / "activation_functors.cu"
-    build = subprocess.run([NVCC, "-std=c++20", "-x", "cu", str(source), "-o", str(program),
+    build = subprocess.run([NVCC, f"-std={THIS_TORCH.std}", "-x", "cu", str(source), "-o", str(program),
                             "--expt-relaxed-constexpr", *THIS_TORCH.include_flags()],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]

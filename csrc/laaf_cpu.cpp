@@ -500,8 +500,9 @@ PairPanel pack_weight_pairs(const Tensor& weight, bool transposed) {
   return panel;
 }
 
-// keep_z: write z as well as y (training, for an act' that needs h; otherwise the
-// backward needs only x and y, see linear_bwd_narrow, and z is an empty tensor).
+// keep_z: write z as well as y (the op's store_z: the policy asks it in training for
+// an act' that needs h; otherwise the backward needs only x and y, see
+// linear_bwd_narrow, and z is an empty tensor).
 std::tuple<Tensor, Tensor> linear_fwd_narrow(const Tensor& x, const Tensor& weight,
                                              const c10::optional<Tensor>& bias, const Tensor& s_c,
                                              int kind, int act, bool keep_z) {
@@ -667,30 +668,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd_narrow(
 // The ops
 // ---------------------------------------------------------------------------
 
-// Whether cpp_linear_fwd returns z (else an empty tensor): in training, unless the
-// layer's shape is a narrow one and act' is a function of y (linear_bwd_narrow needs
-// no z then). A function of the shape, dtype and activation alone, not of
-// LAAF_CPU_NARROW: the fake of cpp_linear_fwd asks it, and traced shapes must match
-// the kernel's whatever that switch says later (with the switch off, the backward
-// forms z again).
-bool keeps_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType dtype, int act) {
-  return training &&
-         !(narrow_shape(dtype, n_out, k_in, /*forward=*/true) && d1_from_y<Act>(act));
-}
+// Whether a training layer keeps z: unless its shape is a narrow one and act' is a
+// function of y (linear_bwd_narrow needs no z then). A function of the shape, dtype
+// and activation alone, not of LAAF_CPU_NARROW (with the switch off, the backward
+// forms z again). cpp_linear_fwd writes z as its caller says (store_z); the caller's
+// policy, cpp_backend.stores_z, is this one in plain Python, so that torch.compile
+// writes its answer into the traced graph, and a test holds the two equal.
 bool linear_stores_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType dtype,
                      c10::string_view activation) {
-  return keeps_z(n_out, k_in, training, dtype, activation_id(activation));
+  return training && !(narrow_shape(dtype, n_out, k_in, /*forward=*/true) &&
+                       d1_from_y<Act>(activation_id(activation)));
 }
 
 std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x, const Tensor& weight,
                                       const c10::optional<Tensor>& bias,
                                       const c10::optional<Tensor>& s,
-                                      c10::string_view activation, bool training) {
+                                      c10::string_view activation, bool keep_z) {
   check_dtype(x, "x");
   check_linear_shapes("cpp_linear_fwd", x, weight, bias, s);
   const int act = activation_id(activation);
   const Tensor s_c = slope_in(s, x.scalar_type());
-  const bool keep_z = keeps_z(weight.size(0), weight.size(1), training, x.scalar_type(), act);
   if (narrow_fused(x, weight, /*forward=*/true)) {
     return linear_fwd_narrow(x, weight, bias, s_c, slope_kind(s), act, keep_z);
   }
@@ -841,7 +838,7 @@ TORCH_LIBRARY_FRAGMENT(laaf, m) {
   m.def("cpp_linear_stores_z(int n_out, int k_in, bool training, ScalarType dtype, "
         "str activation) -> bool", &linear_stores_z);
   m.def("cpp_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "
-        "bool training) -> (Tensor, Tensor)");
+        "bool store_z) -> (Tensor, Tensor)");
   m.def("cpp_linear_bwd(Tensor g, Tensor x, Tensor weight, Tensor? bias, Tensor z, Tensor? s, "
         "Tensor? y, str activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) "
         "-> (Tensor, Tensor, Tensor, Tensor)");

@@ -218,11 +218,12 @@ void launch_backward(const Tensor& g, const Tensor& z, const c10::optional<Tenso
 // The ops
 // ===========================================================================
 
-// Whether cuda_linear_fwd returns z (else an empty tensor): in training, except for a
-// narrow_backward_layer, whose backward forms z again. A function of the shape and
-// dtype alone, not of the device or LAAF_CUDA_NARROW: the fake of cuda_linear_fwd
-// asks it, and traced shapes must match the kernel's wherever it runs (a device
-// without the fused backward forms z with cuBLAS instead).
+// Whether a training layer keeps z: all but a narrow_backward_layer, whose backward
+// forms z again. A function of the shape and dtype alone, not of the device or
+// LAAF_CUDA_NARROW (a device without the fused backward forms z with cuBLAS
+// instead). cuda_linear_fwd writes z as its caller says (store_z); the caller's
+// policy, cuda_backend.stores_z, is this one in plain Python, so that torch.compile
+// writes its answer into the traced graph, and a test holds the two equal.
 bool linear_stores_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType dtype) {
   return training && !narrow_backward_layer(n_out, k_in, dtype);
 }
@@ -230,7 +231,7 @@ bool linear_stores_z(int64_t n_out, int64_t k_in, bool training, at::ScalarType 
 std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x_in, const Tensor& weight_in,
                                       const c10::optional<Tensor>& bias_in,
                                       const c10::optional<Tensor>& s, c10::string_view activation,
-                                      bool training) {
+                                      bool keep_z) {
   check_cuda(x_in, "x");
   check_linear_shapes("cuda_linear_fwd", x_in, weight_in, bias_in, s);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -240,7 +241,6 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x_in, const Tensor& weight_i
   const int64_t M = x.size(0), N = weight.size(0);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const Tensor s_acc = slope_in(s, acc);
-  const bool keep_z = linear_stores_z(N, weight.size(1), training, x.scalar_type());
   Tensor y, z;
   LAAF_DISPATCH_CUDA_TYPES(x.scalar_type(), "laaf_cuda_linear_fwd", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -373,7 +373,7 @@ std::tuple<Tensor, Tensor> act_bwd(const Tensor& g_in, const Tensor& z_in,
 
 TORCH_LIBRARY_FRAGMENT(laaf, m) {
   m.def("cuda_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? s, str activation, "
-        "bool training) -> (Tensor, Tensor)");
+        "bool store_z) -> (Tensor, Tensor)");
   m.def("cuda_linear_bwd(Tensor g, Tensor x, Tensor weight, Tensor? bias, Tensor z, Tensor? s, "
         "Tensor? y, str activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) "
         "-> (Tensor, Tensor, Tensor, Tensor)");

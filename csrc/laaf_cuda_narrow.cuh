@@ -170,8 +170,8 @@ int64_t persistent_grid(Kernel* kernel, size_t smem, int device, int64_t tiles) 
 // Whether a layer's backward is the fused narrow kernel, which forms z again from x
 // (so that a training forward keeps no z): N, K <= kNarrowMax, and in fp64 at most
 // 8 column groups NJ(N) x KJ(K), whose 4 NJ x KJ dW accumulators per thread stay in
-// registers. A function of the shape and dtype alone (the fake of cuda_linear_fwd
-// asks it through cuda_linear_stores_z); where the device cannot run the kernel
+// registers. A function of the shape and dtype alone (cuda_linear_stores_z, and
+// cuda_backend.stores_z in Python); where the device cannot run the kernel
 // (shared memory, LAAF_CUDA_NARROW=0) the backward forms z with cuBLAS instead.
 inline bool narrow_backward_layer(int64_t n_out, int64_t k_in, at::ScalarType dtype) {
   if (n_out < 1 || k_in < 1 || n_out > kNarrowMax || k_in > kNarrowMax) return false;

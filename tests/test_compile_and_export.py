@@ -6,6 +6,7 @@ that saves, loads in a fresh process (after ``laaf_kernels.load_ops()``) and run
 
 (test_fused_integration.py traces the functional ops with ``backend=`` given.)
 """
+import json
 import os
 import subprocess
 import sys
@@ -178,6 +179,70 @@ def _run_python(source: str, *args: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# torch.compile's on-disk caches across a change of which layers keep z
+# ---------------------------------------------------------------------------
+
+_COMPILE_FROM_A_SHARED_CACHE = """
+import importlib, json, sys, torch, laaf_kernels
+from torch._dynamo.utils import counters
+backend, device, policy_module, changed = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+laaf_kernels.load_ops()
+if changed:  # a later release's policy: every layer keeps z
+    importlib.import_module(policy_module).NARROW_MAX = 0
+torch.manual_seed(0)
+model = laaf_kernels.LAAFMLP([2, 20, 20, 1], activation="tanh", scale=5.0).to(device)
+x = torch.randn(33, 2, device=device, requires_grad=True)
+inputs = [x, *model.parameters()]
+with laaf_kernels.use_backend(backend):
+    y = torch.compile(model, fullgraph=True)(x)
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+with laaf_kernels.use_backend("reference"):
+    y_ref = model(x)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), inputs)
+for got, want in zip((y, *grads), (y_ref, *grads_ref)):
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+print(json.dumps({name: counters[group][name] for group, name in (
+    ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
+    ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))}))
+"""
+
+#: Where each backend's policy of keeping z reads its narrow width.
+_POLICY_MODULES = {"cpp": "laaf_kernels.ops.cpp_backend", "cuda": "laaf_kernels.ops.cuda_backend",
+                   "triton": "laaf_kernels.kernels.triton_launchers"}
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0] != cuda_emulation.TARGET])
+def test_a_changed_policy_of_keeping_z_misses_the_compile_caches(target, tmp_path):
+    """torch.compile's on-disk caches (inductor's FX graphs, AOTAutograd's) key a graph
+    by its code, not by the fakes of the ops in it. So the policy of which layers keep
+    z (``stores_z``), which sets the shape of linear_fwd's z, is written into the graph
+    as the op's store_z argument: a release that changes it misses the cache, where a
+    cached graph traced under the old policy (z empty) would have run on the new
+    kernel (z kept) and read an output of the wrong shape. Three fresh processes share
+    one cache: the shipped policy (a miss), a changed one (narrow layers keep z: a miss
+    again, and the reference's gradients), the shipped one again (a hit: the cache
+    works, so the second miss means something)."""
+    backend, device = target
+
+    def compile_in_a_fresh_process(changed: bool) -> dict:
+        run = subprocess.run(
+            [sys.executable, "-c", _COMPILE_FROM_A_SHARED_CACHE, backend, device,
+             _POLICY_MODULES[backend], "1" if changed else "0"],
+            cwd=REPO, capture_output=True, text=True, timeout=900,
+            env={**os.environ, "PYTHONPATH": REPO, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    shipped = compile_in_a_fresh_process(False)
+    assert shipped["fxgraph_cache_hit"] == 0 and shipped["fxgraph_cache_miss"] > 0, shipped
+    changed = compile_in_a_fresh_process(True)
+    assert changed["fxgraph_cache_hit"] == 0 and changed["autograd_cache_hit"] == 0, changed
+    assert changed["fxgraph_cache_miss"] > 0, changed
+    again = compile_in_a_fresh_process(False)
+    assert again["fxgraph_cache_hit"] + again["autograd_cache_hit"] > 0, again
+
+
+# ---------------------------------------------------------------------------
 # torch.export
 # ---------------------------------------------------------------------------
 
@@ -209,7 +274,7 @@ def test_an_exported_model_saves_loads_in_a_fresh_process_and_runs(target, tmp_p
             dynamic_shapes=({0: torch.export.Dim("rows")},))
     assert _laaf_ops(program.graph) == _fused_ops(backend)
     forwards = [n for n in program.graph.nodes if str(n.target).startswith(f"laaf.{backend}_linear_fwd")]
-    assert [_argument(n, "training") for n in forwards] == [False]
+    assert [_argument(n, "store_z") for n in forwards] == [False]
 
     x = torch.randn(17, IN_FEATURES, device=device)
     with torch.no_grad(), laaf_kernels.use_backend("reference"):

@@ -21,6 +21,14 @@ pytestmark = pytest.mark.skipif(CPP_PROBLEM is not None, reason=f"cpp backend: {
 ops = torch.ops.laaf
 
 
+def _forward(x, w, b, s, activation, training=True):
+    """cpp_linear_fwd as the backend calls it: z kept where its policy says
+    (cpp_backend.stores_z: in training, for sin but not tanh or identity here)."""
+    from laaf_kernels.ops import cpp_backend
+    store_z = cpp_backend.stores_z(w.shape[0], w.shape[1], training, x.dtype, activation)
+    return ops.cpp_linear_fwd(x, w, b, s, activation, store_z)
+
+
 def bf16_ulp(v):
     """The spacing of bf16 values at |v| (7 stored mantissa bits): 2^(e - 8) for
     |v| = m 2^e, m in [0.5, 1); the smallest normal's spacing below it."""
@@ -122,14 +130,14 @@ def test_pair_gemm_forward_against_float64_truth(rows, k_in, n_out, activation, 
     y_truth, z_truth = _truth(x, w, b, s_full, activation)
     sums = x.double().abs() @ w.double().abs().t()
     noise = 8 * torch.finfo(torch.float32).eps * max(1, k_in) ** 0.5 * sums
-    y, z = ops.cpp_linear_fwd(x, w, b, s, activation, True)
+    y, z = _forward(x, w, b, s, activation)
     assert (z.numel() > 0) == (activation == "sin")
     y_noise = noise * s_full.double()
     _assert_bf16_close("y", y, y_truth, y_noise)
     if z.numel():
         _assert_bf16_close("z", z, z_truth, noise)
     monkeypatch.setenv("LAAF_CPU_BF16_DOT", "0")
-    y_wide, z_wide = ops.cpp_linear_fwd(x, w, b, s, activation, True)
+    y_wide, z_wide = _forward(x, w, b, s, activation)
     _assert_bf16_close("y against the widened path", y, y_wide.double(), 2 * y_noise)
     if z.numel():
         _assert_bf16_close("z against the widened path", z, z_wide.double(), 2 * noise)
@@ -146,10 +154,10 @@ def test_pair_gemm_runs_and_flushes_denormal_inputs(monkeypatch):
     x[0, 0], x[1, 1] = 2.0 ** -130, 1.0
     w = torch.zeros(5, 4, dtype=torch.bfloat16)
     w[:, 0], w[:, 1] = 2.0 ** 100, 0.5
-    y, z = ops.cpp_linear_fwd(x, w, None, None, "sin", True)
+    y, z = _forward(x, w, None, None, "sin")
     assert z[0].eq(0).all() and z[1].eq(0.5).all(), (z[0], z[1])
     monkeypatch.setenv("LAAF_CPU_BF16_DOT", "0")
-    y_wide, z_wide = ops.cpp_linear_fwd(x, w, None, None, "sin", True)
+    y_wide, z_wide = _forward(x, w, None, None, "sin")
     assert z_wide[0].eq(2.0 ** -30).all() and z_wide[1].eq(0.5).all(), (z_wide[0], z_wide[1])
 
 
@@ -164,8 +172,8 @@ def test_pair_gemm_odd_depth_reads_nothing_past_a_row(k_in):
     padded[:, :k_in] = x
     strided_x = padded[:, :k_in]
     assert strided_x.stride() == (k_in + 1, 1)
-    got = ops.cpp_linear_fwd(strided_x, w, b, s, "sin", True)
-    want = ops.cpp_linear_fwd(x, w, b, s, "sin", True)
+    got = _forward(strided_x, w, b, s, "sin")
+    want = _forward(x, w, b, s, "sin")
     assert all(torch.equal(p, q) for p, q in zip(got, want))
     assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
 
@@ -177,10 +185,10 @@ def test_pair_gemm_outputs_do_not_depend_on_x_strides():
     with padded rows; in training (sin keeps z) and inference."""
     x, w, b, s = _layer(131, 37, 50, seed=5)
     for training in (True, False):
-        want = ops.cpp_linear_fwd(x, w, b, s, "sin", training)
+        want = _forward(x, w, b, s, "sin", training)
         for strided in (x.t().contiguous().t(),
                         torch.zeros(131, 40, dtype=torch.bfloat16)[:, 2:39].copy_(x)):
-            got = ops.cpp_linear_fwd(strided, w, b, s, "sin", training)
+            got = _forward(strided, w, b, s, "sin", training)
             assert all(torch.equal(p, q) for p, q in zip(got, want)), strided.stride()
 
 
@@ -191,9 +199,9 @@ def test_pair_gemm_thread_count_determinism():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = ops.cpp_linear_fwd(x, w, b, s, "sin", True)
+        one = _forward(x, w, b, s, "sin")
         torch.set_num_threads(2)
-        two = ops.cpp_linear_fwd(x, w, b, s, "sin", True)
+        two = _forward(x, w, b, s, "sin")
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(p, q) for p, q in zip(one, two))
@@ -204,10 +212,10 @@ def test_pair_gemm_empty_and_zero_depth(monkeypatch):
     w0, b = torch.zeros(6, 0, dtype=torch.bfloat16), torch.randn(6).bfloat16()
     for env in ("1", "0"):
         monkeypatch.setenv("LAAF_CPU_BF16_DOT", env)
-        y, z = ops.cpp_linear_fwd(torch.zeros(0, 5, dtype=torch.bfloat16),
-                                  torch.randn(6, 5).bfloat16(), b, None, "sin", True)
+        y, z = _forward(torch.zeros(0, 5, dtype=torch.bfloat16),
+                                  torch.randn(6, 5).bfloat16(), b, None, "sin")
         assert y.shape == (0, 6) and z.shape == (0, 6)
-        y, z = ops.cpp_linear_fwd(torch.zeros(3, 0, dtype=torch.bfloat16), w0, b, None, "sin", True)
+        y, z = _forward(torch.zeros(3, 0, dtype=torch.bfloat16), w0, b, None, "sin")
         assert torch.equal(z, b.expand(3, 6)) and torch.equal(y, torch.sin(b.float()).bfloat16().expand(3, 6))
 
 
@@ -263,7 +271,7 @@ def test_pair_backward_against_float64_truth(rows, k_in, n_out, activation, slop
     s_full = torch.ones(n_out).bfloat16() if s is None else s.expand(n_out)
     g = torch.randn(rows, n_out, generator=torch.Generator().manual_seed(rows)).bfloat16()
     need_ds = s is not None
-    y, z = ops.cpp_linear_fwd(x, w, b, s, activation, True)
+    y, z = _forward(x, w, b, s, activation)
     got = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, True, True, True, need_ds)
     truth = list(_backward_truth(x, w, b, s_full, g, activation))
     err = _gz_error_bound(x, w, b, s_full, g, activation)
@@ -294,7 +302,7 @@ def test_pair_backward_runs_and_rounds_gz_to_bf16(monkeypatch):
     s = torch.tensor([1 + 3 * 2.0 ** -10, 1.0])
     g = torch.ones(5, 2, dtype=torch.bfloat16)
     def dx():
-        y, z = ops.cpp_linear_fwd(x, w, None, s, "identity", True)
+        y, z = _forward(x, w, None, s, "identity")
         return ops.cpp_linear_bwd(g, x, w, None, z, s, y, "identity", True, False, False, False)[0]
     assert dx().eq(0).all(), dx()
     monkeypatch.setenv("LAAF_CPU_BF16_DOT", "0")
@@ -302,7 +310,7 @@ def test_pair_backward_runs_and_rounds_gz_to_bf16(monkeypatch):
 
 
 def _backward(x, w, b, s, g, activation="sin"):
-    y, z = ops.cpp_linear_fwd(x, w, b, s, activation, True)
+    y, z = _forward(x, w, b, s, activation)
     return ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, True, True, True, True)
 
 
@@ -371,7 +379,7 @@ def test_pair_backward_parts_match_the_full_call(activation):
     asked alone, or dx alone, are the full call's, bit for bit."""
     x, w, b, s = _layer(131, 23, 17, seed=17)
     g = torch.randn(131, 17).bfloat16()
-    y, z = ops.cpp_linear_fwd(x, w, b, s, activation, True)
+    y, z = _forward(x, w, b, s, activation)
     full = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, True, True, True, True)
     params = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, False, True, True, True)
     dx_only = ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, True, False, False, False)

@@ -100,7 +100,7 @@ def test_every_cuda_source_is_translated():
 
 def test_the_emulated_kernels_run_on_cpu_tensors():
     """A direct call of an emulated op, outside the backend: the N-LAAF forward (a wide
-    layer, N = 130, so that it keeps z)."""
+    layer, N = 130, z asked for)."""
     gen = torch.Generator().manual_seed(3)
     x, w = torch.randn(70, 9, generator=gen), torch.randn(130, 9, generator=gen)
     b, s = torch.randn(130, generator=gen), torch.rand(130, generator=gen) + 0.5

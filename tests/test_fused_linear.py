@@ -7,6 +7,7 @@ Tolerances: see ``helpers.assert_close_to_truth`` (error against a float64
 truth, bounded by eager PyTorch's own error in the same dtype plus summation
 noise that grows with the reduction length: K for y, N for dx, M for dW and
 db, M*N for a 0-d slope's da, the longest sum)."""
+import importlib
 import os
 import re
 import subprocess
@@ -430,6 +431,7 @@ def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype, monk
     AVX512-BF16 a bf16 layer's GEMMs run on pairs instead: the forward in another sum
     order, the backward on gz rounded to bf16; tests/test_cpu_bf16_gemm.py tests them.
     Here LAAF_CPU_BF16_DOT=0 keeps the widened path.)"""
+    from laaf_kernels.ops import cpp_backend
     monkeypatch.setenv("LAAF_CPU_BF16_DOT", "0")
     ops = torch.ops.laaf
     gen = torch.Generator().manual_seed(83)
@@ -443,10 +445,11 @@ def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype, monk
                               (s_vec, "sin")):
             where = f"{activation}, K={k_in}, N={n_out}, slope {None if s is None else s.dim()}"
             wide = [None if t is None else t.float() for t in (x, w, b, s)]
-            y, z = ops.cpp_linear_fwd(x, w, b, s, activation, True)
-            assert (z.numel() > 0) == (activation == "sin"), where
+            keep = cpp_backend.stores_z(n_out, k_in, True, dtype, activation)
+            assert keep == (activation == "sin"), where
+            y, z = ops.cpp_linear_fwd(x, w, b, s, activation, keep)
             if k_in * n_out <= 120 * 120:
-                y32, z32 = ops.cpp_linear_fwd(*wide, activation, True)
+                y32, z32 = ops.cpp_linear_fwd(*wide, activation, keep)
                 assert torch.equal(y, y32.to(dtype)), f"y, {where}"
                 assert torch.equal(z, z32.to(dtype)), f"z, {where}"
             for need in ((True,) * 4, (False, True, False, True), (True, False, True, False)):
@@ -458,7 +461,7 @@ def test_cpp_16bit_narrow_path_is_the_fp32_path_rounded_once(target, dtype, monk
                     assert torch.equal(got, want.to(dtype)), f"{name}, {where}, need {need}"
             padded_rows = torch.zeros(67, k_in + 3, dtype=dtype)[:, 1:k_in + 1].copy_(x)
             for strided in (x.t().contiguous().t(), padded_rows):
-                out = ops.cpp_linear_fwd(strided, w, b, s, activation, True)
+                out = ops.cpp_linear_fwd(strided, w, b, s, activation, keep)
                 out += ops.cpp_linear_bwd(g, strided, w, b, out[1], s, out[0], activation,
                                           *(True,) * 4)
                 want = (y, z, *ops.cpp_linear_bwd(g, x, w, b, z, s, y, activation, *(True,) * 4))
@@ -528,31 +531,74 @@ def test_raw_ops_refuse_mis_shaped_arguments(target):
             call()
 
 
+#: Widths on both sides of every edge of the narrow rules (test below).
+POLICY_WIDTHS = (1, 2, 16, 17, 31, 32, 33, 50, 63, 64, 65, 96, 97, 112, 113, 119, 120, 121,
+                 127, 128, 129, 140)
+
+
+@pytest.mark.parametrize("target", RAW_OP_TARGETS)
+def test_the_python_policy_of_keeping_z_is_the_extensions_at_every_shape(target):
+    """Which layers keep z is decided in Python (<backend>.stores_z), so that
+    torch.compile writes the answer into the traced graph; the extension's kernels
+    judge the same from their own narrow rules (<backend>_linear_stores_z). The two
+    agree on both sides of every edge of those rules (N or K at 32, 64, 128; K N at
+    120^2: 112 x 128 is below, 113 x 128 above), in every dtype, for every
+    activation, in training and not."""
+    prefix = target[0]
+    backend = importlib.import_module(f"laaf_kernels.ops.{prefix}_backend")
+    extension = getattr(torch.ops.laaf, f"{prefix}_linear_stores_z")
+    asks_activation = prefix == "cpp"  # the CUDA rule is the same for every activation
+    activations = list(ACTIVATIONS) if asks_activation else [None]
+    mismatches = []
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        for activation in activations:
+            for n_out in POLICY_WIDTHS:
+                for k_in in POLICY_WIDTHS:
+                    for training in (True, False):
+                        ours = backend.stores_z(n_out, k_in, training, dtype, activation)
+                        args = (n_out, k_in, training, dtype) + ((activation,) if asks_activation
+                                                                 else ())
+                        if ours != extension(*args):
+                            mismatches.append(args)
+    assert not mismatches, f"{len(mismatches)} disagree, e.g. {mismatches[:5]}"
+
+
 @pytest.mark.parametrize("target", CPP_TARGETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
                          ids=["fp32", "fp64", "bf16", "fp16"])
-def test_cpp_training_forward_keeps_z_only_where_the_backward_needs_it(target, dtype):
+def test_cpp_training_forward_keeps_z_only_where_the_backward_needs_it(target, dtype,
+                                                                       monkeypatch):
     """The narrow path (K, N <= 128) with an act' given by y keeps no z: its backward
     takes gh = g act'(y) and ds = sum_n W(n, :) . (gh^T x)(n, :) + b(n) sum gh(:, n)
     (csrc/laaf_cpu.cpp: linear_bwd_narrow). So autograd saves x and y only, 2/3 of what
     eager saves at K = N (x, z and y). A layer whose act' needs h (sin), or a wide one
-    (K = 130, ATen's GEMMs), keeps z. The fake (cpp_backend.stores_z) says the same as
-    the kernel in every case. In every dtype: bf16 and fp16 layers take the narrow
-    path too (their chunks widened to fp32)."""
+    (K = 130, ATen's GEMMs), keeps z. The policy (cpp_backend.stores_z, which the
+    traced graph holds) says so, and so does the extension's own
+    (cpp_linear_stores_z); the forward writes z exactly as asked, on the narrow path
+    and on the ATen one (LAAF_CPU_NARROW=0). In every dtype: bf16 and fp16 layers
+    take the narrow path too (their chunks widened to fp32)."""
     from bench.memory import saved_bytes
     from laaf_kernels.ops import cpp_backend
     gen = torch.Generator().manual_seed(43)
     for activation, k_in, keeps in (("tanh", 50, False), ("relu", 50, False), ("sin", 50, True),
                                      ("tanh", 130, True)):
+        assert cpp_backend.stores_z(50, k_in, True, dtype, activation) == keeps
+        assert torch.ops.laaf.cpp_linear_stores_z(50, k_in, True, dtype, activation) == keeps
+        assert not cpp_backend.stores_z(50, k_in, False, dtype, activation)
         x = torch.randn(257, k_in, generator=gen, dtype=dtype)
         w = (torch.randn(50, k_in, generator=gen, dtype=dtype) / k_in ** 0.5).requires_grad_()
         b = torch.randn(50, generator=gen, dtype=dtype).requires_grad_()
         a = (torch.rand(50, generator=gen, dtype=dtype) + 0.5).requires_grad_()
         s = (SCALE * a).detach()
-        _, z = torch.ops.laaf.cpp_linear_fwd(x, w.detach(), b.detach(), s, activation, True)
-        assert (z.shape == (257, 50)) == keeps and (keeps or z.numel() == 0), (activation, k_in)
-        assert cpp_backend.stores_z(50, k_in, True, dtype, activation) == keeps
-        assert not cpp_backend.stores_z(50, k_in, False, dtype, activation)
+        for narrow in ("1", "0"):
+            monkeypatch.setenv("LAAF_CPU_NARROW", narrow)
+            y, z = torch.ops.laaf.cpp_linear_fwd(x, w.detach(), b.detach(), s, activation, True)
+            y_alone, no_z = torch.ops.laaf.cpp_linear_fwd(x, w.detach(), b.detach(), s,
+                                                          activation, False)
+            where = (activation, k_in, narrow)
+            assert no_z.numel() == 0 and torch.equal(y, y_alone), where
+            assert z.shape == (257, 50), where
+        monkeypatch.delenv("LAAF_CPU_NARROW")
         if activation == "tanh" and k_in == 50:
             ours = saved_bytes(lambda: laaf_kernels.laaf_linear(
                 x, w, b, a, activation="tanh", scale=SCALE, backend=target[0]), (w, b, a))
@@ -568,9 +614,9 @@ def test_cpp_backward_without_z_forms_it_again_off_the_narrow_path(target, monke
     """A forward that kept no z, then a backward that cannot take the narrow path
     (LAAF_CPU_NARROW=0 set between the two; or no y given to the raw op) forms z again
     with ATen's GEMM and runs the wide backward: the same gradients, to rounding.
-    Whether z is kept depends on the shape, dtype and activation alone (what the fake
-    says, and torch.compile traced): the ATen forward under LAAF_CPU_NARROW=0 keeps
-    none either."""
+    Whether z is kept depends on the shape, dtype and activation alone (the policy,
+    which torch.compile writes into the graph), and the ATen forward under
+    LAAF_CPU_NARROW=0 keeps none either when told so."""
     backend, _ = target
     x, w, b, a = _inputs(((131,), 37, 23, True), "vector", seed=47, dtype=torch.float64,
                          device="cpu")
@@ -584,12 +630,12 @@ def test_cpp_backward_without_z_forms_it_again_off_the_narrow_path(target, monke
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
     s = (SCALE * a).detach()
     aten_y, aten_z = torch.ops.laaf.cpp_linear_fwd(x.detach(), w.detach(), b.detach(), s,
-                                                   "tanh", True)
+                                                   "tanh", False)
     assert aten_z.numel() == 0
     torch.testing.assert_close(aten_y, y.detach(), rtol=1e-12, atol=1e-12)
     monkeypatch.delenv("LAAF_CPU_NARROW")
     xd, wd, bd = x.detach(), w.detach(), b.detach()
-    y_raw, z = torch.ops.laaf.cpp_linear_fwd(xd, wd, bd, s, "tanh", True)
+    y_raw, z = torch.ops.laaf.cpp_linear_fwd(xd, wd, bd, s, "tanh", False)
     assert z.numel() == 0
     dx, dw, db, ds = torch.ops.laaf.cpp_linear_bwd(g, xd, wd, bd, z, s, None, "tanh",
                                                    *(True,) * 4)
@@ -622,7 +668,7 @@ def test_cpp_narrow_path_gives_the_same_bits_with_one_or_two_threads(target, act
     for threads in (1, 2):
         torch.set_num_threads(threads)
         try:
-            y, z = torch.ops.laaf.cpp_linear_fwd(x, w, b, s, activation, True)
+            y, z = torch.ops.laaf.cpp_linear_fwd(x, w, b, s, activation, activation == "sin")
             grads = torch.ops.laaf.cpp_linear_bwd(g, x, w, b, z, s, y, activation, *(True,) * 4)
             results.append([y, z, *grads])
         finally:

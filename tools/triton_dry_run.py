@@ -204,7 +204,7 @@ def _linear(dtype, activation: str, slope: str, n: int, k: int, m: int = 997) ->
     s = {"none": None, "scalar": torch.tensor(1.3, dtype=dtype),
          "vector": _rand(n, dtype=dtype)}[slope]
     launch.linear_forward(x, w, b, s, activation, False)
-    _, z = launch.linear_forward(x, w, b, s, activation, True)  # z: empty unless stores_z
+    _, z = launch.linear_forward(x, w, b, s, activation, launch.stores_z(n, k, True, dtype))
     launch.linear_backward(_rand(m, n, dtype=dtype), x, w, b, z, s, activation,
                            True, True, True, True)
 

@@ -51,9 +51,9 @@ def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype,
 
 #: Narrow layers, as (device, N, K, dtype), whose fused backward fits no config in the
 #: GPU's shared memory (Triton's OutOfResources: e.g. fp32 128 x 128 needs 88 KiB with
-#: its smallest tile, a T4 has 64 KiB). Their backward recomputes z with cuBLAS and takes
-#: the wide path. The forward is left as it is (no z), so that its output shapes, which
-#: torch.compile traced from the fake, never change.
+#: its smallest tile, a T4 has 64 KiB). Their backward takes the wide path, on z recomputed
+#: with cuBLAS. The forward is left as it is (no z: the policy, stores_z, is a function of
+#: the shape alone, and a traced graph holds its answer).
 _NARROW_MISFITS: set = set()
 _log = logging.getLogger("laaf_kernels")
 
@@ -112,14 +112,13 @@ def _reduce_ds(partials: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 @sized_offsets
 def linear_forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
-                   s: Optional[torch.Tensor], activation: str, training: bool, *,
+                   s: Optional[torch.Tensor], activation: str, store_z: bool, *,
                    int64_offsets: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """y = act(s * (x W^T + b)) for 2-D x (M, K), and z (M, N) when the
-    backward will need it (``stores_z``), else an empty tensor."""
+    """y = act(s * (x W^T + b)) for 2-D x (M, K), and z (M, N) if ``store_z`` (the
+    caller asks ``stores_z``: when the backward will need it), else an empty tensor."""
     M, K = x.shape
     N = w.shape[0]
     int64_offsets = int64_offsets or M * N >= INT32_SPAN  # y and z may outgrow x
-    store_z = stores_z(N, K, training, x.dtype)
     y = x.new_empty((M, N))
     z = x.new_empty((M, N) if store_z else (0,))
     if M == 0 or N == 0:
@@ -159,7 +158,8 @@ def linear_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
                 _log.info("laaf_kernels: the fused narrow backward of a %d x %d %s layer does "
                           "not fit %s (%s); it recomputes z and takes the wide path",
                           N, K, x.dtype, x.device, error)
-        z = torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())  # the forward kept none
+        if z.numel() == 0:  # the forward kept none
+            z = torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
     return _linear_backward_wide(g, x, w, z, s, activation, need_dx, need_dw, need_db, need_ds,
                                  int64_offsets)
 

@@ -2,14 +2,20 @@
 
 A fused backend provides four ``torch.library`` custom ops::
 
-    linear_fwd(x2d, W, b?, s?, activation, training)           -> (y, z)
+    linear_fwd(x2d, W, b?, s?, activation, store_z)            -> (y, z)
     linear_bwd(g, x2d, W, b?, z, s?, y?, activation, need_dx, need_dw, need_db, need_ds)
                                                                 -> (dx, dW, db, ds)
     act_fwd(z, s?, activation, dim)                             -> y
     act_bwd(g, z, s?, y?, activation, dim, need_dz, need_ds)    -> (dz, ds)
 
-where ``z`` is whatever the backend's backward needs (it may be empty: a
-backend may recompute z from x, W and b); ``y`` is the saved output, passed
+where ``z`` = x W^T + b if ``store_z``, else an empty tensor (the backward
+then forms z again, or needs none). Whether a training layer keeps z is the
+backend's policy, ``stores_z(N, K, training, dtype, activation)``, asked here
+in Python and passed to the op as a constant: so it is written into a traced
+graph, and a release that changes the policy changes the graph, and with it the
+key of torch.compile's on-disk caches (the key does not cover an op's fake: a
+fake that asked the policy itself would let a cached graph outlive the policy it
+was traced with). ``y`` is the saved output, passed
 only to a backend registered with ``saves_y`` and only for activations whose
 act' is a function of y (the table's ``d1_y``: tanh, sigmoid, relu, ...), so
 that its backward needs no transcendental; and ``s = scale * slope`` is formed
@@ -244,7 +250,7 @@ def _register_linear_autograd(fwd_name: str, bwd_op, saves_y: bool, grad_y=None,
     """Autograd of ``fwd_name`` (y, z) via ``bwd_op``; z is a saved, non-differentiable output."""
 
     def setup_context(ctx, inputs, output):
-        x, weight, bias, s, activation, _training = inputs
+        x, weight, bias, s, activation, _store_z = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.activation = activation
@@ -297,15 +303,14 @@ def _empty_unless(need: bool, like: torch.Tensor, shape) -> torch.Tensor:
     return like.new_empty(shape if need else (0,))
 
 
-def _register_fakes(prefix: str, stores_z) -> None:
-    """Fakes of laaf::<prefix>_{linear,act}_{fwd,bwd}; ``stores_z(N, K, training, dtype,
-    activation=...)`` says whether the forward returns z (else an empty tensor)."""
+def _register_fakes(prefix: str) -> None:
+    """Fakes of laaf::<prefix>_{linear,act}_{fwd,bwd}: functions of their arguments
+    alone (no policy of the library's), as the caches of torch.compile assume."""
 
     @torch.library.register_fake(f"laaf::{prefix}_linear_fwd")
-    def _(x, weight, bias, s, activation, training):
+    def _(x, weight, bias, s, activation, store_z):
         shape = (x.shape[0], weight.shape[0])
-        keeps_z = stores_z(*weight.shape, training, x.dtype, activation=activation)
-        return x.new_empty(shape), _empty_unless(keeps_z, x, shape)
+        return x.new_empty(shape), _empty_unless(store_z, x, shape)
 
     @torch.library.register_fake(f"laaf::{prefix}_linear_bwd")
     def _(g, x, weight, bias, z, s, y, activation, need_dx, need_dw, need_db, need_ds):
@@ -326,14 +331,14 @@ def _register_fakes(prefix: str, stores_z) -> None:
                 s.new_empty(s.shape) if need_ds else z.new_empty((0,)))
 
 
-def register_backend_ops(prefix: str, stores_z, saves_y: bool = False,
+def register_backend_ops(prefix: str, saves_y: bool = False,
                          grad_y: Optional[Callable] = None,
                          matmul: Callable = torch.mm) -> None:
     """Fakes and autograd for a backend's four ops, torch.ops.laaf.<prefix>_*.
     ``grad_y`` (:func:`laaf_kernels.ops.grad_y.make_grad_y`) makes the create_graph
     backward run on the backend's fused derivatives of g act'(h) s, and ``matmul``
     (:func:`laaf_kernels.ops.matmul.make_matmul`) its GEMMs on the backend's own."""
-    _register_fakes(prefix, stores_z)
+    _register_fakes(prefix)
     ops = torch.ops.laaf
     _register_linear_autograd(f"laaf::{prefix}_linear_fwd", getattr(ops, f"{prefix}_linear_bwd"),
                               saves_y, grad_y, matmul)
@@ -355,9 +360,13 @@ def _autocast(device_type: str, *tensors):
 
 
 
-def make_linear(prefix: str, dtypes=None, fallback=None):
+def make_linear(prefix: str, stores_z: Callable, dtypes=None, fallback=None):
     """The backend's ``linear(x, weight, bias, slope, activation, scale)``; inputs
-    of a dtype outside ``dtypes`` (after autocast) go to ``fallback``."""
+    of a dtype outside ``dtypes`` (after autocast) go to ``fallback``. ``stores_z(N,
+    K, training, dtype, activation)`` is the backend's policy of which layers keep
+    z: plain Python on the shapes, so that torch.compile evaluates it while it
+    traces (guarding on N and K where they are symbolic) and writes its answer into
+    the graph."""
 
     def linear(x, weight, bias, slope, activation: str, scale: float) -> torch.Tensor:
         x, weight, bias = _autocast(x.device.type, x, weight, bias)
@@ -368,8 +377,9 @@ def make_linear(prefix: str, dtypes=None, fallback=None):
         # each costs a few microseconds forward and backward, which a small layer feels.
         flat = x.dim() != 2
         x2 = x.reshape(-1, x.shape[-1]) if flat else x
-        y, _ = call_op(f"laaf::{prefix}_linear_fwd", x2, weight, bias, s, activation,
-                       needs_grad(x, weight, bias, s))
+        store_z = bool(stores_z(weight.shape[0], weight.shape[1],  # bool(): a constant
+                                needs_grad(x, weight, bias, s), x.dtype, activation))
+        y, _ = call_op(f"laaf::{prefix}_linear_fwd", x2, weight, bias, s, activation, store_z)
         return y.reshape(*x.shape[:-1], weight.shape[0]) if flat else y
 
     return linear

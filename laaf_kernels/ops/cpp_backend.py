@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
+from ..activations import get as get_activation
 from .autograd import (make_activation, make_flexible, make_linear, register_backend_ops,
                        register_flexible_ops)
 from .grad_y import make_grad_y, register_grad_y_ops
@@ -23,14 +24,24 @@ __all__ = ["linear", "activation", "flexible", "DTYPES"]
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+#: A layer takes the extension's own narrow GEMMs with K and N at most this
+#: (csrc/laaf_cpu_gemm.h: kMaxNarrow) ...
+NARROW_MAX = 128
+#: ... and, for an fp32 forward, K N at most this (kMaxNarrowForwardArea; above it
+#: MKL's sgemm measured faster).
+NARROW_FP32_FORWARD_AREA = 120 * 120
+
+
 def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype, activation: str) -> bool:
-    """Whether the CPU forward returns z: in training, except for a narrow layer (K, N <=
-    128, any dtype; fp32 up to K N = 120^2) whose act' is a function of y: its backward
-    needs only x and y (csrc/laaf_cpu.cpp: linear_bwd_narrow forms ds from W and gh^T x). Elsewhere
-    recomputing z would be a second GEMM. The C++ op answers (a function of the shape,
-    dtype and activation, not of LAAF_CPU_NARROW), so that the fake and the kernel
-    cannot disagree."""
-    return torch.ops.laaf.cpp_linear_stores_z(int(n_out), int(k_in), training, dtype, activation)
+    """Whether a layer keeps z for its backward: in training, except for a narrow layer
+    whose act' is a function of y: its backward needs only x and y (csrc/laaf_cpu.cpp:
+    linear_bwd_narrow forms ds from W and gh^T x). Elsewhere recomputing z would be a
+    second GEMM. Plain Python on the shape (torch.compile writes the answer into the
+    graph, see ops.autograd); the extension's ``cpp_linear_stores_z`` is the same
+    policy in C++, and a test holds the two equal."""
+    narrow = n_out <= NARROW_MAX and k_in <= NARROW_MAX and not (
+        dtype == torch.float32 and n_out * k_in > NARROW_FP32_FORWARD_AREA)
+    return training and not (narrow and get_activation(activation).d1_y is not None)
 
 
 # Saving y (where act' is a function of y) spares the backward a second tanh /
@@ -40,10 +51,9 @@ def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype, activati
 # (stores_z).
 register_grad_y_ops("cpp")
 register_matmul_op("cpp")
-register_backend_ops("cpp", stores_z, saves_y=True, grad_y=make_grad_y("cpp"),
-                     matmul=make_matmul("cpp"))
+register_backend_ops("cpp", saves_y=True, grad_y=make_grad_y("cpp"), matmul=make_matmul("cpp"))
 
-linear = make_linear("cpp", DTYPES, reference.linear_impl)
+linear = make_linear("cpp", stores_z, DTYPES, reference.linear_impl)
 activation = make_activation("cpp", DTYPES, reference.activation_impl)
 
 register_flexible_ops("cpp")

@@ -26,20 +26,39 @@ __all__ = ["linear", "activation", "flexible", "DTYPES"]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+#: N and K at most this: a narrow layer (csrc/laaf_cuda_narrow.cuh: kNarrowMax).
+NARROW_MAX = 128
+
+
+def column_groups(width: int) -> int:
+    """Groups of 32 lanes that cover ``width`` <= NARROW_MAX columns (column_groups)."""
+    return 1 if width <= 32 else (2 if width <= 64 else 4)
+
+
+def narrow_backward_layer(n_out: int, k_in: int, dtype: torch.dtype) -> bool:
+    """Whether a layer's backward is the fused narrow kernel, which forms z again:
+    N, K <= NARROW_MAX, and in fp64 at most 8 column groups NJ(N) KJ(K) (its dW
+    accumulators stay in registers)."""
+    if not (1 <= n_out <= NARROW_MAX and 1 <= k_in <= NARROW_MAX):
+        return False
+    return dtype != torch.float64 or column_groups(n_out) * column_groups(k_in) <= 8
+
+
 def stores_z(n_out: int, k_in: int, training: bool, dtype: torch.dtype,
              activation: Optional[str] = None) -> bool:
-    """Whether the CUDA forward returns z: in training, except for a narrow layer (any
-    activation). The C++ op answers (a function of the shape and dtype, not of the
-    device or LAAF_CUDA_NARROW), so that the fake and the kernel cannot disagree."""
-    return torch.ops.laaf.cuda_linear_stores_z(int(n_out), int(k_in), training, dtype)
+    """Whether a layer keeps z for its backward: in training, all but a narrow
+    backward layer (any activation). Plain Python on the shape (torch.compile writes
+    the answer into the graph, see ops.autograd); the extension's
+    ``cuda_linear_stores_z`` is the same policy in C++, and a test holds the two equal."""
+    return training and not narrow_backward_layer(n_out, k_in, dtype)
 
 
 # The create_graph passes (a PINN's) recompute y = act(s z) with torch and run
 # on the fused grad_y ops (csrc/laaf_cuda_grad_y.cu).
 register_grad_y_ops("cuda")
-register_backend_ops("cuda", stores_z, saves_y=False, grad_y=make_grad_y("cuda"))
+register_backend_ops("cuda", saves_y=False, grad_y=make_grad_y("cuda"))
 
-linear = make_linear("cuda")
+linear = make_linear("cuda", stores_z)
 activation = make_activation("cuda")
 
 register_flexible_ops("cuda")

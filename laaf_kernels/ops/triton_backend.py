@@ -27,10 +27,10 @@ __all__ = ["linear", "activation", "flexible"]
 
 @torch.library.custom_op("laaf::triton_linear_fwd", mutates_args=())
 def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], s: Optional[Tensor],
-               activation: str, training: bool) -> Tuple[Tensor, Tensor]:
-    """y = act(s (x W^T + b)) for 2-D x; also z = x W^T + b when training a wide
-    layer (narrow layers recompute z in the backward), else an empty tensor."""
-    return launch.linear_forward(x, weight, bias, s, activation, training)
+               activation: str, store_z: bool) -> Tuple[Tensor, Tensor]:
+    """y = act(s (x W^T + b)) for 2-D x; also z = x W^T + b if ``store_z`` (in training,
+    a wide layer: launch.stores_z), else an empty tensor."""
+    return launch.linear_forward(x, weight, bias, s, activation, store_z)
 
 
 @torch.library.custom_op("laaf::triton_linear_bwd", mutates_args=())
@@ -99,9 +99,9 @@ def grad_y_vjp2(ug: Optional[Tensor], uy: Optional[Tensor], us: Optional[Tensor]
 register_grad_y_ops("triton")
 # y is not saved (the memory budget: x and s only, for narrow layers); the
 # create_graph passes recompute z and y = act(s z) with torch, then run on grad_y.
-register_backend_ops("triton", launch.stores_z, grad_y=make_grad_y("triton"))
+register_backend_ops("triton", grad_y=make_grad_y("triton"))
 
-linear = make_linear("triton")
+linear = make_linear("triton", launch.stores_z)
 activation = make_activation("triton")
 
 

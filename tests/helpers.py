@@ -110,3 +110,17 @@ def upcast(tensors):
     """float64 copies (leaf tensors, same requires_grad) of a tuple of optional tensors."""
     return tuple(None if t is None else t.detach().double().requires_grad_(t.requires_grad)
                  for t in tensors)
+
+
+def assert_z_is_the_affine_map(z, x, w, b, where):
+    """z = x W^T + b: within an ulp of the dtype (the one rounding, doubled) plus K
+    accumulator epsilons of sum |x| |W| + |b| (the sum in fp32, or fp64 for fp64, in
+    any order) of the float64 truth; a lost row, column or bias is O(1)."""
+    truth = torch.addmm(b.double(), x.double(), w.double().t())
+    accumulator = torch.float64 if z.dtype == torch.float64 else torch.float32
+    sums = torch.addmm(b.double().abs(), x.double().abs(), w.double().abs().t())
+    bound = (torch.finfo(z.dtype).eps * truth.abs()
+             + x.shape[1] * torch.finfo(accumulator).eps * sums)
+    assert z.shape == truth.shape, where
+    excess = ((z.double() - truth).abs() - bound).max().item()
+    assert excess <= 0, f"z off by {excess:.3g} beyond the bound, {where}"

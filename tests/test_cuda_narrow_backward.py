@@ -9,7 +9,7 @@ import torch
 
 import laaf_kernels
 from fused_cases import TARGETS
-from helpers import linear_inputs
+from helpers import assert_z_is_the_affine_map, linear_inputs
 
 CUDA_TARGETS = [t for t in TARGETS if t.values[0][0] == "cuda"]
 SCALE = 2.0
@@ -122,7 +122,7 @@ def test_training_forward_keeps_z_only_off_the_fused_backward(target, monkeypatc
             y, z = torch.ops.laaf.cuda_linear_fwd(x, w, b, s, "tanh", True)
             y_alone, no_z = torch.ops.laaf.cuda_linear_fwd(x, w, b, s, "tanh", False)
             assert no_z.numel() == 0 and torch.equal(y, y_alone), (N, K, dtype, narrow)
-            torch.testing.assert_close(z, torch.addmm(b, x, w.t()), msg=lambda m: f"z: {m}")
+            assert_z_is_the_affine_map(z, x, w, b, (N, K, dtype, narrow))
         monkeypatch.delenv("LAAF_CUDA_NARROW")
     x, w, b, _, _ = _layer(257, 50, 50, torch.float32, device, "vector", seed=9)
     w, b = w.requires_grad_(), b.requires_grad_()

@@ -32,6 +32,18 @@ def test_which_layers_take_the_narrow_backward(dtype, n, k, narrow):
     assert launch.stores_z(n, k, False, dtype) is False
 
 
+def test_block_sizes_are_tritons_next_power_of_two():
+    """next_pow2_at_least (a loop of comparisons, in place of Triton 3.8's slow
+    triton.next_power_of_2) gives Triton's answer, raised to the floor, at every n up
+    to 4100 (both sides of each power of two)."""
+    import triton
+    from laaf_kernels.kernels.triton_utils import next_pow2_at_least, next_pow2_at_least_16
+    for low in (1, 16, 64):
+        got = [next_pow2_at_least(n, low) for n in range(1, 4101)]
+        assert got == [max(low, triton.next_power_of_2(n)) for n in range(1, 4101)], low
+    assert next_pow2_at_least_16(0) == 16 and next_pow2_at_least_16(17) == 32
+
+
 def test_the_wide_row_bound_is_the_cpp_kernels_one():
     """_as_grid re-views wide rows as csrc's act_layout does (the Triton backend cannot
     call the C++ extension, so the rule is written twice): the bound must be the same."""

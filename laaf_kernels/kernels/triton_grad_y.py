@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .triton_activation import _INTERPRETER_CONFIG, MIN_BLOCK, _tile, load_slope, tile_ids
 from .triton_activations import act_d1_y, act_d1_y_dy, act_d1_y_dyy
-from .triton_utils import interpreting
+from .triton_utils import interpreting, next_pow2_at_least
 
 
 def blocks(R: int, C: int) -> dict:
@@ -36,7 +36,7 @@ def blocks(R: int, C: int) -> dict:
     host's partial-sum buffers assume); the interpreter's small fixed tile there."""
     if interpreting():
         return dict(_INTERPRETER_CONFIG)
-    block_c = min(128, max(MIN_BLOCK, triton.next_power_of_2(C)))
+    block_c = next_pow2_at_least(min(C, 128), MIN_BLOCK)
     block_r = max(MIN_BLOCK, 2048 // block_c)
     return dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
 

@@ -39,6 +39,8 @@ def is_narrow(n_out: int, k_in: int, dtype: torch.dtype) -> bool:
     """Whether a layer takes the fused persistent backward (and its forward keeps no z)."""
     if n_out > NARROW_MAX or k_in > NARROW_MAX:
         return False
+    if NARROW_MAX * NARROW_MAX * dtype.itemsize <= NARROW_MAX_W_BYTES:
+        return True  # the largest tile fits (NARROW_MAX is a power of two): fp32, 16-bit
     tile_bytes = next_pow2_at_least_16(n_out) * next_pow2_at_least_16(k_in) * dtype.itemsize
     return tile_bytes <= NARROW_MAX_W_BYTES
 

@@ -171,11 +171,14 @@ def test_the_first_call_of_a_fresh_process_may_be_a_compiled_one():
     _run_python(_FIRST_USE_COMPILED)
 
 
-def _run_python(source: str, *args: str) -> None:
-    """Run ``source`` in a new interpreter (this one's environment, the repo importable)."""
+def _run_python(source: str, *args: str, env=None) -> str:
+    """Run ``source`` in a new interpreter (this one's environment plus ``env``, the repo
+    importable); its standard output."""
     run = subprocess.run([sys.executable, "-c", source, *args], cwd=REPO, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": REPO}, timeout=900)
+                         text=True, env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
+                         timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
 
 
 # ---------------------------------------------------------------------------
@@ -225,13 +228,9 @@ def test_a_changed_policy_of_keeping_z_misses_the_compile_caches(target, tmp_pat
     backend, device = target
 
     def compile_in_a_fresh_process(changed: bool) -> dict:
-        run = subprocess.run(
-            [sys.executable, "-c", _COMPILE_FROM_A_SHARED_CACHE, backend, device,
-             _POLICY_MODULES[backend], "1" if changed else "0"],
-            cwd=REPO, capture_output=True, text=True, timeout=900,
-            env={**os.environ, "PYTHONPATH": REPO, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
-        assert run.returncode == 0, run.stderr[-3000:]
-        return json.loads(run.stdout.strip().splitlines()[-1])
+        out = _run_python(_COMPILE_FROM_A_SHARED_CACHE, backend, device, _POLICY_MODULES[backend],
+                          "1" if changed else "0", env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
+        return json.loads(out.strip().splitlines()[-1])
 
     shipped = compile_in_a_fresh_process(False)
     assert shipped["fxgraph_cache_hit"] == 0 and shipped["fxgraph_cache_miss"] > 0, shipped

@@ -264,20 +264,23 @@ std::tuple<Tensor, Tensor> linear_fwd(const Tensor& x_in, const Tensor& weight_i
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
-    const Tensor& g_in, const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
-    const Tensor& z_in, const c10::optional<Tensor>& s, const c10::optional<Tensor>& y_in,
-    c10::string_view activation, bool need_dx, bool need_dw, bool need_db, bool need_ds) {
-  check_cuda(x, "x");
-  check_linear_shapes("cuda_linear_bwd", x, weight, bias, s);
-  const bool kept_z = check_linear_grads("cuda_linear_bwd", x, weight, g_in, z_in, y_in);
-  const c10::cuda::CUDAGuard guard(x.device());
+    const Tensor& g_in, const Tensor& x_in, const Tensor& weight_in,
+    const c10::optional<Tensor>& bias_in, const Tensor& z_in, const c10::optional<Tensor>& s,
+    const c10::optional<Tensor>& y_in, c10::string_view activation, bool need_dx, bool need_dw,
+    bool need_db, bool need_ds) {
+  check_cuda(x_in, "x");
+  check_linear_shapes("cuda_linear_bwd", x_in, weight_in, bias_in, s);
+  const bool kept_z = check_linear_grads("cuda_linear_bwd", x_in, weight_in, g_in, z_in, y_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
   const int act = activation_id(activation);
   need_ds = need_ds && s.has_value();
-  const Tensor g = g_in.contiguous();
+  // Made contiguous once, as linear_fwd does: the fused kernel needs it, and a device
+  // that cannot run that kernel takes the wide path below on the same tensors.
+  const Tensor g = g_in.contiguous(), x = x_in.contiguous(), weight = weight_in.contiguous();
+  const auto bias = contiguous(bias_in);
   const int64_t N = weight.size(0);
   if (!kept_z && x.size(0) > 0 && narrow_backward_layer(N, weight.size(1), x.scalar_type())) {
-    const auto fused = narrow_linear_backward(g, x.contiguous(), weight.contiguous(),
-                                              contiguous(bias), s, act, need_dx, need_dw,
+    const auto fused = narrow_linear_backward(g, x, weight, bias, s, act, need_dx, need_dw,
                                               need_db, need_ds);
     if (fused.has_value()) return *fused;
   }

@@ -77,6 +77,23 @@ def test_fused_backward_forms_only_what_is_needed(target, need, monkeypatch):
 
 
 @pytest.mark.parametrize("target", CUDA_TARGETS)
+def test_both_paths_take_non_contiguous_x_weight_and_bias(target, monkeypatch):
+    """x, W and b as strided views (every other column of a wider tensor, and a
+    transposed W) give the bits of their contiguous copies, on the fused kernel and
+    on the cuBLAS path (which a device without room for the kernel takes)."""
+    x, w, b, g, s = _layer(203, 37, 29, torch.float64, target[1], "vector", seed=11)
+    x_view = torch.stack((x, -x), dim=-1).flatten(-2)[:, ::2]
+    w_view = w.t().contiguous().t()
+    b_view = torch.stack((b, -b), dim=-1).flatten()[::2]
+    assert not (x_view.is_contiguous() or w_view.is_contiguous() or b_view.is_contiguous())
+    strided = _both_paths(x_view, w_view, b_view, g, s, "tanh", (True,) * 4, monkeypatch)
+    dense = _both_paths(x, w, b, g, s, "tanh", (True,) * 4, monkeypatch)
+    for path, outputs, expected in zip(("fused", "cuBLAS"), strided, dense):
+        for name, p, q in zip(("dx", "dW", "db", "ds"), outputs, expected):
+            assert torch.equal(p, q), f"{path} {name}"
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("activation", ["tanh", "gelu", "leaky_relu"])
 @pytest.mark.parametrize("shape", [(1601, 50, 29), (70, 128, 128)], ids=["m1601", "k128_n128"])

@@ -77,18 +77,34 @@ def grad_tile(g, z, s, ACT: tl.constexpr):
 
 
 @triton.jit
+def tile_span(pid_r, pid_c, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The row indices rr and column indices rc of tile (pid_r, pid_c), and which of
+    them lie inside the (R, C) grid (row_ok, col_ok)."""
+    rr = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    return rr, rc, rr < R, rc < C
+
+
+@triton.jit
+def channel_tile(ptr, rr, rc, row_ok, col_ok, CH, SLOPE: tl.constexpr, ON_ROWS: tl.constexpr,
+                 dtype: tl.constexpr):
+    """A per-channel value (load_slope's kinds) at every cell of the tile, broadcast to
+    2-D: channel rr % CH of a row (ON_ROWS, the (outer, C) rows of a channel dim that
+    is not last), else channel rc of a column."""
+    if ON_ROWS:
+        v = load_slope(ptr, rr % CH, row_ok, SLOPE, dtype)[:, None]
+    else:
+        v = load_slope(ptr, rc, col_ok, SLOPE, dtype)[None, :]
+    return v
+
+
+@triton.jit
 def _tile(pid_r, pid_c, R, C, CH, s_ptr,
           SLOPE: tl.constexpr, SLOPE_ON_ROWS: tl.constexpr, dtype: tl.constexpr,
           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Row and column indices of a tile, its mask, and its slopes broadcast to 2-D."""
-    rr = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_ok = rr < R
-    col_ok = rc < C
-    if SLOPE_ON_ROWS:
-        s = load_slope(s_ptr, rr % CH, row_ok, SLOPE, dtype)[:, None]
-    else:
-        s = load_slope(s_ptr, rc, col_ok, SLOPE, dtype)[None, :]
+    """Row and column indices of a tile, which lie inside, and its slopes s in 2-D."""
+    rr, rc, row_ok, col_ok = tile_span(pid_r, pid_c, R, C, BLOCK_R, BLOCK_C)
+    s = channel_tile(s_ptr, rr, rc, row_ok, col_ok, CH, SLOPE, SLOPE_ON_ROWS, dtype)
     return rr, rc, row_ok, col_ok, s
 
 

@@ -16,7 +16,8 @@ added by the host in a fixed order: deterministic, no atomics.
 import triton
 import triton.language as tl
 
-from .triton_activation import _CONFIGS, _INTERPRETER_CONFIG, tile_ids
+from .triton_activation import (_CONFIGS, _INTERPRETER_CONFIG, channel_tile, tile_ids,
+                                tile_span)
 from .triton_flexible_formulas import flex_dp0, flex_dp1, flex_dz, flex_value
 from .triton_utils import autotune
 
@@ -24,18 +25,12 @@ from .triton_utils import autotune
 @triton.jit
 def _params_tile(pid_r, pid_c, R, C, CH, p_ptr, ON_ROWS: tl.constexpr, dtype: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Row and column indices of a tile, its masks, and p0, p1 broadcast to 2-D."""
-    rr = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_ok = rr < R
-    col_ok = rc < C
-    if ON_ROWS:
-        ch = rr % CH
-        p0 = tl.load(p_ptr + ch, mask=row_ok, other=0.0).to(dtype)[:, None]
-        p1 = tl.load(p_ptr + CH + ch, mask=row_ok, other=0.0).to(dtype)[:, None]
-    else:
-        p0 = tl.load(p_ptr + rc, mask=col_ok, other=0.0).to(dtype)[None, :]
-        p1 = tl.load(p_ptr + CH + rc, mask=col_ok, other=0.0).to(dtype)[None, :]
+    """Row and column indices of a tile, which lie inside, and the two parameter rows
+    p0 = params[0], p1 = params[1] (each per channel) in 2-D."""
+    rr, rc, row_ok, col_ok = tile_span(pid_r, pid_c, R, C, BLOCK_R, BLOCK_C)
+    # Kind 2 of channel_tile: one value per channel.
+    p0 = channel_tile(p_ptr, rr, rc, row_ok, col_ok, CH, 2, ON_ROWS, dtype)
+    p1 = channel_tile(p_ptr + CH, rr, rc, row_ok, col_ok, CH, 2, ON_ROWS, dtype)
     return rr, rc, row_ok, col_ok, p0, p1
 
 

@@ -103,11 +103,7 @@ narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
   A bias[NJ], s_col[NJ];
   load_column_params<NJ>(b, slope, N, bias, s_col);
 
-  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t r0 = tile * kTileRows;
-    const int rows_here = static_cast<int>(std::min<int64_t>(kTileRows, M - r0));
-    __syncthreads();  // W staged (first tile), or the previous tile fully read
+  for_each_block_tile(M, [&](int64_t r0, int rows_here) {
     // The tile is one contiguous span of x: coalesced loads.
     const T* x_tile = x + r0 * K;
     for (int i = threadIdx.x; i < rows_here * K; i += kThreads) {
@@ -128,7 +124,7 @@ narrow_linear_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
       y[at] = static_cast<T>(gpu::Act<ACT>::value(s_col[j] * zv));
       if (z_out != nullptr) z_out[at] = static_cast<T>(zv);
     });
-  }
+  });
 }
 
 // --- Backward epilogue -------------------------------------------------------
@@ -183,7 +179,7 @@ void launch_narrow_nj(const Tensor& x, const Tensor& w, const c10::optional<Tens
   const size_t smem = narrow_smem_bytes<A>(K, NJ);
   auto kernel = narrow_linear_forward_kernel<T, ACT, NJ>;
   const int64_t blocks =
-      persistent_grid(kernel, smem, x.get_device(), (M + kTileRows - 1) / kTileRows);
+      persistent_grid(kernel, smem, x.get_device(), row_tiles(M));
   kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<T>(), w.data_ptr<T>(), data_or_null<T>(b), sg,
       y.data_ptr<T>(), z_out, M, N, K);

@@ -45,6 +45,23 @@ decltype(auto) with_column_groups(int64_t width, const F& f) {
 
 __host__ __device__ inline int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }
 
+// The tiles of kTileRows rows that cover M rows (the last one may be partial).
+__host__ __device__ inline int64_t row_tiles(int64_t M) { return (M + kTileRows - 1) / kTileRows; }
+
+// The tile loop of a persistent narrow kernel: f(r0, rows_here) for tiles blockIdx.x,
+// blockIdx.x + gridDim.x, ... of the M rows (r0 the tile's first row, rows_here <=
+// kTileRows of them in M). Each call comes after a barrier, so what the block staged
+// before (W), or the previous call's use of shared memory, is complete.
+template <typename F>
+__device__ __forceinline__ void for_each_block_tile(int64_t M, const F& f) {
+  const int64_t tiles = row_tiles(M);
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t r0 = tile * kTileRows;
+    __syncthreads();
+    f(r0, static_cast<int>(std::min<int64_t>(kTileRows, M - r0)));
+  }
+}
+
 // Four consecutive values of a 16-byte aligned shared array (one LDS.128 for float).
 template <typename A>
 __device__ __forceinline__ void load4(const A* p, A out[4]) {

@@ -92,11 +92,7 @@ narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
 #pragma unroll
     for (int i = 0; i < KJ; ++i) dw_acc[p][i] = A(0);
 
-  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t r0 = tile * kTileRows;
-    const int rows_here = static_cast<int>(std::min<int64_t>(kTileRows, M - r0));
-    __syncthreads();  // W staged (first tile), or the previous tile's x_s, gz_s all read
+  for_each_block_tile(M, [&](int64_t r0, int rows_here) {
     // -- The x tile, zeros past K and past the last row (they meet gz = 0 in dW).
     for (int i = threadIdx.x; i < kTileRows * KCOLS; i += kThreads) {
       const int r = i / KCOLS, k = i - r * KCOLS;
@@ -147,7 +143,7 @@ narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
           for (int i = 0; i < KJ; ++i) dw_acc[p][i] = fma(gv[p], xv[i], dw_acc[p][i]);
       }
     }
-  }
+  });
 
   // -- The block's partials: dW as it is; db and ds summed over the 8 warps in
   //    warp order (through gz_s, free now).
@@ -196,7 +192,7 @@ bool launch_narrow_backward(const Tensor& g, const Tensor& x, const Tensor& w,
   const int64_t M = x.size(0);
   const int N = static_cast<int>(w.size(0)), K = static_cast<int>(w.size(1));
   auto kernel = narrow_linear_backward_kernel<T, ACT, NJ, KJ>;
-  const int64_t blocks = persistent_grid(kernel, smem, device, (M + kTileRows - 1) / kTileRows);
+  const int64_t blocks = persistent_grid(kernel, smem, device, row_tiles(M));
   const auto part = x.options().dtype(at::toOpMathType(x.scalar_type()));
   dw_part = need_dw ? at::empty({blocks, N, K}, part) : Tensor();
   db_part = need_db ? at::empty({blocks, N}, part) : Tensor();

@@ -18,7 +18,7 @@
 //
 // Determinism: no atomics. Every partial sum has a fixed home (a chunk of rows
 // and a column) and is summed in a fixed order, then the partials are folded by
-// fold_parts_kernel, also in a fixed order: the same inputs give the same bits.
+// fold_parts_into, also in a fixed order: the same inputs give the same bits.
 //
 // Arithmetic is in A = at::opmath_type<T> (float for fp32/fp16/bf16, double for
 // fp64). The activation math comes from laaf_activations_cuda.cuh, generated
@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <vector>
 
 #include "laaf_activations_cuda.cuh"
 #include "laaf_cuda_common.cuh"
@@ -299,10 +300,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
     });
   });
   const Tensor empty = at::empty({0}, x.options());
+  // db and ds: both folds in one launch.
+  const Tensor db = need_db ? at::empty({cols}, part_options) : Tensor();
+  const Tensor ds = need_ds ? at::empty({cols}, part_options) : Tensor();
+  std::vector<Fold> folds;
+  if (need_db) folds.push_back({db_part, db});
+  if (need_ds) folds.push_back({ds_part, ds});
+  if (!folds.empty()) fold_parts_into(folds);
   return {need_dx ? at::mm(gz, weight) : empty,
           need_dw ? at::mm(gz.t(), x) : empty,
-          need_db ? fold_parts(db_part, cols).to(x.scalar_type()) : empty,
-          need_ds ? finish_ds(fold_parts(ds_part, cols), *s) : empty};
+          need_db ? db.to(x.scalar_type()) : empty,
+          need_ds ? finish_ds(ds, *s) : empty};
 }
 
 Tensor act_fwd(const Tensor& z_in, const c10::optional<Tensor>& s, c10::string_view activation,

@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "laaf_layout.h"
 
@@ -59,39 +60,75 @@ __device__ __forceinline__ A sum_over_row_lanes(A v, A (&scratch)[8][32]) {
   return v;
 }
 
-// out[w] = sum_p parts[p, w] for a (P, W) array: block w; thread t sums
-// p = t, t + 256, ... in order, then a fixed tree over the 256 threads.
+// Up to kMaxFolds partial arrays, summed over their rows in one launch. Fold i reads
+// in[i][p * stride[i] + w] for p < P, w < its width (> 0), and writes out[i][w]; the
+// folds' columns are numbered one after another, fold i's ending (exclusive) at
+// end[i], the last at width.
+constexpr int kMaxFolds = 3;
 template <typename A>
-__global__ void fold_parts_kernel(const A* __restrict__ parts, A* __restrict__ out, int64_t P,
-                                  int64_t W) {
+struct FoldSet {
+  const A* in[kMaxFolds];
+  int64_t stride[kMaxFolds];
+  A* out[kMaxFolds];
+  int64_t end[kMaxFolds];
+  int64_t width;
+  int count;
+
+  // Fold i's column w: in + p * stride is its partial in row p, out its sum.
+  struct Column {
+    const A* in;
+    int64_t stride;
+    A* out;
+  };
+  // Column c (< width) of the folds: the last fold whose columns start at or before
+  // c. The unrolled loop keeps the arrays' indices constant, so that they stay in
+  // parameter space (a computed index would copy the whole set to the stack).
+  __device__ __forceinline__ Column column(int64_t c) const {
+    Column at{in[0] + c, stride[0], out[0] + c};
+#pragma unroll
+    for (int i = 1; i < kMaxFolds; ++i) {
+      if (i < count && c >= end[i - 1]) {
+        const int64_t w = c - end[i - 1];
+        at = Column{in[i] + w, stride[i], out[i] + w};
+      }
+    }
+    return at;
+  }
+};
+
+// One block per column: thread t sums p = t, t + 256, ... in order, then a fixed tree
+// over the 256 threads.
+template <typename A>
+__global__ void fold_parts_kernel(FoldSet<A> folds, int64_t P) {
   __shared__ A partial[kThreads];
-  const int64_t w = blockIdx.x;
+  const auto col = folds.column(blockIdx.x);
   A total = A(0);
-  for (int64_t p = threadIdx.x; p < P; p += kThreads) total += parts[p * W + w];
+  for (int64_t p = threadIdx.x; p < P; p += kThreads) total += col.in[p * col.stride];
   partial[threadIdx.x] = total;
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half /= 2) {
     if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[w] = partial[0];
+  if (threadIdx.x == 0) *col.out = partial[0];
 }
 
 // The same fold for many columns and few parts: a block of 32 column lanes x 8 row
 // lanes; row lane t sums p = t, t + 8, ... in order, then the 8 row lanes in order
 // (sum_over_row_lanes). (One block per column would launch a block per value.)
 template <typename A>
-__global__ void fold_columns_kernel(const A* __restrict__ parts, A* __restrict__ out, int64_t P,
-                                    int64_t W) {
+__global__ void fold_columns_kernel(FoldSet<A> folds, int64_t P) {
   __shared__ A scratch[8][32];
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  const int64_t w = int64_t(blockIdx.x) * 32 + tx;
+  const int64_t c = int64_t(blockIdx.x) * 32 + tx;
+  const bool inside = c < folds.width;
+  const auto col = folds.column(inside ? c : 0);
   A total = A(0);
-  if (w < W) {
-    for (int64_t p = ty; p < P; p += 8) total += parts[p * W + w];
+  if (inside) {
+    for (int64_t p = ty; p < P; p += 8) total += col.in[p * col.stride];
   }
   total = sum_over_row_lanes(total, scratch);
-  if (ty == 0 && w < W) out[w] = total;
+  if (ty == 0 && inside) *col.out = total;
 }
 
 // ---------------------------------------------------------------------------
@@ -200,27 +237,55 @@ int64_t rows_per_chunk(int64_t rows) {
   return std::max<int64_t>(256, (rows + 65534) / 65535);
 }
 
-// The (P, W) partials summed over P, deterministically: one block per column
-// (fold_parts_kernel) where there are at least as many parts as columns (a
-// backward's per-chunk db / ds), else 32 columns a block (fold_columns_kernel: a
-// narrow backward's dW has N K columns and one part per block). The choice depends
-// on the shape alone.
-Tensor fold_parts(const Tensor& parts, int64_t width) {
-  Tensor out = at::zeros({width}, parts.options());
-  if (width == 0 || parts.numel() == 0) return out;
-  const int64_t P = parts.numel() / width;
+// One fold of fold_parts_into: out (W,) = the sum over p of parts (P, W), a 2-D view
+// whose columns are adjacent (stride 1); both of the kernels' arithmetic type.
+struct Fold {
+  Tensor parts, out;
+};
+
+// Every fold's partials summed over their P rows, deterministically, in one launch:
+// one block per column (fold_parts_kernel) where there are at least as many rows as
+// columns in all (a backward's per-chunk db and ds), else 32 columns a block
+// (fold_columns_kernel: a narrow backward's dW has N K columns and one row per
+// block). The choice and the order of the sums depend on the shapes alone. All
+// folds have the same P; P = 0 gives zeros.
+void fold_parts_into(const std::vector<Fold>& folds) {
+  TORCH_INTERNAL_ASSERT(!folds.empty() && folds.size() <= size_t(kMaxFolds));
+  const int64_t P = folds[0].parts.size(0);
+  std::vector<const Fold*> wide;  // the folds with columns: the kernels' set
+  for (const Fold& f : folds) {
+    TORCH_INTERNAL_ASSERT(f.parts.dim() == 2 && f.parts.size(0) == P &&
+                          f.out.is_contiguous() && f.out.numel() == f.parts.size(1));
+    if (f.parts.size(1) == 0) continue;
+    TORCH_INTERNAL_ASSERT(f.parts.size(1) == 1 || f.parts.stride(1) == 1);
+    if (P == 0) f.out.zero_();
+    else wide.push_back(&f);
+  }
+  if (wide.empty()) return;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "laaf_cuda_fold_parts", [&] {
-    const scalar_t* in = parts.data_ptr<scalar_t>();
-    scalar_t* sums = out.data_ptr<scalar_t>();
-    if (P >= width) {
-      fold_parts_kernel<scalar_t><<<width, kThreads, 0, stream>>>(in, sums, P, width);
+  AT_DISPATCH_FLOATING_TYPES(folds[0].parts.scalar_type(), "laaf_cuda_fold_parts", [&] {
+    FoldSet<scalar_t> set{};
+    set.count = static_cast<int>(wide.size());
+    for (int i = 0; i < set.count; ++i) {
+      const Fold& f = *wide[size_t(i)];
+      set.in[i] = f.parts.data_ptr<scalar_t>();
+      set.stride[i] = f.parts.stride(0);
+      set.out[i] = f.out.data_ptr<scalar_t>();
+      set.end[i] = set.width += f.parts.size(1);
+    }
+    if (P >= set.width) {
+      fold_parts_kernel<scalar_t><<<set.width, kThreads, 0, stream>>>(set, P);
     } else {
-      fold_columns_kernel<scalar_t><<<(width + 31) / 32, kThreads, 0, stream>>>(in, sums, P,
-                                                                             width);
+      fold_columns_kernel<scalar_t><<<(set.width + 31) / 32, kThreads, 0, stream>>>(set, P);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The (P, width) partials (any tensor of P * width values, row-major) summed over P.
+Tensor fold_parts(const Tensor& parts, int64_t width) {
+  Tensor out = at::empty({width}, parts.options());
+  if (width > 0) fold_parts_into({{parts.reshape({-1, width}), out}});
   return out;
 }
 

@@ -6,7 +6,7 @@
 // over (g, z) (laaf_cuda_common.cuh: launch_channel_sums):
 //     dz = g f_z                     written when asked for
 //     dp_k = sum of g f_{p_k}        per-chunk or per-row partials, then
-//                                    fold_parts_kernel in a fixed order.
+//                                    fold_parts_into in a fixed order.
 // No atomics: the same inputs give the same bits. Arithmetic in at::opmath_type<T>.
 // The formulas (gpu::Flex<KIND>) come from laaf_activations_cuda.cuh, generated
 // from the table in laaf_kernels/flexible.py.
@@ -127,9 +127,10 @@ std::tuple<Tensor, Tensor> flex_bwd(const Tensor& g_in, const Tensor& z_in, cons
   Tensor dp = empty;
   if (need_dp) {  // rows of the on_rows layout are (outer, C): fold them onto the channels
     const int64_t width = L.on_rows ? L.channels : L.cols;
-    dp = at::stack({fold_parts(dp_part.select(0, 0), width),
-                    fold_parts(dp_part.select(0, 1), width)})
-             .to(params.scalar_type());
+    const Tensor sums = at::empty({2, width}, dp_part.options());  // dp0 and dp1, one launch
+    fold_parts_into({{dp_part.select(0, 0).reshape({-1, width}), sums.select(0, 0)},
+                     {dp_part.select(0, 1).reshape({-1, width}), sums.select(0, 1)}});
+    dp = sums.to(params.scalar_type());
   }
   return {need_dz ? dz : empty, dp};
 }

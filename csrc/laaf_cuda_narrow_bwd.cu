@@ -13,7 +13,8 @@
 // linear_bwd_narrow_kernel) does the same with tl.dot.
 //
 // Determinism: no atomics. Each block sums its tiles in tile order and writes one
-// partial of dW, db and ds; fold_parts adds the partials in a fixed order. The
+// row of partials of dW, db and ds (side by side in one array); one fold_parts_into
+// launch adds the rows in a fixed order. The
 // block count is a function of the device and the shape: the same bits every run
 // there.
 #include <ATen/ATen.h>
@@ -27,6 +28,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "laaf_activations_cuda.cuh"
 #include "laaf_cuda_common.cuh"
@@ -67,7 +69,8 @@ narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
                               SlopeGrid<at::opmath_type<T>> slope, T* __restrict__ dx,
                               at::opmath_type<T>* __restrict__ dw_part,
                               at::opmath_type<T>* __restrict__ db_part,
-                              at::opmath_type<T>* __restrict__ ds_part, int64_t M, int N, int K) {
+                              at::opmath_type<T>* __restrict__ ds_part, int64_t part_stride,
+                              int64_t M, int N, int K) {
   using A = at::opmath_type<T>;
   constexpr int WCOLS = 32 * NJ, KCOLS = 32 * KJ, WS = WCOLS + 1;
   constexpr int NPW = 4 * NJ;  // rows n of dW per warp: 8 warps x NPW = WCOLS
@@ -148,7 +151,7 @@ narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
   // -- The block's partials: dW as it is; db and ds summed over the 8 warps in
   //    warp order (through gz_s, free now).
   if (dw_part != nullptr) {
-    A* out = dw_part + int64_t(blockIdx.x) * N * K;
+    A* out = dw_part + int64_t(blockIdx.x) * part_stride;
 #pragma unroll
     for (int p = 0; p < NPW; ++p) {
       const int n = warp * NPW + p;
@@ -173,9 +176,23 @@ narrow_linear_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
     if (part == nullptr || n >= N) continue;
     A total = A(0);
     for (int v = 0; v < kThreads / 32; ++v) total += per_warp[(8 * sum + v) * WCOLS + n];
-    part[int64_t(blockIdx.x) * N + n] = total;
+    part[int64_t(blockIdx.x) * part_stride + n] = total;
   }
 }
+
+// The partials of the wanted sums of dW (N K columns), db and ds (N each), side by
+// side: one row per block of the backward, and one fold for them all.
+struct NarrowParts {
+  int64_t dw, db, ds;  // each sum's width: 0 where not wanted
+  Tensor rows;         // (blocks, dw + db + ds), sized by the launch
+
+  int64_t width() const { return dw + db + ds; }
+  // Sum `which`'s partials, a (blocks, width) view of rows, or undefined where unwanted.
+  Tensor of(int which) const {
+    const int64_t start[3] = {0, dw, dw + db}, size[3] = {dw, db, ds};
+    return size[which] > 0 ? rows.narrow(1, start[which], size[which]) : Tensor();
+  }
+};
 
 // Launch narrow_linear_backward_kernel<T, ACT, NJ, KJ>: persistent blocks, as many as
 // fit the device (at most one per tile); false where its shared memory does not fit.
@@ -183,8 +200,7 @@ template <typename T, int ACT, int NJ, int KJ>
 bool launch_narrow_backward(const Tensor& g, const Tensor& x, const Tensor& w,
                             const c10::optional<Tensor>& b,
                             const SlopeGrid<at::opmath_type<T>>& sg, Tensor& dx,
-                            Tensor& dw_part, Tensor& db_part, Tensor& ds_part, bool need_dw,
-                            bool need_db, bool need_ds) {
+                            NarrowParts& parts) {
   using A = at::opmath_type<T>;
   const int device = x.get_device();
   const size_t smem = narrow_bwd_smem_bytes<A>(NJ, KJ);
@@ -193,14 +209,15 @@ bool launch_narrow_backward(const Tensor& g, const Tensor& x, const Tensor& w,
   const int N = static_cast<int>(w.size(0)), K = static_cast<int>(w.size(1));
   auto kernel = narrow_linear_backward_kernel<T, ACT, NJ, KJ>;
   const int64_t blocks = persistent_grid(kernel, smem, device, row_tiles(M));
-  const auto part = x.options().dtype(at::toOpMathType(x.scalar_type()));
-  dw_part = need_dw ? at::empty({blocks, N, K}, part) : Tensor();
-  db_part = need_db ? at::empty({blocks, N}, part) : Tensor();
-  ds_part = need_ds ? at::empty({blocks, N}, part) : Tensor();
+  parts.rows = at::empty({blocks, parts.width()},
+                         x.options().dtype(at::toOpMathType(x.scalar_type())));
+  A* const base = parts.rows.data_ptr<A>();
+  A* const row_of[3] = {base, base + parts.dw, base + parts.dw + parts.db};
   kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       g.data_ptr<T>(), x.data_ptr<T>(), w.data_ptr<T>(), data_or_null<T>(b), sg,
-      data_or_null<T>(dx), data_or_null<A>(dw_part), data_or_null<A>(db_part),
-      data_or_null<A>(ds_part), M, N, K);
+      data_or_null<T>(dx), parts.dw > 0 ? row_of[0] : nullptr,
+      parts.db > 0 ? row_of[1] : nullptr, parts.ds > 0 ? row_of[2] : nullptr, parts.width(), M,
+      N, K);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
@@ -218,7 +235,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> narrow_linear_backward
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const Tensor s_acc = slope_in(s, acc);
   Tensor dx = need_dx ? at::empty({x.size(0), K}, x.options()) : Tensor();
-  Tensor dw_part, db_part, ds_part;  // (blocks, ...) partials, sized by the launch
+  NarrowParts parts{need_dw ? N * K : 0, need_db ? N : 0, need_ds ? N : 0, Tensor()};
   bool launched = false;
   LAAF_DISPATCH_CUDA_TYPES(x.scalar_type(), "laaf_cuda_narrow_linear_bwd", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -232,21 +249,29 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> narrow_linear_backward
             TORCH_CHECK(false, "laaf cuda: no fused narrow backward for fp64 at N, K > 64");
             return false;
           } else {
-            return launch_narrow_backward<scalar_t, ACT, NJ, KJ>(
-                g, x, weight, bias, sg, dx, dw_part, db_part, ds_part, need_dw, need_db,
-                need_ds);
+            return launch_narrow_backward<scalar_t, ACT, NJ, KJ>(g, x, weight, bias, sg, dx,
+                                                                 parts);
           }
         });
       });
     });
   });
   if (!launched) return std::nullopt;
+  // The three sums in one launch, each into its own tensor of the kernels' type.
+  std::vector<Fold> folds;
+  Tensor sums[3];
+  for (int which = 0; which < 3; ++which) {
+    const Tensor rows = parts.of(which);
+    if (!rows.defined()) continue;
+    sums[which] = at::empty({rows.size(1)}, rows.options());
+    folds.push_back({rows, sums[which]});
+  }
+  if (!folds.empty()) fold_parts_into(folds);
   const Tensor empty = at::empty({0}, x.options());
-  return std::make_tuple(
-      need_dx ? dx : empty,
-      need_dw ? fold_parts(dw_part, N * K).view({N, K}).to(x.scalar_type()) : empty,
-      need_db ? fold_parts(db_part, N).to(x.scalar_type()) : empty,
-      need_ds ? finish_ds(fold_parts(ds_part, N), *s) : empty);
+  return std::make_tuple(need_dx ? dx : empty,
+                         need_dw ? sums[0].view({N, K}).to(x.scalar_type()) : empty,
+                         need_db ? sums[1].to(x.scalar_type()) : empty,
+                         need_ds ? finish_ds(sums[2], *s) : empty);
 }
 
 }  // namespace laaf

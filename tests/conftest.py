@@ -36,3 +36,16 @@ def objects_dir(tmp_path_factory):
     (the sm_90 objects of test_cuda_sources serve its compile and its link test)."""
     import native_build
     return native_build.shared_objects_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def new_tensors_hold_nan():
+    """torch.use_deterministic_algorithms fills every new floating-point tensor with NaN,
+    ATen's empty inside our ops included: a value that no kernel wrote shows as NaN.
+    warn_only: cuBLAS on a GPU would otherwise refuse to run without
+    CUBLAS_WORKSPACE_CONFIG (the fill happens either way)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)

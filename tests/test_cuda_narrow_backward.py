@@ -77,6 +77,33 @@ def test_fused_backward_forms_only_what_is_needed(target, need, monkeypatch):
 
 
 @pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("need", [(True,) * 4, (False, True, False, False),
+                                  (False, False, True, False), (False, False, False, True),
+                                  (True, False, True, True)],
+                         ids=["all", "dW", "db", "ds", "dx_db_ds"])
+def test_every_sum_is_written_where_new_memory_is_nan(target, need, new_tensors_hold_nan,
+                                                      monkeypatch):
+    """dW, db and ds are folded from one array of per-block partials in one launch
+    (fold_parts_into), and the cuBLAS path's db and ds in another: with new memory
+    NaN, every wanted output must still be the float64 reference's. M = 1601 over
+    K = 37, N = 100 gives a partial row per block and 4 column groups. The bound: a dW
+    entry sums 1601 products of size ~1 (|x| ~ 1, |g s act'| <= ~1.5), so the
+    orders of summation can differ by ~1601 * 2.2e-16 * 40 ~ 1.4e-11 at worst."""
+    x, w, b, g, s = _layer(1601, 37, 100, torch.float64, target[1], "vector", seed=17)
+    fused, wide = _both_paths(x, w, b, g, s, "tanh", need, monkeypatch)
+    xr, wr, br, sr = (t.detach().cpu().requires_grad_() for t in (x, w, b, s))
+    yr = torch.tanh(sr * torch.addmm(br, xr, wr.t()))
+    expected = torch.autograd.grad(yr, (xr, wr, br, sr), g.cpu())
+    for path, outputs in (("fused", fused), ("cuBLAS", wide)):
+        for name, wanted, p, q in zip(("dx", "dW", "db", "ds"), need, outputs, expected):
+            if not wanted:
+                assert p.numel() == 0, f"{path} {name}"
+                continue
+            torch.testing.assert_close(p.cpu(), q, rtol=1e-10, atol=1e-10,
+                                       msg=lambda m: f"{path} {name}: {m}")
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
 def test_both_paths_take_non_contiguous_x_weight_and_bias(target, monkeypatch):
     """x, W and b as strided views (every other column of a wider tensor, and a
     transposed W) give the bits of their contiguous copies, on the fused kernel and

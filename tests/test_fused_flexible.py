@@ -62,6 +62,14 @@ def test_every_kind_and_layout_fp64(target, kind, case):
 
 
 @pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
+@pytest.mark.parametrize("case", ["many_rows", "nchw_dim1"])
+def test_every_output_is_written_where_new_memory_is_nan(target, case, new_tensors_hold_nan):
+    """With every new tensor NaN (the fixture), y, dz and both rows of dp (folded from
+    per-chunk or per-row partials) must still be the reference's."""
+    _compare_fp64(target, "relu_tanh", case, seed=43)
+
+
+@pytest.mark.parametrize("target", FLEXIBLE_TARGETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", FLEXIBLE_KINDS)
 def test_low_precision(target, kind, dtype):

@@ -187,7 +187,8 @@ struct NarrowParts {
   Tensor rows;         // (blocks, dw + db + ds), sized by the launch
 
   int64_t width() const { return dw + db + ds; }
-  // Sum `which`'s partials, a (blocks, width) view of rows, or undefined where unwanted.
+  // The partials of sum `which` (0: dW, 1: db, 2: ds), a view of their columns of
+  // rows (the kernel's row stride is width()), or undefined where not wanted.
   Tensor of(int which) const {
     const int64_t start[3] = {0, dw, dw + db}, size[3] = {dw, db, ds};
     return size[which] > 0 ? rows.narrow(1, start[which], size[which]) : Tensor();
@@ -211,13 +212,10 @@ bool launch_narrow_backward(const Tensor& g, const Tensor& x, const Tensor& w,
   const int64_t blocks = persistent_grid(kernel, smem, device, row_tiles(M));
   parts.rows = at::empty({blocks, parts.width()},
                          x.options().dtype(at::toOpMathType(x.scalar_type())));
-  A* const base = parts.rows.data_ptr<A>();
-  A* const row_of[3] = {base, base + parts.dw, base + parts.dw + parts.db};
   kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       g.data_ptr<T>(), x.data_ptr<T>(), w.data_ptr<T>(), data_or_null<T>(b), sg,
-      data_or_null<T>(dx), parts.dw > 0 ? row_of[0] : nullptr,
-      parts.db > 0 ? row_of[1] : nullptr, parts.ds > 0 ? row_of[2] : nullptr, parts.width(), M,
-      N, K);
+      data_or_null<T>(dx), data_or_null<A>(parts.of(0)), data_or_null<A>(parts.of(1)),
+      data_or_null<A>(parts.of(2)), parts.width(), M, N, K);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }

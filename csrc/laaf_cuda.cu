@@ -271,12 +271,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_bwd(
   const c10::cuda::CUDAGuard guard(x_in.device());
   const int act = activation_id(activation);
   need_ds = need_ds && s.has_value();
-  // Made contiguous once, as linear_fwd does: the fused kernel needs it, and a device
-  // that cannot run that kernel takes the wide path below on the same tensors.
-  const Tensor g = g_in.contiguous(), x = x_in.contiguous(), weight = weight_in.contiguous();
-  const auto bias = contiguous(bias_in);
+  const Tensor g = g_in.contiguous();
+  Tensor x = x_in, weight = weight_in;  // as given: cuBLAS reads transposed layouts
+  auto bias = bias_in;
   const int64_t N = weight.size(0);
   if (!kept_z && x.size(0) > 0 && narrow_backward_layer(N, weight.size(1), x.scalar_type())) {
+    // The fused kernel reads them contiguous; a device that cannot run it takes the
+    // wide path below on these same copies.
+    x = x_in.contiguous(), weight = weight_in.contiguous(), bias = contiguous(bias_in);
     const auto fused = narrow_linear_backward(g, x, weight, bias, s, act, need_dx, need_dw,
                                               need_db, need_ds);
     if (fused.has_value()) return *fused;

@@ -252,22 +252,22 @@ struct Fold {
 void fold_parts_into(const std::vector<Fold>& folds) {
   TORCH_INTERNAL_ASSERT(!folds.empty() && folds.size() <= size_t(kMaxFolds));
   const int64_t P = folds[0].parts.size(0);
-  std::vector<const Fold*> wide;  // the folds with columns: the kernels' set
+  std::vector<const Fold*> with_columns;  // the kernels' set
   for (const Fold& f : folds) {
     TORCH_INTERNAL_ASSERT(f.parts.dim() == 2 && f.parts.size(0) == P &&
                           f.out.is_contiguous() && f.out.numel() == f.parts.size(1));
     if (f.parts.size(1) == 0) continue;
     TORCH_INTERNAL_ASSERT(f.parts.size(1) == 1 || f.parts.stride(1) == 1);
     if (P == 0) f.out.zero_();
-    else wide.push_back(&f);
+    else with_columns.push_back(&f);
   }
-  if (wide.empty()) return;
+  if (with_columns.empty()) return;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(folds[0].parts.scalar_type(), "laaf_cuda_fold_parts", [&] {
     FoldSet<scalar_t> set{};
-    set.count = static_cast<int>(wide.size());
+    set.count = static_cast<int>(with_columns.size());
     for (int i = 0; i < set.count; ++i) {
-      const Fold& f = *wide[size_t(i)];
+      const Fold& f = *with_columns[size_t(i)];
       set.in[i] = f.parts.data_ptr<scalar_t>();
       set.stride[i] = f.parts.stride(0);
       set.out[i] = f.out.data_ptr<scalar_t>();

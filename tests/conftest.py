@@ -44,8 +44,10 @@ def new_tensors_hold_nan():
     ATen's empty inside our ops included: a value that no kernel wrote shows as NaN.
     warn_only: cuBLAS on a GPU would otherwise refuse to run without
     CUBLAS_WORKSPACE_CONFIG (the fill happens either way)."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

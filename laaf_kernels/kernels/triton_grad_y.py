@@ -24,7 +24,7 @@ autotuning would compile four times.
 import triton
 import triton.language as tl
 
-from .triton_activation import _INTERPRETER_CONFIG, MIN_BLOCK, _tile, load_slope, tile_ids
+from .triton_activation import _INTERPRETER_CONFIG, MIN_BLOCK, _tile, channel_tile, tile_ids
 from .triton_activations import act_d1_y, act_d1_y_dy, act_d1_y_dyy
 from .triton_utils import interpreting, next_pow2_at_least
 
@@ -146,10 +146,7 @@ def grad_y_vjp2_kernel(
     if HAS_UY:
         uy = _load(uy_ptr, offs, mask, dtype)
     if HAS_US:  # per channel, laid out as the slope
-        if ON_ROWS:
-            us = load_slope(us_ptr, rr % CH, row_ok, SLOPE, dtype)[:, None] + zero
-        else:
-            us = load_slope(us_ptr, rc, col_ok, SLOPE, dtype)[None, :] + zero
+        us = channel_tile(us_ptr, rr, rc, row_ok, col_ok, CH, SLOPE, ON_ROWS, dtype) + zero
     else:
         us = zero
     phi = act_d1_y(y, ACT)

@@ -2,6 +2,8 @@
 
     python -m laaf_kernels.experiments burgers --seeds 3 --out runs/burgers
     python -m laaf_kernels.experiments discontinuous --variants standard,n-laaf-srt --iters 2000
+    python -m laaf_kernels.experiments lenet ...   (the paper's LeNet benchmark, §4:
+        see laaf_kernels/experiments/lenet_cli.py)
     python -m laaf_kernels.experiments autoencoder | forecast ...   (flexible activations:
         see laaf_kernels/experiments/flexible_cli.py)
 
@@ -89,28 +91,48 @@ def run_one(job) -> dict:
     if bar is not None:
         bar.close()
     return {"variant": variant, "seed": seed, "error": history["error"],
-            "final_loss": history["loss"][-1], "seconds": time.perf_counter() - start,
+            "final_loss": history["loss"][-1], "final_data_loss": history["data_loss"][-1],
+            "seconds": time.perf_counter() - start,
             "history": history, "prediction": problem.predict().tolist()}
 
 
+def run_jobs(run, jobs: list, processes: int) -> list:
+    """``[run(job) for job in jobs]``, in ``processes`` spawned processes when > 1
+    (each job then sets its own thread count), with a progress bar over the runs."""
+    if processes == 1:
+        return [run(job) for job in progress_bar(jobs, desc="runs")]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return list(progress_bar(pool.imap(run, jobs), total=len(jobs), desc="runs"))
+
+
 def summarize(results, problem: str) -> dict:
+    """Per variant: mean, std and median of the error over seeds and, beside the
+    standard network, on how many seeds it did better than the standard network of
+    the same seed (one seed fixes the weights and the data of every variant, and n*a
+    starts at 1, so the pairs start from the same network)."""
+    standard = {r["seed"]: r["error"] for r in results if r["variant"] == "standard"}
     summary = {}
     for variant in dict.fromkeys(r["variant"] for r in results):
-        errors = np.array([r["error"] for r in results if r["variant"] == variant])
+        runs = [r for r in results if r["variant"] == variant]
+        errors = np.array([r["error"] for r in runs])
         summary[variant] = {"mean": float(errors.mean()), "std": float(errors.std(ddof=0)),
-                            "seeds": len(errors)}
+                            "median": float(np.median(errors)), "seeds": len(errors)}
+        pairs = [(r["error"], standard[r["seed"]]) for r in runs if r["seed"] in standard]
+        if variant != "standard" and pairs:
+            summary[variant]["better_than_standard"] = [sum(e < s for e, s in pairs), len(pairs)]
         if problem == "burgers":
             summary[variant]["paper"] = PAPER_TABLE_1[variant]
     return summary
 
 
 def print_summary(summary: dict, problem: str) -> None:
-    print(f"\n{'variant':<12} {'relative L2 error (mean ± std)':>32}"
-          + (f" {'paper, Table 1':>16}" if problem == "burgers" else ""))
+    print(f"\n{'variant':<12} {'relative L2 error (mean ± std)':>32} {'median':>11} "
+          f"{'< standard':>11}" + (f" {'paper, Table 1':>16}" if problem == "burgers" else ""))
     for variant, s in summary.items():
-        line = f"{variant:<12} {s['mean']:>20.4e} ± {s['std']:.2e}  "
+        wins = "{}/{}".format(*s["better_than_standard"]) if "better_than_standard" in s else ""
+        line = f"{variant:<12} {s['mean']:>20.4e} ± {s['std']:.2e} {s['median']:>11.4e} {wins:>11}"
         if problem == "burgers":
-            line += f" {s['paper']:>14.4e}"
+            line += f" {s['paper']:>16.4e}"
         print(line)
 
 
@@ -119,21 +141,22 @@ def main(argv=None) -> int:
     if argv and argv[0] in ("autoencoder", "forecast"):  # the flexible-activation paper's
         from .flexible_cli import main as flexible_main
         return flexible_main(argv)
+    if argv and argv[0] == "lenet":
+        from .lenet_cli import main as lenet_main
+        return lenet_main(argv)
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     threads = 1 if args.jobs > 1 else 0
     jobs = [(args.problem, v, seed, args.iters, str(args.device), args.backend, args.log_every,
              threads, args.jobs == 1) for v in args.variants for seed in range(args.seeds)]
-    if args.jobs == 1:
-        results = [run_one(job) for job in progress_bar(jobs, desc="runs")]
-    else:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            results = list(progress_bar(pool.imap(run_one, jobs), total=len(jobs), desc="runs"))
+    results = run_jobs(run_one, jobs, args.jobs)
     with open(args.out / "runs.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "seed", "relative_l2_error", "final_loss", "seconds"])
+        writer.writerow(["variant", "seed", "relative_l2_error", "final_loss", "final_data_loss",
+                         "seconds"])
         for r in results:
-            writer.writerow([r["variant"], r["seed"], r["error"], r["final_loss"], r["seconds"]])
+            writer.writerow([r["variant"], r["seed"], r["error"], r["final_loss"],
+                             r["final_data_loss"], r["seconds"]])
     summary = summarize(results, args.problem)
     from ..ops.dispatch import select_backend
 

@@ -20,15 +20,21 @@ def _by_variant(results):
 
 
 def plot_loss(results, out: pathlib.Path) -> pathlib.Path:
-    """Training loss (mean over seeds) per variant."""
+    """Training loss (mean over seeds) per variant: the data (and physics) loss, which
+    is comparable across variants, and dashed, where the variant has S(a), the loss it
+    minimises."""
     plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, runs in _by_variant(results).items():
         iters = runs[0]["history"]["iter"]
+        data = np.mean([r["history"]["data_loss"] for r in runs], axis=0)
+        line, = ax.semilogy(iters, data, label=variant)
         loss = np.mean([r["history"]["loss"] for r in runs], axis=0)
-        ax.semilogy(iters, loss, label=variant)
+        if not np.array_equal(loss, data):
+            ax.semilogy(iters, loss, "--", color=line.get_color(), linewidth=1,
+                        label=f"{variant}, with S(a)")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (mean over seeds)")
+    ax.set_ylabel("loss without S(a) (mean over seeds)")
     ax.legend()
     fig.tight_layout()
     path = out / "loss.png"

@@ -55,8 +55,13 @@ class Problem:
 
     def loss(self) -> torch.Tensor:
         """Data (and physics) loss, plus S(a) for the variants with slope recovery."""
-        loss = self.data_loss()
-        return loss + self.model.slope_recovery() if self.srt else loss
+        return self.loss_terms()[1]
+
+    def loss_terms(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(data loss, data loss + S(a) where the variant has slope recovery): the
+        first is comparable across variants, the second is what training minimises."""
+        data = self.data_loss()
+        return data, (data + self.model.slope_recovery() if self.srt else data)
 
     def error(self) -> float:
         raise NotImplementedError
@@ -151,27 +156,30 @@ class Discontinuous(Problem):
 PROBLEMS = {"burgers": Burgers, "discontinuous": Discontinuous}
 
 
-def slope_stats(model: LAAFMLP) -> list:
-    """Per hidden layer: (mean, std) of n * a (std 0 for one slope; [] for "fixed")."""
+def slope_stats(model, scale: float = SCALE) -> list:
+    """Per hidden layer of ``model`` (its ``slopes()``): (mean, std) of n * a (std 0 for
+    one slope; [] for "fixed")."""
     stats = []
     for a in model.slopes():
-        na = (SCALE * a.detach()).double()
+        na = (scale * a.detach()).double()
         stats.append((float(na.mean()), float(na.std()) if na.numel() > 1 else 0.0))
     return stats
 
 
 def train(problem: Problem, iters: int, log_every: int = 10, progress=None) -> dict:
-    """Adam on ``problem.loss()`` for ``iters`` steps; returns the loss and slope history."""
+    """Adam on ``problem.loss()`` for ``iters`` steps; returns the history of the loss,
+    of the data loss (the loss without S(a)) and of the slopes."""
     opt = torch.optim.Adam(problem.model.parameters(), lr=problem.lr)
-    history = {"iter": [], "loss": [], "slopes": []}
+    history = {"iter": [], "loss": [], "data_loss": [], "slopes": []}
     for it in range(1, iters + 1):
-        loss = problem.loss()
+        data, loss = problem.loss_terms()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if it % log_every == 0 or it == 1 or it == iters:
             history["iter"].append(it)
             history["loss"].append(loss.item())
+            history["data_loss"].append(data.item())
             history["slopes"].append(slope_stats(problem.model))
             if progress is not None:
                 progress(it, loss.item())

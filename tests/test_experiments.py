@@ -30,6 +30,8 @@ def test_tiny_discontinuous_run_writes_results(tmp_path, capsys):
     (["burgers", "--seeds", "-1"], "--seeds must be > 0"),
     (["burgers", "--device", "cuda:3"], "no CUDA device is available"),
     (["heat"], "invalid choice: 'heat'"),
+    (["heat"], "lenet"),  # every command is named: the others dispatch before argparse
+    (["heat"], "forecast"),
     (["forecast", "--lr-grid", "0.1,x"], "--lr-grid / --delta-grid must be comma lists"),
     (["forecast", "--lr-grid", "0"], "--lr-grid needs numbers > 0"),
     (["autoencoder", "--epochs", "0"], "--epochs must be > 0"),

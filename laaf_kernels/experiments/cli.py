@@ -53,11 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=10, help="history every N steps")
     p.add_argument("--out", default=None, help="output directory (default runs/<problem>)")
     args = p.parse_args(argv)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        p.error(f"unknown variant(s) {', '.join(map(repr, unknown))}; valid: {', '.join(VARIANTS)}")
-    args.variants = variants
+    args.variants = parse_variants(p, args.variants, VARIANTS)
     args.iters = DEFAULT_ITERS[args.problem] if args.iters is None else args.iters
     for name in ("iters", "seeds", "jobs", "log_every"):
         if getattr(args, name) <= 0:
@@ -73,6 +69,16 @@ def parse_args(argv=None):
     args.out = pathlib.Path(args.out or f"runs/{args.problem}")
     require("matplotlib")
     return args
+
+
+def parse_variants(parser: argparse.ArgumentParser, text: str, valid) -> list:
+    """The comma list ``text`` as a list; ``parser.error`` names any name not in ``valid``."""
+    variants = [v for v in text.split(",") if v]
+    unknown = [v for v in variants if v not in valid]
+    if unknown or not variants:
+        parser.error(f"unknown variant(s) {', '.join(map(repr, unknown))}; "
+                     f"valid: {', '.join(valid)}")
+    return variants
 
 
 def run_one(job) -> dict:

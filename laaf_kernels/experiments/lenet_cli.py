@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from . import lenet as T
-from .deps import agg_pyplot, progress_bar, require
+from .cli import parse_variants, run_jobs
+from .deps import agg_pyplot, require
 
 REPORT_EPOCHS = (1, 5, 10)
 
@@ -45,11 +46,7 @@ def parse_args(argv):
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     p.add_argument("--out", default=None, help="output directory (default runs/lenet)")
     args = p.parse_args(argv)
-    args.variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in args.variants if v not in T.VARIANTS]
-    if unknown or not args.variants:
-        p.error(f"unknown variant(s) {', '.join(map(repr, unknown))}; "
-                f"valid: {', '.join(T.VARIANTS)}")
+    args.variants = parse_variants(p, args.variants, T.VARIANTS)
     try:
         args.scales = [float(v) for v in args.scales.split(",") if v]
     except ValueError as error:
@@ -114,8 +111,9 @@ def summarize(runs) -> dict:
         ratios = [standard[r["seed"]] / r["history"]["train_loss"][-1]
                   for r in rs if r["seed"] in standard]
         if model != "standard" and ratios:
-            summary[model]["standard_final_loss_over_this"] = [float(min(ratios)),
-                                                               float(max(ratios))]
+            # np.min / np.max: a diverged (NaN) run makes both bounds NaN, in any order
+            summary[model]["standard_final_loss_over_this"] = [float(np.min(ratios)),
+                                                               float(np.max(ratios))]
     return summary
 
 
@@ -211,8 +209,6 @@ def write_results(args, runs) -> dict:
 def main(argv) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    from .cli import run_jobs
-
     runs = run_jobs(run_one, make_jobs(args), args.jobs)
     print_summary(write_results(args, runs))
     plot_loss(runs, args.scales, args.out / "loss.png")

@@ -53,10 +53,6 @@ class Problem:
     def data_loss(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self) -> torch.Tensor:
-        """Data (and physics) loss, plus S(a) for the variants with slope recovery."""
-        return self.loss_terms()[1]
-
     def loss_terms(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(data loss, data loss + S(a) where the variant has slope recovery): the
         first is comparable across variants, the second is what training minimises."""
@@ -167,8 +163,8 @@ def slope_stats(model, scale: float = SCALE) -> list:
 
 
 def train(problem: Problem, iters: int, log_every: int = 10, progress=None) -> dict:
-    """Adam on ``problem.loss()`` for ``iters`` steps; returns the history of the loss,
-    of the data loss (the loss without S(a)) and of the slopes."""
+    """Adam on ``problem.loss_terms()``'s loss for ``iters`` steps; returns the history
+    of that loss, of the data loss (the loss without S(a)) and of the slopes."""
     opt = torch.optim.Adam(problem.model.parameters(), lr=problem.lr)
     history = {"iter": [], "loss": [], "data_loss": [], "slopes": []}
     for it in range(1, iters + 1):
